@@ -1,0 +1,128 @@
+// Builds the HTTP app from its dependencies: the router from the static manifest, auth, and the
+// one place where errors become responses. No runtime-specific code: main.ts serves it with
+// node:http or Deno.serve.
+
+import type { Logger } from 'pino';
+import { Router, type IRequest } from 'itty-router';
+import { manifest, routePath } from './routes/index.ts';
+import type { Authenticator, Principal } from './services/auth.ts';
+import {
+  AppError,
+  BadRequestError,
+  ContentionError,
+  LeaseNotFoundError,
+  MethodNotAllowedError,
+  NoClusterAvailableError,
+  NotFoundError,
+  PayloadTooLargeError,
+  UnauthorizedError,
+} from './services/errors.ts';
+import { json } from './services/http.ts';
+import type { LeaseService } from './services/leases.ts';
+
+export interface AppDeps {
+  leases: LeaseService;
+  authenticate: Authenticator;
+  logger: Logger;
+  maxLeaseSeconds: number;
+}
+
+/** What a route handler receives besides the request. */
+export interface RouteContext extends AppDeps {
+  /** The request's logger: every line carries the request id. */
+  log: Logger;
+  principal: Principal;
+}
+
+export type RouteRequest = IRequest;
+export type Handler = (request: RouteRequest, context: RouteContext) => Response | Promise<Response>;
+
+export const METHODS = ['GET', 'POST', 'PUT', 'PATCH', 'DELETE'] as const;
+export type RouteModule = Partial<Record<(typeof METHODS)[number], Handler>>;
+
+export function allowedMethods(module: RouteModule): (typeof METHODS)[number][] {
+  return METHODS.filter((method) => typeof module[method] === 'function');
+}
+
+/** Each typed error's status: the only place where that mapping lives. */
+const STATUS_OF: ReadonlyArray<[new (...args: never[]) => AppError, number]> = [
+  [BadRequestError, 400],
+  [UnauthorizedError, 401],
+  [NotFoundError, 404],
+  [MethodNotAllowedError, 405],
+  [LeaseNotFoundError, 409],
+  [NoClusterAvailableError, 409],
+  [PayloadTooLargeError, 413],
+  [ContentionError, 503],
+];
+
+function headersFor(error: AppError): Record<string, string> {
+  if (error instanceof UnauthorizedError) return { 'www-authenticate': 'Bearer' };
+  if (error instanceof MethodNotAllowedError) return { allow: error.allow.join(', ') };
+  if (error instanceof NoClusterAvailableError && error.retryAfterSeconds !== undefined) {
+    return { 'retry-after': String(error.retryAfterSeconds) };
+  }
+  if (error instanceof ContentionError) return { 'retry-after': '1' };
+  return {};
+}
+
+export function errorToResponse(error: unknown, log: Logger, requestId: string): Response {
+  const known = error instanceof AppError ? STATUS_OF.find(([type]) => error instanceof type) : undefined;
+  if (error instanceof AppError && known) {
+    return json({ error: error.message, ...error.details }, known[1], headersFor(error));
+  }
+  // A backend failure: the cause goes to the log, the client gets nothing of it.
+  log.error({ err: error }, 'request failed');
+  return json({ error: 'internal error', request_id: requestId }, 500);
+}
+
+const REQUEST_ID = /^[\w.:-]{1,128}$/;
+
+export interface App {
+  fetch(request: Request): Promise<Response>;
+}
+
+export function createApp(deps: AppDeps): App {
+  const router = Router<RouteRequest, [RouteContext]>();
+  for (const entry of manifest) {
+    const path = routePath(entry.file);
+    const allow = allowedMethods(entry.module);
+    for (const method of allow) {
+      const handler = entry.module[method] as Handler;
+      router[method.toLowerCase() as Lowercase<typeof method>](path, async (request: RouteRequest, context: RouteContext) => {
+        if (entry.auth) context.principal = await deps.authenticate(request.headers.get('authorization'));
+        return handler(request, context);
+      });
+    }
+    router.all(path, () => {
+      throw new MethodNotAllowedError(allow);
+    });
+  }
+  router.all('*', () => {
+    throw new NotFoundError('no such route');
+  });
+
+  return {
+    async fetch(request) {
+      const started = performance.now();
+      const incomingId = request.headers.get('x-request-id');
+      const requestId = incomingId && REQUEST_ID.test(incomingId) ? incomingId : crypto.randomUUID();
+      const log = deps.logger.child({ request_id: requestId });
+      const context: RouteContext = { ...deps, log, principal: {} };
+      let response: Response;
+      try {
+        response = await router.fetch(request, context);
+      } catch (error) {
+        response = errorToResponse(error, log, requestId);
+      }
+      response.headers.set('x-request-id', requestId);
+      // The route pattern, never the raw path: a path can carry a lease token.
+      const route = (request as Partial<RouteRequest>).route ?? '*';
+      log.info(
+        { method: request.method, route, status: response.status, ms: Math.round(performance.now() - started) },
+        'request',
+      );
+      return response;
+    },
+  };
+}

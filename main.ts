@@ -1,0 +1,69 @@
+// Entry point: reads the environment, builds everything once, binds BIND_HOST:BIND_PORT.
+// The only runtime-specific file: srvx serves the app with node:http under Node/tsx and with
+// Deno.serve under Deno.
+
+import process from 'node:process';
+import { fileURLToPath } from 'node:url';
+import { serve } from 'srvx';
+import { createApp } from './app.ts';
+import { ConfigError, loadConfig } from './services/config.ts';
+import { ensureLocalAuthToken } from './services/local-auth.ts';
+import { createLogger } from './services/logger.ts';
+import { buildServices, type Services } from './services/wiring.ts';
+
+let config;
+try {
+  config = loadConfig(process.env, {
+    staticPoolFile: fileURLToPath(new URL('./pool/example.yaml', import.meta.url)),
+  });
+} catch (error) {
+  if (!(error instanceof ConfigError)) throw error;
+  console.error(`k8s-claimer: ${error.message}`);
+  process.exit(2);
+}
+
+const logger = createLogger(config.logLevel);
+
+let authToken = config.authToken;
+if (authToken === undefined) {
+  const local = await ensureLocalAuthToken(config.authTokenFile);
+  authToken = local.token;
+  logger.warn(
+    { file: config.authTokenFile },
+    local.generated
+      ? 'AUTH_TOKEN is not set: generated a token for local mode and wrote it to this file (mode 0600)'
+      : 'AUTH_TOKEN is not set: using the local-mode token kept in this file',
+  );
+}
+
+let services: Services;
+try {
+  services = await buildServices(config, logger, { authToken });
+} catch (error) {
+  logger.fatal({ err: error }, 'could not start');
+  process.exit(1);
+}
+
+const app = createApp(services.deps);
+const server = serve({
+  fetch: (request) => app.fetch(request),
+  port: config.bindPort,
+  hostname: config.bindHost,
+  silent: true,
+  gracefulShutdown: false,
+});
+await server.ready();
+logger.info({ url: server.url, mode: config.mode, store: config.leaseStore }, 'listening');
+
+let stopping = false;
+async function shutdown(signal: string): Promise<void> {
+  if (stopping) return;
+  stopping = true;
+  logger.info({ signal }, 'shutting down: finishing requests in flight');
+  await server.close();
+  await services.close();
+  logger.info('stopped');
+  process.exit(0);
+}
+process.on('SIGTERM', () => void shutdown('SIGTERM'));
+process.on('SIGINT', () => void shutdown('SIGINT'));

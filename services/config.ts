@@ -1,0 +1,159 @@
+// Configuration comes from the environment only, parsed once at start-up. A bad value stops
+// the claimer with a message that names the variable (and never echoes a secret's value).
+
+import { Buffer } from 'node:buffer';
+import * as v from 'valibot';
+
+export type Mode = 'local' | 'gke';
+export type StoreKind = 'file' | 'kubernetes';
+
+export interface GkeConfig {
+  projectId: string;
+  /** A zone or region, or `-` for every location of the project. */
+  zone: string;
+  /** The service account's JSON key; optional only with an emulator. */
+  accountJson?: string;
+  /** `host:port` of a plaintext gRPC ClusterManager that needs no Google credentials. */
+  emulatorHost?: string;
+}
+
+export interface Config {
+  bindHost: string;
+  bindPort: number;
+  /** Unset only in local mode, where main.ts generates one into `authTokenFile`. */
+  authToken?: string;
+  authTokenFile: string;
+  namespace: string;
+  serviceName: string;
+  maxLeaseSeconds: number;
+  logLevel: string;
+  mode: Mode;
+  staticPoolFile: string;
+  leaseStore: StoreKind;
+  leaseStoreFile: string;
+  clusterCacheSeconds: number;
+  gke?: GkeConfig;
+}
+
+export class ConfigError extends Error {}
+
+export interface ConfigDefaults {
+  /** The example pool shipped in the repository. */
+  staticPoolFile: string;
+}
+
+const text = () => v.optional(v.pipe(v.string(), v.nonEmpty()));
+const textOr = (fallback: string) => v.optional(v.pipe(v.string(), v.nonEmpty()), fallback);
+
+const integer = (min: number, max: number, fallback: number) =>
+  v.optional(
+    v.pipe(
+      v.string(),
+      v.regex(/^\d+$/, `must be a whole number from ${min} to ${max}`),
+      v.transform(Number),
+      v.minValue(min, `must be a whole number from ${min} to ${max}`),
+      v.maxValue(max, `must be a whole number from ${min} to ${max}`),
+    ),
+    String(fallback),
+  );
+
+const oneOf = <const T extends string>(values: readonly [T, ...T[]]) =>
+  v.optional(v.picklist(values, `must be one of: ${values.join(', ')}`));
+
+const Environment = v.object({
+  BIND_HOST: textOr('0.0.0.0'),
+  BIND_PORT: integer(0, 65535, 8080),
+  AUTH_TOKEN: text(),
+  AUTH_TOKEN_FILE: textOr('data/auth-token'),
+  NAMESPACE: v.optional(
+    v.pipe(v.string(), v.regex(/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/, 'must be a Kubernetes namespace name')),
+    'k8s-claimer',
+  ),
+  SERVICE_NAME: v.optional(
+    v.pipe(v.string(), v.regex(/^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$/, 'must be a Kubernetes Service name')),
+    'k8s-claimer',
+  ),
+  MAX_LEASE_SECONDS: integer(1, 31_536_000, 86_400),
+  LOG_LEVEL: oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
+  STATIC_POOL_FILE: text(),
+  LEASE_STORE: oneOf(['file', 'kubernetes']),
+  LEASE_STORE_FILE: textOr('data/leases.json'),
+  CLUSTER_CACHE_SECONDS: integer(0, 86_400, 30),
+  GOOGLE_CLOUD_PROJECT_ID: text(),
+  GOOGLE_CLOUD_ZONE: textOr('-'),
+  GOOGLE_CLOUD_ACCOUNT_FILE_BASE64: text(),
+  GOOGLE_CLOUD_ACCOUNT_FILE: text(),
+  GKE_EMULATOR_HOST: v.optional(v.pipe(v.string(), v.regex(/^[^\s/:]+:\d+$/, 'must be host:port'))),
+});
+
+type Variable = keyof v.InferInput<typeof Environment>;
+
+/** Empty variables count as unset: Kubernetes manifests and shells often produce them. */
+function presentOnly(env: Record<string, string | undefined>): Record<string, string> {
+  return Object.fromEntries(
+    Object.entries(env).filter((entry): entry is [string, string] => entry[1] !== undefined && entry[1] !== ''),
+  );
+}
+
+function fail(variable: Variable, problem: string): never {
+  throw new ConfigError(`invalid configuration: ${variable} ${problem}`);
+}
+
+/** The account key as JSON text, from either the base64 variable or the raw one; never logged. */
+function accountJson(env: v.InferOutput<typeof Environment>): string | undefined {
+  const [variable, raw] = env.GOOGLE_CLOUD_ACCOUNT_FILE_BASE64
+    ? (['GOOGLE_CLOUD_ACCOUNT_FILE_BASE64', Buffer.from(env.GOOGLE_CLOUD_ACCOUNT_FILE_BASE64, 'base64').toString('utf8')] as const)
+    : (['GOOGLE_CLOUD_ACCOUNT_FILE', env.GOOGLE_CLOUD_ACCOUNT_FILE] as const);
+  if (raw === undefined) return undefined;
+  let key: unknown;
+  try {
+    key = JSON.parse(raw);
+  } catch {
+    fail(variable, 'is not a service-account JSON key (it does not decode to JSON)');
+  }
+  const account = key as Record<string, unknown> | null;
+  if (typeof account?.client_email !== 'string' || typeof account?.private_key !== 'string') {
+    fail(variable, 'is not a service-account JSON key (client_email or private_key missing)');
+  }
+  return raw;
+}
+
+export function loadConfig(environment: Record<string, string | undefined>, defaults: ConfigDefaults): Config {
+  const parsed = v.safeParse(Environment, presentOnly(environment));
+  if (!parsed.success) {
+    const [issue] = parsed.issues;
+    fail((v.getDotPath(issue) ?? 'environment') as Variable, issue.message);
+  }
+  const env = parsed.output;
+  const mode: Mode = env.GOOGLE_CLOUD_PROJECT_ID ? 'gke' : 'local';
+  let gke: GkeConfig | undefined;
+  if (env.GOOGLE_CLOUD_PROJECT_ID) {
+    const json = accountJson(env);
+    if (!json && !env.GKE_EMULATOR_HOST) {
+      fail('GOOGLE_CLOUD_ACCOUNT_FILE_BASE64', 'is required when GOOGLE_CLOUD_PROJECT_ID is set (or set GKE_EMULATOR_HOST)');
+    }
+    gke = {
+      projectId: env.GOOGLE_CLOUD_PROJECT_ID,
+      zone: env.GOOGLE_CLOUD_ZONE,
+      ...(json && { accountJson: json }),
+      ...(env.GKE_EMULATOR_HOST && { emulatorHost: env.GKE_EMULATOR_HOST }),
+    };
+  }
+  if (mode !== 'local' && !env.AUTH_TOKEN) fail('AUTH_TOKEN', 'is required outside local mode');
+  return {
+    bindHost: env.BIND_HOST,
+    bindPort: env.BIND_PORT,
+    ...(env.AUTH_TOKEN && { authToken: env.AUTH_TOKEN }),
+    authTokenFile: env.AUTH_TOKEN_FILE,
+    namespace: env.NAMESPACE,
+    serviceName: env.SERVICE_NAME,
+    maxLeaseSeconds: env.MAX_LEASE_SECONDS,
+    logLevel: env.LOG_LEVEL ?? 'info',
+    mode,
+    staticPoolFile: env.STATIC_POOL_FILE ?? defaults.staticPoolFile,
+    leaseStore: env.LEASE_STORE ?? (mode === 'gke' ? 'kubernetes' : 'file'),
+    leaseStoreFile: env.LEASE_STORE_FILE,
+    clusterCacheSeconds: env.CLUSTER_CACHE_SECONDS,
+    ...(gke && { gke }),
+  };
+}

@@ -1,0 +1,69 @@
+// Typed errors thrown by services. app.ts maps each class to an HTTP status in one place;
+// anything that is not an AppError is a backend failure and becomes a generic 500.
+
+export abstract class AppError extends Error {
+  /** Extra JSON fields for the error body (never secrets, never raw input). */
+  readonly details: Record<string, unknown>;
+  constructor(message: string, details: Record<string, unknown> = {}) {
+    super(message);
+    this.name = new.target.name;
+    this.details = details;
+  }
+}
+
+/** The request is malformed; `fields` names what is wrong, without echoing the input. */
+export class BadRequestError extends AppError {
+  constructor(message: string, fields?: string[]) {
+    super(message, fields ? { fields } : {});
+  }
+}
+
+export class UnauthorizedError extends AppError {}
+
+export class NotFoundError extends AppError {}
+
+export class MethodNotAllowedError extends AppError {
+  readonly allow: string[];
+  constructor(allow: string[]) {
+    super('method not allowed');
+    this.allow = allow;
+  }
+}
+
+export class PayloadTooLargeError extends AppError {}
+
+/** Why no cluster could be leased: nothing in the pool matches, or everything matching is busy. */
+export type NoClusterReason = 'NoMatchingCluster' | 'AllLeased';
+
+export class NoClusterAvailableError extends AppError {
+  readonly reason: NoClusterReason;
+  /** Seconds until the soonest matching lease ends, when that is known. */
+  readonly retryAfterSeconds?: number;
+  constructor(reason: NoClusterReason, message: string, retryAfterSeconds?: number) {
+    super(message, { reason });
+    this.reason = reason;
+    this.retryAfterSeconds = retryAfterSeconds;
+  }
+}
+
+/** No live lease has the given token (never existed, released, or expired). */
+export class LeaseNotFoundError extends AppError {
+  constructor() {
+    super('no live lease has this token', { reason: 'LeaseNotFound' });
+  }
+}
+
+/** The store kept changing under us for longer than the retry budget allows. */
+export class ContentionError extends AppError {
+  constructor() {
+    super('the lease store is busy; try again', { reason: 'Contention' });
+  }
+}
+
+/** A compare-and-swap lost: somebody else wrote first. The write path re-reads and decides again. */
+export class VersionConflictError extends Error {
+  constructor(message = 'the lease table changed since it was read') {
+    super(message);
+    this.name = 'VersionConflictError';
+  }
+}

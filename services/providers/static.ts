@@ -1,0 +1,193 @@
+// The static pool: clusters listed in a YAML file, for teams with kind, k3s or on-prem
+// clusters, and the embedded default that lets the claimer run with no cloud account.
+//
+//   provider: static            # optional: what clients may send as cloud_provider
+//   clusters:
+//     - name: ci-1              # unique per location
+//       location: lab           # optional, default "static"
+//       server: https://10.0.0.1:6443
+//       certificate_authority_data: <base64 PEM>   # optional
+//       token: <bearer token>                      # optional
+//       labels: {team: infra}   # optional
+//       version: 1.31.2         # optional
+//     - name: kind-ci
+//       kubeconfig: ./kind.kubeconfig   # relative to this file; `context` picks one (default: current)
+
+import { readFile } from 'node:fs/promises';
+import { dirname, resolve } from 'node:path';
+import * as v from 'valibot';
+import { parse } from 'yaml';
+import { buildKubeconfig, hostOf } from '../kubeconfig.ts';
+import type { Cluster, ClusterProvider } from './types.ts';
+
+const Labels = v.optional(v.record(v.string(), v.string()), {});
+
+const InlineCluster = v.strictObject({
+  name: v.pipe(v.string(), v.nonEmpty()),
+  location: v.optional(v.pipe(v.string(), v.nonEmpty()), 'static'),
+  server: v.pipe(v.string(), v.url('must be a URL')),
+  certificate_authority_data: v.optional(v.string()),
+  insecure_skip_tls_verify: v.optional(v.boolean(), false),
+  token: v.optional(v.string()),
+  labels: Labels,
+  version: v.optional(v.string(), ''),
+});
+
+const KubeconfigCluster = v.strictObject({
+  name: v.pipe(v.string(), v.nonEmpty()),
+  location: v.optional(v.pipe(v.string(), v.nonEmpty()), 'static'),
+  kubeconfig: v.pipe(v.string(), v.nonEmpty()),
+  context: v.optional(v.string()),
+  labels: Labels,
+  version: v.optional(v.string(), ''),
+});
+
+const PoolFile = v.object({
+  provider: v.optional(v.pipe(v.string(), v.nonEmpty()), 'static'),
+  clusters: v.array(v.union([InlineCluster, KubeconfigCluster])),
+});
+
+/** The parts of a kubeconfig file this provider reads; anything else in a user entry is passed on. */
+const KubeconfigFile = v.object({
+  'current-context': v.optional(v.string()),
+  contexts: v.array(v.object({ name: v.string(), context: v.object({ cluster: v.string(), user: v.string() }) })),
+  clusters: v.array(v.object({ name: v.string(), cluster: v.looseObject({ server: v.pipe(v.string(), v.url('must be a URL')) }) })),
+  users: v.optional(v.array(v.object({ name: v.string(), user: v.record(v.string(), v.unknown()) })), []),
+});
+
+export class PoolFileError extends Error {}
+
+function describeIssues(issues: readonly v.BaseIssue<unknown>[]): string {
+  return issues.map((issue) => `${v.getDotPath(issue) ?? '(top)'}: ${issue.message}`).join('; ');
+}
+
+interface PoolMember {
+  cluster: Cluster;
+  kubeconfig: string;
+}
+
+export class StaticProvider implements ClusterProvider {
+  private constructor(
+    readonly kind: string,
+    private readonly members: PoolMember[],
+  ) {}
+
+  static async load(path: string): Promise<StaticProvider> {
+    let document: unknown;
+    try {
+      document = parse(await readFile(path, 'utf8'));
+    } catch (error) {
+      throw new PoolFileError(`cannot read static pool file ${path}: ${(error as Error).message}`);
+    }
+    const parsed = v.safeParse(PoolFile, document);
+    if (!parsed.success) throw new PoolFileError(`static pool file ${path} is invalid: ${describeIssues(parsed.issues)}`);
+    const members: PoolMember[] = [];
+    for (const entry of parsed.output.clusters) {
+      const member =
+        'kubeconfig' in entry
+          ? await fromKubeconfigFile(entry, resolve(dirname(path), entry.kubeconfig))
+          : fromInline(entry);
+      if (members.some((other) => other.cluster.id === member.cluster.id)) {
+        throw new PoolFileError(`static pool file ${path} lists cluster ${member.cluster.id} twice`);
+      }
+      members.push(member);
+    }
+    return new StaticProvider(parsed.output.provider, members);
+  }
+
+  async list(): Promise<Cluster[]> {
+    return this.members.map((member) => member.cluster);
+  }
+
+  async kubeconfigFor(cluster: Cluster): Promise<string> {
+    const member = this.members.find((candidate) => candidate.cluster.id === cluster.id);
+    if (!member) throw new Error(`cluster ${cluster.id} is not in the static pool`);
+    return member.kubeconfig;
+  }
+}
+
+function fromInline(entry: v.InferOutput<typeof InlineCluster>): PoolMember {
+  const cluster: Cluster = {
+    id: `${entry.location}/${entry.name}`,
+    name: entry.name,
+    location: entry.location,
+    server: entry.server,
+    endpoint: hostOf(entry.server),
+    ...(entry.certificate_authority_data && { caData: entry.certificate_authority_data }),
+    labels: entry.labels,
+    version: entry.version,
+    status: 'RUNNING',
+  };
+  const kubeconfig = buildKubeconfig({
+    contextName: entry.name,
+    server: entry.server,
+    caData: entry.certificate_authority_data,
+    insecureSkipTlsVerify: entry.insecure_skip_tls_verify,
+    user: entry.token ? { token: entry.token } : {},
+  });
+  return { cluster, kubeconfig };
+}
+
+/** File references in a kubeconfig are inlined, so the lessee's copy works anywhere. */
+const INLINED_FILES: Record<string, string> = {
+  'certificate-authority': 'certificate-authority-data',
+  'client-certificate': 'client-certificate-data',
+  'client-key': 'client-key-data',
+};
+
+async function inlineFiles(section: Record<string, unknown>, folder: string): Promise<Record<string, unknown>> {
+  const result: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(section)) {
+    const dataKey = INLINED_FILES[key];
+    if (dataKey && typeof value === 'string') {
+      result[dataKey] = (await readFile(resolve(folder, value))).toString('base64');
+    } else if (key === 'tokenFile' && typeof value === 'string') {
+      result.token = (await readFile(resolve(folder, value), 'utf8')).trim();
+    } else {
+      result[key] = value;
+    }
+  }
+  return result;
+}
+
+async function fromKubeconfigFile(entry: v.InferOutput<typeof KubeconfigCluster>, file: string): Promise<PoolMember> {
+  let document: unknown;
+  try {
+    document = parse(await readFile(file, 'utf8'));
+  } catch (error) {
+    throw new PoolFileError(`cannot read kubeconfig ${file} of cluster ${entry.name}: ${(error as Error).message}`);
+  }
+  const parsed = v.safeParse(KubeconfigFile, document);
+  if (!parsed.success) throw new PoolFileError(`kubeconfig ${file} is invalid: ${describeIssues(parsed.issues)}`);
+  const config = parsed.output;
+  const contextName = entry.context ?? config['current-context'];
+  const context = config.contexts.find((candidate) => candidate.name === contextName)?.context;
+  const clusterSection = config.clusters.find((candidate) => candidate.name === context?.cluster)?.cluster;
+  if (!context || !clusterSection) {
+    throw new PoolFileError(`kubeconfig ${file} has no usable context ${contextName ?? '(none set)'}`);
+  }
+  const folder = dirname(file);
+  const clusterData = await inlineFiles(clusterSection, folder);
+  const user = await inlineFiles(config.users.find((candidate) => candidate.name === context.user)?.user ?? {}, folder);
+  const server = clusterSection.server;
+  const caData = typeof clusterData['certificate-authority-data'] === 'string' ? clusterData['certificate-authority-data'] : undefined;
+  const cluster: Cluster = {
+    id: `${entry.location}/${entry.name}`,
+    name: entry.name,
+    location: entry.location,
+    server,
+    endpoint: hostOf(server),
+    ...(caData && { caData }),
+    labels: entry.labels,
+    version: entry.version,
+    status: 'RUNNING',
+  };
+  const kubeconfig = buildKubeconfig({
+    contextName: entry.name,
+    server,
+    caData,
+    insecureSkipTlsVerify: clusterData['insecure-skip-tls-verify'] === true,
+    user,
+  });
+  return { cluster, kubeconfig };
+}

@@ -1,0 +1,41 @@
+// What the lease domain needs to know about a cluster, whatever pool it comes from.
+
+/** GKE's cluster status names; a static pool's clusters are always RUNNING. */
+export type ClusterStatus =
+  | 'RUNNING'
+  | 'PROVISIONING'
+  | 'RECONCILING'
+  | 'STOPPING'
+  | 'ERROR'
+  | 'DEGRADED'
+  | 'STATUS_UNSPECIFIED';
+
+export interface Cluster {
+  /** Stable, unique in the pool: `<location>/<name>`. The same name in two zones is two clusters. */
+  id: string;
+  name: string;
+  location: string;
+  /** The API server's host (no scheme, no port): the lease response's `ip`. */
+  endpoint: string;
+  /** The API server's URL. */
+  server: string;
+  /** Base64 of the API server's CA bundle (PEM), when it has one. */
+  caData?: string;
+  labels: Record<string, string>;
+  /** Kubernetes version of the control plane, e.g. `1.31.5-gke.1000`. */
+  version: string;
+  status: ClusterStatus;
+}
+
+export interface ClusterProvider {
+  /** The name clients may send as `cloud_provider` (`gke`, `static`). */
+  readonly kind: string;
+  /** Every cluster of the pool, leasable or not. */
+  list(): Promise<Cluster[]>;
+  /** A kubeconfig (YAML) that lets the lessee use the cluster. */
+  kubeconfigFor(cluster: Cluster): Promise<string>;
+}
+
+export function isLeasable(cluster: Cluster): boolean {
+  return cluster.status === 'RUNNING';
+}

@@ -1,0 +1,91 @@
+// How one cluster's entry of the lease table is written down: a small JSON record with RFC 3339
+// times, shared by the file store and the Kubernetes annotation store.
+
+import * as v from 'valibot';
+import type { ClusterEntry, LegacyLease } from '../lease-table.ts';
+
+const Time = v.pipe(
+  v.string(),
+  v.check((text) => !Number.isNaN(Date.parse(text)), 'not an RFC 3339 time'),
+  v.transform((text) => Date.parse(text)),
+);
+
+const LeaseRecord = v.object({
+  token_sha256: v.pipe(v.string(), v.regex(/^[0-9a-f]{64}$/, 'not a SHA-256 hex digest')),
+  started_at: Time,
+  expires_at: Time,
+  note: v.optional(v.string()),
+  holder: v.optional(v.string()),
+});
+
+const ClusterRecord = v.object({
+  cluster: v.pipe(v.string(), v.nonEmpty()),
+  state: v.picklist(['free', 'leased']),
+  idle_since: v.optional(Time),
+  lease: v.optional(LeaseRecord),
+});
+
+export type ClusterRecordJson = v.InferInput<typeof ClusterRecord>;
+
+const iso = (ms: number) => new Date(ms).toISOString();
+
+export function encodeEntry(clusterId: string, entry: ClusterEntry): ClusterRecordJson {
+  const { lease } = entry;
+  return {
+    cluster: clusterId,
+    state: entry.state,
+    ...(entry.idleSince !== undefined && { idle_since: iso(entry.idleSince) }),
+    ...(lease && {
+      lease: {
+        token_sha256: lease.tokenHash,
+        started_at: iso(lease.startedAt),
+        expires_at: iso(lease.expiresAt),
+        ...(lease.note !== undefined && { note: lease.note }),
+        ...(lease.holder !== undefined && { holder: lease.holder }),
+      },
+    }),
+  };
+}
+
+export type Decoded<T> = { ok: true; value: T } | { ok: false; problem: string };
+
+function problemOf(issues: readonly v.BaseIssue<unknown>[]): string {
+  return issues.map((issue) => `${v.getDotPath(issue) ?? 'record'}: ${issue.message}`).join('; ');
+}
+
+export function decodeEntry(record: unknown): Decoded<{ clusterId: string; entry: ClusterEntry }> {
+  const parsed = v.safeParse(ClusterRecord, record);
+  if (!parsed.success) return { ok: false, problem: problemOf(parsed.issues) };
+  const { cluster, state, idle_since, lease } = parsed.output;
+  if (state === 'leased' && !lease) return { ok: false, problem: 'lease: required when state is leased' };
+  const entry: ClusterEntry = {
+    state,
+    ...(idle_since !== undefined && { idleSince: idle_since }),
+    ...(lease && {
+      lease: {
+        tokenHash: lease.token_sha256,
+        startedAt: lease.started_at,
+        expiresAt: lease.expires_at,
+        ...(lease.note !== undefined && { note: lease.note }),
+        ...(lease.holder !== undefined && { holder: lease.holder }),
+      },
+    }),
+  };
+  return { ok: true, value: { clusterId: cluster, entry } };
+}
+
+/** The original k8s-claimer's record: `{"cluster_name": ..., "lease_expiration_time": RFC3339}`. */
+const OriginalRecord = v.object({
+  cluster_name: v.pipe(v.string(), v.nonEmpty()),
+  lease_expiration_time: Time,
+});
+
+export function decodeLegacy(record: unknown): Decoded<LegacyLease> {
+  const parsed = v.safeParse(OriginalRecord, record);
+  if (!parsed.success) return { ok: false, problem: problemOf(parsed.issues) };
+  return { ok: true, value: { clusterName: parsed.output.cluster_name, expiresAt: parsed.output.lease_expiration_time } };
+}
+
+export function encodeLegacy(legacy: LegacyLease): { cluster_name: string; lease_expiration_time: string } {
+  return { cluster_name: legacy.clusterName, lease_expiration_time: iso(legacy.expiresAt) };
+}

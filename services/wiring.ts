@@ -1,0 +1,52 @@
+// Builds the app's dependencies from the configuration, once. Cloud libraries are imported only
+// in the mode that needs them, so local mode starts fast and small.
+
+import type { Logger } from 'pino';
+import type { AppDeps } from '../app.ts';
+import { sharedTokenAuthenticator } from './auth.ts';
+import type { Config } from './config.ts';
+import { LeaseService } from './leases.ts';
+import { StaticProvider } from './providers/static.ts';
+import type { ClusterProvider } from './providers/types.ts';
+import { FileLeaseStore } from './store/file.ts';
+import type { LeaseStore } from './store/types.ts';
+import { WritePath, systemClock, type Clock } from './write-path.ts';
+
+export interface Services {
+  deps: AppDeps;
+  writePath: WritePath;
+  /** Releases clients and timers; the HTTP server is closed by its owner. */
+  close(): Promise<void>;
+}
+
+export interface BuildOptions {
+  clock?: Clock;
+  /** The shared token; main.ts resolves it (from AUTH_TOKEN or the local token file). */
+  authToken: string;
+}
+
+async function buildProvider(config: Config): Promise<ClusterProvider> {
+  return StaticProvider.load(config.staticPoolFile);
+}
+
+async function buildStore(config: Config, logger: Logger): Promise<LeaseStore> {
+  return FileLeaseStore.open(config.leaseStoreFile, logger);
+}
+
+export async function buildServices(config: Config, logger: Logger, options: BuildOptions): Promise<Services> {
+  const clock = options.clock ?? systemClock;
+  const provider = await buildProvider(config);
+  const store = await buildStore(config, logger);
+  const writePath = new WritePath(store, () => provider.list(), clock);
+  const leases = new LeaseService(writePath, provider, logger);
+  return {
+    deps: {
+      leases,
+      authenticate: sharedTokenAuthenticator(options.authToken),
+      logger,
+      maxLeaseSeconds: config.maxLeaseSeconds,
+    },
+    writePath,
+    async close() {},
+  };
+}
