@@ -53,7 +53,7 @@ const server = serve({
   gracefulShutdown: false,
 });
 await server.ready();
-logger.info({ url: server.url, mode: config.mode, store: config.leaseStore }, 'listening');
+logger.info({ url: server.url, runtime: server.runtime, mode: config.mode, store: config.leaseStore }, 'listening');
 
 let stopping = false;
 async function shutdown(signal: string): Promise<void> {

@@ -2,8 +2,8 @@
 // rename, fsync the folder), so a crash at any point leaves either the old or the new table.
 // It serves one claimer process; replicas share the Kubernetes store instead.
 
-import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { mkdir, open, readFile, readdir, rename, rm } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { VersionConflictError } from '../errors.ts';
 import { emptyTable, type ClusterEntry, type LeaseTable, type LegacyLease } from '../lease-table.ts';
 import { decodeEntry, decodeLegacy, encodeEntry, encodeLegacy } from './codec.ts';
@@ -33,6 +33,7 @@ export class FileLeaseStore implements LeaseStore {
   /** Loads the file, or starts empty when it does not exist yet. A file that is not ours fails loudly. */
   static async open(path: string, log: StoreWarnings): Promise<FileLeaseStore> {
     const store = new FileLeaseStore(path);
+    await removeLeftovers(path);
     let text: string;
     try {
       text = await readFile(path, 'utf8');
@@ -94,6 +95,23 @@ export class FileLeaseStore implements LeaseStore {
     this.snapshot = { table: next, version: String(version) };
     return this.snapshot;
   }
+}
+
+/** Temporary files of writes that a crash interrupted; the table itself is intact. */
+async function removeLeftovers(path: string): Promise<void> {
+  const folder = dirname(path);
+  const prefix = `${basename(path)}.`;
+  let names: string[];
+  try {
+    names = await readdir(folder);
+  } catch {
+    return;
+  }
+  await Promise.all(
+    names
+      .filter((name) => name.startsWith(prefix) && name.endsWith('.tmp'))
+      .map((name) => rm(join(folder, name), { force: true })),
+  );
 }
 
 async function replaceFile(path: string, text: string): Promise<void> {

@@ -1,0 +1,106 @@
+// End to end: the real server process (npm start's command) on port 0, driven with fetch.
+
+import assert from 'node:assert/strict';
+import { readFile, rm } from 'node:fs/promises';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { poolOf, tempDir, writePool } from './support/harness.ts';
+import { startServerProcess, type ServerProcess } from './support/server-process.ts';
+
+const TOKEN = 'e2e-shared-token';
+
+async function call(server: ServerProcess, method: string, path: string, body?: unknown, token = TOKEN) {
+  const response = await fetch(`${server.url}${path}`, {
+    method,
+    headers: { authorization: token },
+    ...(body !== undefined && { body: JSON.stringify(body) }),
+  });
+  return { status: response.status, body: await response.json() };
+}
+
+describe('the real server, end to end', () => {
+  let folder: string;
+  let server: ServerProcess;
+  before(async () => {
+    folder = await tempDir();
+    const pool = await writePool(folder, poolOf(3));
+    server = await startServerProcess(process.execPath, ['--import', 'tsx', 'main.ts'], {
+      AUTH_TOKEN: TOKEN,
+      STATIC_POOL_FILE: pool,
+      LEASE_STORE_FILE: join(folder, 'leases.json'),
+    });
+  });
+  after(async () => {
+    await server.stop();
+    await rm(folder, { recursive: true, force: true });
+  });
+
+  test('leases every cluster, answers 409, releases, re-leases, and a lease expires on its own', async () => {
+    assert.equal((await call(server, 'GET', '/healthz', undefined, '')).status, 200);
+    const leases = [];
+    for (let index = 0; index < 3; index++) {
+      const { status, body } = await call(server, 'POST', '/lease', { max_time: 60 });
+      assert.equal(status, 200);
+      leases.push(body);
+    }
+    assert.deepEqual(leases.map((lease) => lease.cluster_name).sort(), ['pool-1', 'pool-2', 'pool-3']);
+    const refused = await call(server, 'POST', '/lease', { max_time: 60 });
+    assert.equal(refused.status, 409);
+    assert.equal(refused.body.reason, 'AllLeased');
+
+    assert.equal((await call(server, 'DELETE', `/lease/${leases[1].token}`)).status, 200);
+    const again = await call(server, 'POST', '/lease', { max_time: 1 });
+    assert.equal(again.status, 200);
+    assert.equal(again.body.cluster_name, leases[1].cluster_name);
+
+    // The one-second lease ends with nobody calling.
+    await new Promise((resolve) => setTimeout(resolve, 1100));
+    assert.equal((await call(server, 'DELETE', `/lease/${again.body.token}`)).status, 409);
+    const afterExpiry = await call(server, 'POST', '/lease', { max_time: 60 });
+    assert.equal(afterExpiry.status, 200);
+    assert.equal(afterExpiry.body.cluster_name, leases[1].cluster_name);
+
+    const stored = await readFile(join(folder, 'leases.json'), 'utf8');
+    for (const lease of leases) assert.equal(stored.includes(lease.token), false, 'a plain token reached the store');
+  });
+
+  test('the log never shows a token, and SIGTERM stops the server cleanly', async () => {
+    const lease = await call(server, 'POST', '/lease', { max_time: 60 });
+    assert.equal(lease.status, 409);
+    const code = await server.stop('SIGTERM');
+    assert.equal(code, 0);
+    assert.equal(server.output().includes(TOKEN), false);
+    assert.match(server.output(), /"msg":"stopped"/);
+  });
+});
+
+describe('local mode without AUTH_TOKEN', () => {
+  test('generates a token into a private file, says where, and accepts only that token', async () => {
+    const folder = await tempDir();
+    const tokenFile = join(folder, 'auth-token');
+    const server = await startServerProcess(process.execPath, ['--import', 'tsx', 'main.ts'], {
+      AUTH_TOKEN_FILE: tokenFile,
+      LEASE_STORE_FILE: join(folder, 'leases.json'),
+    });
+    try {
+      const token = (await readFile(tokenFile, 'utf8')).trim();
+      assert.ok(token.length >= 32);
+      assert.match(server.output(), new RegExp(`"file":"${tokenFile}"`));
+      assert.equal(server.output().includes(token), false);
+      assert.equal((await call(server, 'POST', '/lease', { max_time: 5 }, 'guess')).status, 401);
+      const granted = await call(server, 'POST', '/lease', { max_time: 5 }, token);
+      assert.equal(granted.status, 200);
+      assert.match(granted.body.cluster_name, /^example-/);
+    } finally {
+      await server.stop();
+      await rm(folder, { recursive: true, force: true });
+    }
+  });
+
+  test('a bad variable stops start-up with a message naming it', async () => {
+    await assert.rejects(
+      startServerProcess(process.execPath, ['--import', 'tsx', 'main.ts'], { BIND_PORT: 'eighty' }),
+      /BIND_PORT must be a whole number/,
+    );
+  });
+});

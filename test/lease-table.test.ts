@@ -1,0 +1,105 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { LeaseNotFoundError, NoClusterAvailableError } from '../services/errors.ts';
+import { acquire, effectiveState, emptyTable, release, type LeaseTable } from '../services/lease-table.ts';
+import type { Cluster } from '../services/providers/types.ts';
+import { hashToken } from '../services/tokens.ts';
+
+function cluster(name: string, overrides: Partial<Cluster> = {}): Cluster {
+  return {
+    id: `zone-a/${name}`,
+    name,
+    location: 'zone-a',
+    endpoint: '10.0.0.1',
+    server: 'https://10.0.0.1',
+    labels: {},
+    version: '1.31.0',
+    status: 'RUNNING',
+    ...overrides,
+  };
+}
+
+const T0 = Date.parse('2026-01-01T00:00:00Z');
+const tokenA = hashToken('a');
+const tokenB = hashToken('b');
+
+describe('acquire', () => {
+  test('leases a free cluster for exactly the requested seconds', () => {
+    const { table, result } = acquire({ tokenHash: tokenA, durationSeconds: 30 })(emptyTable, { now: T0, clusters: [cluster('c1')] });
+    assert.equal(result.cluster.id, 'zone-a/c1');
+    assert.deepEqual(table.clusters['zone-a/c1'], { state: 'leased', lease: { tokenHash: tokenA, startedAt: T0, expiresAt: T0 + 30_000 } });
+  });
+
+  test('never leases a cluster that is not RUNNING', () => {
+    const clusters = [cluster('p', { status: 'PROVISIONING' }), cluster('e', { status: 'ERROR' })];
+    assert.throws(
+      () => acquire({ tokenHash: tokenA, durationSeconds: 30 })(emptyTable, { now: T0, clusters }),
+      (error: unknown) => error instanceof NoClusterAvailableError && error.reason === 'NoMatchingCluster',
+    );
+  });
+
+  test('finds the last free cluster among many leased ones (no random draws)', () => {
+    const clusters = Array.from({ length: 200 }, (_, index) => cluster(`c${index}`));
+    let table: LeaseTable = emptyTable;
+    for (let index = 0; index < 199; index++) {
+      table = acquire({ tokenHash: hashToken(String(index)), durationSeconds: 60 })(table, { now: T0, clusters }).table;
+    }
+    const { result } = acquire({ tokenHash: tokenA, durationSeconds: 60 })(table, { now: T0, clusters });
+    assert.ok(result.cluster);
+    assert.throws(() => acquire({ tokenHash: tokenB, durationSeconds: 60 })(
+      acquire({ tokenHash: tokenA, durationSeconds: 60 })(table, { now: T0, clusters }).table, { now: T0, clusters }));
+  });
+
+  test('an expired lease counts as free from the very millisecond it ends', () => {
+    const clusters = [cluster('c1')];
+    const { table } = acquire({ tokenHash: tokenA, durationSeconds: 10 })(emptyTable, { now: T0, clusters });
+    assert.equal(effectiveState(table, clusters[0], T0 + 9_999), 'leased');
+    assert.equal(effectiveState(table, clusters[0], T0 + 10_000), 'free');
+    assert.throws(() => acquire({ tokenHash: tokenB, durationSeconds: 10 })(table, { now: T0 + 9_999, clusters }));
+    const next = acquire({ tokenHash: tokenB, durationSeconds: 10 })(table, { now: T0 + 10_000, clusters });
+    assert.equal(next.result.cluster.id, 'zone-a/c1');
+  });
+
+  test('AllLeased carries the seconds until the soonest end, rounded up', () => {
+    const clusters = [cluster('c1'), cluster('c2')];
+    let { table } = acquire({ tokenHash: tokenA, durationSeconds: 100 })(emptyTable, { now: T0, clusters });
+    ({ table } = acquire({ tokenHash: tokenB, durationSeconds: 50 })(table, { now: T0, clusters }));
+    assert.throws(
+      () => acquire({ tokenHash: hashToken('c'), durationSeconds: 10 })(table, { now: T0 + 10_500, clusters }),
+      (error: unknown) => error instanceof NoClusterAvailableError && error.reason === 'AllLeased' && error.retryAfterSeconds === 40,
+    );
+  });
+
+  test('a live lease of the original k8s-claimer blocks its cluster by name', () => {
+    const clusters = [cluster('old')];
+    const table: LeaseTable = { clusters: {}, legacy: { 'legacy-token': { clusterName: 'old', expiresAt: T0 + 1000 } } };
+    assert.throws(() => acquire({ tokenHash: tokenA, durationSeconds: 1 })(table, { now: T0, clusters }));
+    assert.equal(acquire({ tokenHash: tokenA, durationSeconds: 1 })(table, { now: T0 + 1000, clusters }).result.cluster.name, 'old');
+  });
+});
+
+describe('release', () => {
+  test('frees the cluster and records when it became idle', () => {
+    const clusters = [cluster('c1')];
+    const { table } = acquire({ tokenHash: tokenA, durationSeconds: 60 })(emptyTable, { now: T0, clusters });
+    const released = release(tokenA)(table, { now: T0 + 5_000, clusters });
+    assert.deepEqual(released.table.clusters['zone-a/c1'], { state: 'free', idleSince: T0 + 5_000 });
+  });
+
+  test('an unknown, released or expired token is LeaseNotFound and changes nothing', () => {
+    const clusters = [cluster('c1')];
+    const { table } = acquire({ tokenHash: tokenA, durationSeconds: 60 })(emptyTable, { now: T0, clusters });
+    assert.throws(() => release(tokenB)(table, { now: T0, clusters }), LeaseNotFoundError);
+    assert.throws(() => release(tokenA)(table, { now: T0 + 60_000, clusters }), LeaseNotFoundError);
+    const { table: released } = release(tokenA)(table, { now: T0, clusters });
+    assert.throws(() => release(tokenA)(released, { now: T0, clusters }), LeaseNotFoundError);
+  });
+
+  test('releases a lease of the original k8s-claimer by its plain token', () => {
+    const clusters = [cluster('old')];
+    const table: LeaseTable = { clusters: {}, legacy: { 'f00d0000-0000-4000-8000-000000000000': { clusterName: 'old', expiresAt: T0 + 1000 } } };
+    const released = release(hashToken('f00d0000-0000-4000-8000-000000000000'))(table, { now: T0, clusters });
+    assert.deepEqual(released.table.legacy, {});
+    assert.equal(released.result.clusterId, 'zone-a/old');
+  });
+});

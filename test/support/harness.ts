@@ -1,0 +1,117 @@
+// Test harness: builds the real app (real wiring, real file store, real static pool) in a
+// temporary folder, with a clock the test moves by hand and logs captured in memory.
+
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Writable } from 'node:stream';
+import { stringify } from 'yaml';
+import { createApp, type App } from '../../app.ts';
+import { loadConfig, type Config } from '../../services/config.ts';
+import { createLogger } from '../../services/logger.ts';
+import { buildServices, type Services } from '../../services/wiring.ts';
+
+export const AUTH_TOKEN = 'test-shared-token-0123456789';
+
+export class ManualClock {
+  constructor(public current = Date.parse('2026-01-01T00:00:00Z')) {}
+  now(): number {
+    return this.current;
+  }
+  advance(seconds: number): void {
+    this.current += seconds * 1000;
+  }
+}
+
+/** Collects every log line as parsed JSON, and the raw text for secret scans. */
+export function captureLogs() {
+  const lines: Record<string, unknown>[] = [];
+  let raw = '';
+  const stream = new Writable({
+    write(chunk, _encoding, done) {
+      const text = chunk.toString();
+      raw += text;
+      for (const line of text.split('\n').filter(Boolean)) lines.push(JSON.parse(line));
+      done();
+    },
+  });
+  return { logger: createLogger('debug', stream), lines, raw: () => raw };
+}
+
+export async function tempDir(): Promise<string> {
+  return mkdtemp(join(tmpdir(), 'k8s-claimer-test-'));
+}
+
+export interface PoolCluster {
+  name: string;
+  server?: string;
+  location?: string;
+  labels?: Record<string, string>;
+  version?: string;
+  token?: string;
+}
+
+export function poolOf(count: number, prefix = 'pool'): PoolCluster[] {
+  return Array.from({ length: count }, (_, index) => ({
+    name: `${prefix}-${index + 1}`,
+    server: `https://10.1.0.${index + 1}:6443`,
+  }));
+}
+
+export async function writePool(folder: string, clusters: PoolCluster[]): Promise<string> {
+  const path = join(folder, 'pool.yaml');
+  await writeFile(
+    path,
+    stringify({ clusters: clusters.map((cluster) => ({ server: 'https://10.9.9.9:6443', ...cluster })) }),
+  );
+  return path;
+}
+
+export interface TestApp {
+  app: App;
+  services: Services;
+  config: Config;
+  clock: ManualClock;
+  folder: string;
+  logs: ReturnType<typeof captureLogs>;
+  request(method: string, path: string, options?: { body?: unknown; auth?: string | null; headers?: Record<string, string> }): Promise<Response>;
+  close(): Promise<void>;
+}
+
+export async function startTestApp(
+  options: { clusters?: PoolCluster[]; env?: Record<string, string>; clock?: ManualClock; folder?: string } = {},
+): Promise<TestApp> {
+  const folder = options.folder ?? (await tempDir());
+  const poolFile = await writePool(folder, options.clusters ?? poolOf(3));
+  const config = loadConfig(
+    {
+      AUTH_TOKEN,
+      STATIC_POOL_FILE: poolFile,
+      LEASE_STORE_FILE: join(folder, 'leases.json'),
+      ...options.env,
+    },
+    { staticPoolFile: poolFile },
+  );
+  const clock = options.clock ?? new ManualClock();
+  const logs = captureLogs();
+  const services = await buildServices(config, logs.logger, { authToken: AUTH_TOKEN, clock });
+  const app = createApp(services.deps);
+  return {
+    app,
+    services,
+    config,
+    clock,
+    folder,
+    logs,
+    request(method, path, { body, auth = AUTH_TOKEN, headers = {} } = {}) {
+      const init: RequestInit = { method, headers: { ...headers } };
+      if (auth !== null) (init.headers as Record<string, string>).authorization = auth;
+      if (body !== undefined) init.body = typeof body === 'string' ? body : JSON.stringify(body);
+      return app.fetch(new Request(`http://claimer.test${path}`, init));
+    },
+    async close() {
+      await services.close();
+      if (!options.folder) await rm(folder, { recursive: true, force: true });
+    },
+  };
+}
