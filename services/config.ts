@@ -32,6 +32,8 @@ export interface Config {
   leaseStore: StoreKind;
   leaseStoreFile: string;
   clusterCacheSeconds: number;
+  /** Where the Kubernetes store finds its cluster; unset: client-node's default loading. */
+  kubeconfigPath?: string;
   gke?: GkeConfig;
 }
 
@@ -83,6 +85,7 @@ const Environment = v.object({
   GOOGLE_CLOUD_ZONE: textOr('-'),
   GOOGLE_CLOUD_ACCOUNT_FILE_BASE64: text(),
   GOOGLE_CLOUD_ACCOUNT_FILE: text(),
+  KUBECONFIG: text(),
   GKE_EMULATOR_HOST: v.optional(v.pipe(v.string(), v.regex(/^[^\s/:]+:\d+$/, 'must be host:port'))),
 });
 
@@ -154,6 +157,7 @@ export function loadConfig(environment: Record<string, string | undefined>, defa
     leaseStore: env.LEASE_STORE ?? (mode === 'gke' ? 'kubernetes' : 'file'),
     leaseStoreFile: env.LEASE_STORE_FILE,
     clusterCacheSeconds: env.CLUSTER_CACHE_SECONDS,
+    ...(env.KUBECONFIG && { kubeconfigPath: env.KUBECONFIG }),
     ...(gke && { gke }),
   };
 }

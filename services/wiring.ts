@@ -25,17 +25,35 @@ export interface BuildOptions {
   authToken: string;
 }
 
-async function buildProvider(config: Config): Promise<ClusterProvider> {
-  return StaticProvider.load(config.staticPoolFile);
+interface Closable {
+  close?(): Promise<void>;
+}
+
+async function buildProvider(config: Config, logger: Logger, clock: Clock): Promise<ClusterProvider & Closable> {
+  if (!config.gke) return StaticProvider.load(config.staticPoolFile);
+  const { GkeProvider, gkeClientFor, lesseeTokenSource } = await import('./providers/gke.ts');
+  return new GkeProvider(gkeClientFor(config.gke), lesseeTokenSource(config.gke), {
+    projectId: config.gke.projectId,
+    zone: config.gke.zone,
+    cacheSeconds: config.clusterCacheSeconds,
+    clock,
+    logger,
+  });
 }
 
 async function buildStore(config: Config, logger: Logger): Promise<LeaseStore> {
-  return FileLeaseStore.open(config.leaseStoreFile, logger);
+  if (config.leaseStore === 'file') return FileLeaseStore.open(config.leaseStoreFile, logger);
+  const { KubernetesLeaseStore, kubeConfigFrom } = await import('./store/kubernetes.ts');
+  return KubernetesLeaseStore.fromKubeConfig(kubeConfigFrom(config.kubeconfigPath), {
+    namespace: config.namespace,
+    serviceName: config.serviceName,
+    logger,
+  });
 }
 
 export async function buildServices(config: Config, logger: Logger, options: BuildOptions): Promise<Services> {
   const clock = options.clock ?? systemClock;
-  const provider = await buildProvider(config);
+  const provider = await buildProvider(config, logger, clock);
   const store = await buildStore(config, logger);
   const writePath = new WritePath(store, () => provider.list(), clock);
   const leases = new LeaseService(writePath, provider, logger);
@@ -47,6 +65,8 @@ export async function buildServices(config: Config, logger: Logger, options: Bui
       maxLeaseSeconds: config.maxLeaseSeconds,
     },
     writePath,
-    async close() {},
+    async close() {
+      await provider.close?.();
+    },
   };
 }

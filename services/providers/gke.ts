@@ -1,0 +1,146 @@
+// The GKE pool: clusters listed from a Google Cloud project with @google-cloud/container.
+// A cluster is location + name (the same name in two zones is two clusters); only RUNNING ones
+// are leasable. The list is cached so that an acquire normally costs no GKE call, and a warm
+// cache keeps the claimer leasing through a GKE outage.
+
+import { ClusterManagerClient, type protos } from '@google-cloud/container';
+import * as grpc from '@grpc/grpc-js';
+import { GoogleAuth, OAuth2Client } from 'google-auth-library';
+import type { Logger } from 'pino';
+import type { GkeConfig } from '../config.ts';
+import { buildKubeconfig } from '../kubeconfig.ts';
+import type { Clock } from '../write-path.ts';
+import type { Cluster, ClusterProvider, ClusterStatus } from './types.ts';
+
+type GkeCluster = protos.google.container.v1.ICluster;
+
+/**
+ * The only scope of the token handed to lessees: GKE accepts it to authenticate the service
+ * account, and it cannot call any other Google Cloud API. A cloud-platform token would hand
+ * every lessee the claimer's project-wide powers.
+ */
+export const LESSEE_TOKEN_SCOPE = 'https://www.googleapis.com/auth/userinfo.email';
+
+const STATUSES: readonly ClusterStatus[] = ['RUNNING', 'PROVISIONING', 'RECONCILING', 'STOPPING', 'ERROR', 'DEGRADED'];
+
+/** Adds no credentials: for an emulator, and it keeps google-gax from probing the metadata server. */
+class NoCredentials extends OAuth2Client {
+  override async getRequestHeaders(): Promise<Headers> {
+    return new Headers();
+  }
+}
+
+export function gkeClientFor(config: GkeConfig): ClusterManagerClient {
+  if (config.emulatorHost) {
+    const separator = config.emulatorHost.lastIndexOf(':');
+    return new ClusterManagerClient({
+      apiEndpoint: config.emulatorHost.slice(0, separator),
+      port: Number(config.emulatorHost.slice(separator + 1)),
+      sslCreds: grpc.credentials.createInsecure(),
+      authClient: new NoCredentials(),
+    });
+  }
+  const account = JSON.parse(config.accountJson as string);
+  return new ClusterManagerClient({
+    credentials: { client_email: account.client_email, private_key: account.private_key },
+    projectId: config.projectId,
+  });
+}
+
+/** Mints the lessee's bearer token: an access token of the service account, userinfo.email only. */
+export type LesseeTokenSource = () => Promise<string | undefined>;
+
+export function lesseeTokenSource(config: GkeConfig): LesseeTokenSource {
+  if (!config.accountJson) return async () => undefined;
+  const auth = new GoogleAuth({ credentials: JSON.parse(config.accountJson), scopes: [LESSEE_TOKEN_SCOPE] });
+  return async () => {
+    const token = await auth.getAccessToken();
+    if (!token) throw new Error('Google returned no access token for the service account');
+    return token;
+  };
+}
+
+export interface GkeProviderOptions {
+  projectId: string;
+  zone: string;
+  cacheSeconds: number;
+  clock: Clock;
+  logger: Logger;
+  /** Deadline of one GKE call, in ms. */
+  timeoutMs?: number;
+}
+
+export function toCluster(gke: GkeCluster): Cluster {
+  const location = gke.location || gke.zone || '';
+  const name = gke.name ?? '';
+  const endpoint = gke.endpoint ?? '';
+  const status = STATUSES.find((known) => known === String(gke.status)) ?? 'STATUS_UNSPECIFIED';
+  const caData = gke.masterAuth?.clusterCaCertificate || undefined;
+  return {
+    id: `${location}/${name}`,
+    name,
+    location,
+    endpoint,
+    server: `https://${endpoint}`,
+    ...(caData && { caData }),
+    labels: { ...(gke.resourceLabels ?? {}) },
+    version: gke.currentMasterVersion ?? '',
+    status,
+  };
+}
+
+export class GkeProvider implements ClusterProvider {
+  readonly kind = 'gke';
+  private cache?: { clusters: Cluster[]; fetchedAt: number; refreshAt: number };
+  private inflight?: Promise<Cluster[]>;
+
+  constructor(
+    private readonly client: ClusterManagerClient,
+    private readonly lesseeToken: LesseeTokenSource,
+    private readonly options: GkeProviderOptions,
+  ) {}
+
+  async list(): Promise<Cluster[]> {
+    const now = this.options.clock.now();
+    if (this.cache && now < this.cache.refreshAt) return this.cache.clusters;
+    // One GKE call at a time, however many requests need the list.
+    this.inflight ??= this.fetch().finally(() => {
+      this.inflight = undefined;
+    });
+    return this.inflight;
+  }
+
+  private async fetch(): Promise<Cluster[]> {
+    const parent = `projects/${this.options.projectId}/locations/${this.options.zone}`;
+    try {
+      const [response] = await this.client.listClusters({ parent }, { timeout: this.options.timeoutMs ?? 10_000 });
+      const clusters = (response.clusters ?? []).map(toCluster);
+      const fetchedAt = this.options.clock.now();
+      this.cache = { clusters, fetchedAt, refreshAt: fetchedAt + this.options.cacheSeconds * 1000 };
+      return clusters;
+    } catch (error) {
+      if (!this.cache) throw error;
+      // Ask GKE again soon, but not on every request while it is down.
+      this.cache.refreshAt = this.options.clock.now() + Math.min(5_000, this.options.cacheSeconds * 1000);
+      this.options.logger.warn(
+        { err: error, backend: 'gke', cache_age_s: Math.round((this.options.clock.now() - this.cache.fetchedAt) / 1000) },
+        'GKE did not answer; leasing from the cached cluster list',
+      );
+      return this.cache.clusters;
+    }
+  }
+
+  async kubeconfigFor(cluster: Cluster): Promise<string> {
+    const token = await this.lesseeToken();
+    return buildKubeconfig({
+      contextName: `gke_${this.options.projectId}_${cluster.location}_${cluster.name}`,
+      server: cluster.server,
+      caData: cluster.caData,
+      user: token ? { token } : {},
+    });
+  }
+
+  async close(): Promise<void> {
+    await this.client.close();
+  }
+}

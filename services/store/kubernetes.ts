@@ -1,0 +1,182 @@
+// The Kubernetes lease store: the lease table lives in annotations on one Service, so several
+// replicas share it. Each cluster's record is its own annotation
+// (`lease.k8s-claimer.io/c-<hash of the cluster id>`, value: the JSON record). Every write is a
+// JSON merge patch carrying the resourceVersion it was decided on: the apiserver refuses it
+// with 409 when somebody else wrote first. Only the annotations that changed are sent, so
+// annotations the claimer does not own are never touched.
+
+import { Buffer } from 'node:buffer';
+import { createHash } from 'node:crypto';
+import { ApiException, CoreV1Api, KubeConfig, PatchStrategy, setHeaderOptions, type V1Service } from '@kubernetes/client-node';
+import type { Logger } from 'pino';
+import { VersionConflictError } from '../errors.ts';
+import type { ClusterEntry, LeaseTable, LegacyLease } from '../lease-table.ts';
+import { decodeEntry, decodeLegacy, encodeEntry, encodeLegacy } from './codec.ts';
+import type { LeaseStore, Snapshot } from './types.ts';
+
+export const ANNOTATION_PREFIX = 'lease.k8s-claimer.io/';
+/** Kubernetes refuses an object whose annotations (keys and values) exceed 256 KiB. */
+export const ANNOTATIONS_LIMIT_BYTES = 256 * 1024;
+/** The original k8s-claimer keyed its records by the lease UUID itself. */
+const ORIGINAL_KEY = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
+
+export function annotationKeyFor(clusterId: string): string {
+  return `${ANNOTATION_PREFIX}c-${createHash('sha256').update(clusterId).digest('hex').slice(0, 24)}`;
+}
+
+/** The lease Service is missing, or refused the annotations: a backend failure, logged clearly. */
+export class LeaseServiceError extends Error {}
+
+function annotationsSize(annotations: Record<string, string>): number {
+  let size = 0;
+  for (const [key, value] of Object.entries(annotations)) size += Buffer.byteLength(key) + Buffer.byteLength(value);
+  return size;
+}
+
+export function kubeConfigFrom(path?: string): KubeConfig {
+  const kubeConfig = new KubeConfig();
+  // Default loading: KUBECONFIG, then ~/.kube/config, then the in-cluster service account.
+  if (path) kubeConfig.loadFromFile(path);
+  else kubeConfig.loadFromDefault();
+  return kubeConfig;
+}
+
+export interface KubernetesStoreOptions {
+  namespace: string;
+  serviceName: string;
+  logger: Logger;
+}
+
+export class KubernetesLeaseStore implements LeaseStore {
+  /** Annotations as last seen, by resourceVersion: the base of the size check before a write. */
+  private readonly seen = new Map<string, Record<string, string>>();
+  private readonly where: string;
+
+  constructor(
+    private readonly api: CoreV1Api,
+    private readonly options: KubernetesStoreOptions,
+  ) {
+    this.where = `${options.namespace}/${options.serviceName}`;
+  }
+
+  static fromKubeConfig(kubeConfig: KubeConfig, options: KubernetesStoreOptions): KubernetesLeaseStore {
+    return new KubernetesLeaseStore(kubeConfig.makeApiClient(CoreV1Api), options);
+  }
+
+  async read(): Promise<Snapshot> {
+    let service: V1Service;
+    try {
+      service = await this.api.readNamespacedService({ name: this.options.serviceName, namespace: this.options.namespace });
+    } catch (error) {
+      throw this.explain(error);
+    }
+    return this.snapshotOf(service);
+  }
+
+  async write(next: LeaseTable, base: Snapshot): Promise<Snapshot> {
+    const changes = this.changes(base.table, next);
+    const previous = this.seen.get(base.version);
+    if (previous) {
+      const after = { ...previous };
+      for (const [key, value] of Object.entries(changes)) {
+        if (value === null) delete after[key];
+        else after[key] = value;
+      }
+      if (annotationsSize(after) > ANNOTATIONS_LIMIT_BYTES) {
+        throw new LeaseServiceError(
+          `the lease records would exceed Kubernetes' 256 KiB annotation limit on Service ${this.where}; nothing was written`,
+        );
+      }
+    }
+    let service: V1Service;
+    try {
+      service = await this.api.patchNamespacedService(
+        {
+          name: this.options.serviceName,
+          namespace: this.options.namespace,
+          // A resourceVersion in a merge patch is a precondition: 409 if the Service has moved on.
+          body: { metadata: { resourceVersion: base.version, annotations: changes } },
+        },
+        setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
+      );
+    } catch (error) {
+      throw this.explain(error);
+    }
+    return this.snapshotOf(service);
+  }
+
+  /** The annotation changes that turn `base` into `next`: new values, or null to delete. */
+  private changes(base: LeaseTable, next: LeaseTable): Record<string, string | null> {
+    const changes: Record<string, string | null> = {};
+    for (const [clusterId, entry] of Object.entries(next.clusters)) {
+      if (base.clusters[clusterId] !== entry) changes[annotationKeyFor(clusterId)] = JSON.stringify(encodeEntry(clusterId, entry));
+    }
+    for (const clusterId of Object.keys(base.clusters)) {
+      if (!(clusterId in next.clusters)) changes[annotationKeyFor(clusterId)] = null;
+    }
+    for (const [token, legacy] of Object.entries(next.legacy)) {
+      if (base.legacy[token] !== legacy) changes[token] = JSON.stringify(encodeLegacy(legacy));
+    }
+    for (const token of Object.keys(base.legacy)) {
+      if (!(token in next.legacy)) changes[token] = null;
+    }
+    return changes;
+  }
+
+  private snapshotOf(service: V1Service): Snapshot {
+    const version = service.metadata?.resourceVersion;
+    if (!version) throw new LeaseServiceError(`Service ${this.where} came back without a resourceVersion`);
+    const annotations = service.metadata?.annotations ?? {};
+    const clusters: Record<string, ClusterEntry> = {};
+    const legacy: Record<string, LegacyLease> = {};
+    for (const [key, value] of Object.entries(annotations)) {
+      if (key.startsWith(ANNOTATION_PREFIX)) {
+        const decoded = decodeEntry(parseJson(value));
+        if (decoded.ok && annotationKeyFor(decoded.value.clusterId) === key) {
+          clusters[decoded.value.clusterId] = decoded.value.entry;
+        } else {
+          this.options.logger.warn(
+            { annotation: key, service: this.where, problem: decoded.ok ? 'key does not match the cluster id' : decoded.problem },
+            'skipping a lease record that does not parse; it is left in place',
+          );
+        }
+      } else if (ORIGINAL_KEY.test(key)) {
+        const decoded = decodeLegacy(parseJson(value));
+        if (decoded.ok) legacy[key] = decoded.value;
+      }
+    }
+    this.seen.set(version, annotations);
+    // Only recent versions can be the base of a write; keep the map small.
+    for (const old of this.seen.keys()) {
+      if (this.seen.size <= 8) break;
+      this.seen.delete(old);
+    }
+    return { table: { clusters, legacy }, version };
+  }
+
+  private explain(error: unknown): Error {
+    if (error instanceof ApiException) {
+      if (error.code === 409) return new VersionConflictError();
+      if (error.code === 404) {
+        return new LeaseServiceError(`lease Service ${this.where} does not exist; create it (see k8s/) before starting`);
+      }
+      if (error.code === 422) return new LeaseServiceError(`the apiserver refused the lease records on Service ${this.where}: ${statusMessage(error)}`);
+      return new LeaseServiceError(`the apiserver answered ${error.code} for Service ${this.where}: ${statusMessage(error)}`);
+    }
+    return error instanceof Error ? error : new Error(String(error));
+  }
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+function statusMessage(error: ApiException<unknown>): string {
+  const body = typeof error.body === 'string' ? parseJson(error.body) : error.body;
+  const message = (body as { message?: unknown } | undefined)?.message;
+  return typeof message === 'string' ? message.slice(0, 300) : 'no message';
+}

@@ -1,0 +1,24 @@
+/**
+ * Self-signed certificate for 127.0.0.1/localhost (EC P-256, valid until 2126) so the fake can
+ * serve HTTPS in tests without generating keys at runtime. Test-only: the key is public.
+ */
+export const TEST_TLS_CERT = `-----BEGIN CERTIFICATE-----
+MIIBrzCCAVWgAwIBAgIUM/2IPHVpA4eC6O3T4T0sSdc17E8wCgYIKoZIzj0EAwIw
+HjEcMBoGA1UEAwwTZmFrZS1rdWJlLWFwaXNlcnZlcjAgFw0yNjExMzAwODU0MjRa
+GA8yMTI2MTEwNjA4NTQyNFowHjEcMBoGA1UEAwwTZmFrZS1rdWJlLWFwaXNlcnZl
+cjBZMBMGByqGSM49AgEGCCqGSM49AwEHA0IABFxKnnzzrQ2BAEMF+rmQfSpO9W0Q
+Ib5rJs1vwQ7jRN45SH40LUhJqFnwXcX2GM8SuK+aWzrK9EZGBso9ppBPXv+jbzBt
+MB0GA1UdDgQWBBQ9zfWGxwvaiRBl/mEN6vUAdxcxvzAfBgNVHSMEGDAWgBQ9zfWG
+xwvaiRBl/mEN6vUAdxcxvzAPBgNVHRMBAf8EBTADAQH/MBoGA1UdEQQTMBGHBH8A
+AAGCCWxvY2FsaG9zdDAKBggqhkjOPQQDAgNIADBFAiAZMq0GUohxWbx/dkw5IxX2
+XG+HuhUuf+oyzLBcX9ru9gIhAJdeHj7KCoiep1bPJWLEjgmxsnN4/2Ovxeh/w7V+
+Fy/N
+-----END CERTIFICATE-----
+`;
+
+export const TEST_TLS_KEY = `-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgzxP6Fz1Fnvf9nILs
+cTRiFFMW/yrxuEwGWNBwfQjF4pehRANCAARcSp58860NgQBDBfq5kH0qTvVtECG+
+aybNb8EO40TeOUh+NC1ISahZ8F3F9hjPErivmls6yvRGRgbKPaaQT17/
+-----END PRIVATE KEY-----
+`;

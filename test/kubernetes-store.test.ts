@@ -1,0 +1,171 @@
+// The Kubernetes lease store through the real @kubernetes/client-node, over HTTP, against a
+// fake kube-apiserver with resourceVersion compare-and-swap.
+
+import assert from 'node:assert/strict';
+import { rm } from 'node:fs/promises';
+import { after, afterEach, before, beforeEach, describe, test } from 'node:test';
+import { annotationKeyFor } from '../services/store/kubernetes.ts';
+import type { FakeKubeApiserver } from './fakes/kube-apiserver.ts';
+import { poolOf, startTestApp, tempDir, type ManualClock, type TestApp } from './support/harness.ts';
+import { LEASE_NAMESPACE, LEASE_SERVICE, leaseAnnotations, seedLeaseService, startKube, writeKubeconfig } from './support/kube.ts';
+
+const ORIGINAL_TOKEN = '5b0c8d2e-9f1a-4c3b-8e7d-6a5f4e3d2c1b';
+
+describe('Kubernetes lease store', () => {
+  let fake: FakeKubeApiserver;
+  let folder: string;
+  let kubeconfig: string;
+  const apps: TestApp[] = [];
+
+  before(async () => {
+    fake = await startKube();
+    folder = await tempDir();
+    kubeconfig = await writeKubeconfig(folder, fake.url);
+  });
+  after(async () => {
+    await fake.close();
+    await rm(folder, { recursive: true, force: true });
+  });
+  beforeEach(() => seedLeaseService(fake));
+  afterEach(async () => {
+    while (apps.length) await apps.pop()?.close();
+    fake.deleteObject('services', LEASE_NAMESPACE, LEASE_SERVICE);
+    fake.resetCounts();
+  });
+
+  async function replica(clusters = poolOf(3), clock?: ManualClock): Promise<TestApp> {
+    const app = await startTestApp({ clusters, clock, env: { LEASE_STORE: 'kubernetes', KUBECONFIG: kubeconfig } });
+    apps.push(app);
+    return app;
+  }
+
+  async function lease(app: TestApp, maxTime = 600) {
+    const response = await app.request('POST', '/lease', { body: { max_time: maxTime } });
+    return { status: response.status, body: await response.json() };
+  }
+
+  test('a lease is a merge patch carrying the resourceVersion; the token is stored only as a hash', async () => {
+    const app = await replica();
+    const granted = await lease(app);
+    assert.equal(granted.status, 200);
+    const patches = fake.requests.filter((request) => request.method === 'PATCH');
+    assert.equal(patches.length, 1);
+    assert.equal(patches[0].contentType, 'application/merge-patch+json');
+    assert.ok(JSON.parse(patches[0].body).metadata.resourceVersion);
+    const annotations = leaseAnnotations(fake);
+    const records = Object.entries(annotations).filter(([key]) => key.startsWith('lease.k8s-claimer.io/'));
+    assert.equal(records.length, 1);
+    const record = JSON.parse(records[0][1]);
+    assert.equal(record.cluster, 'static/pool-1');
+    assert.equal(record.state, 'leased');
+    assert.match(record.lease.token_sha256, /^[0-9a-f]{64}$/);
+    assert.equal(JSON.stringify(annotations).includes(granted.body.token), false);
+  });
+
+  test('a conflict on the first write: re-read, decide again, succeed', async () => {
+    const app = await replica();
+    await lease(app);
+    fake.resetCounts();
+    // Another replica leases pool-2, the cluster we are about to take, just before our write lands.
+    fake.conflictNextWrite({
+      mutate(service) {
+        const record = { cluster: 'static/pool-2', state: 'leased', lease: { token_sha256: 'a'.repeat(64), started_at: new Date(app.clock.now()).toISOString(), expires_at: new Date(app.clock.now() + 600_000).toISOString() } };
+        service.metadata!.annotations = { ...service.metadata!.annotations, [annotationKeyFor('static/pool-2')]: JSON.stringify(record) };
+      },
+    });
+    const second = await lease(app);
+    assert.equal(second.status, 200);
+    assert.equal(second.body.cluster_name, 'pool-3');
+    assert.equal(fake.countRequests({ method: 'PATCH' }), 2);
+    assert.equal(fake.countRequests({ method: 'GET' }), 1);
+  });
+
+  test('two replicas on one apiserver race for the last cluster: exactly one wins, no 500', async () => {
+    const clusters = poolOf(1);
+    const first = await replica(clusters);
+    const second = await replica(clusters, first.clock);
+    for (let round = 0; round < 10; round++) {
+      const results = await Promise.all([lease(first), lease(second)]);
+      const statuses = results.map((result) => result.status).sort();
+      assert.deepEqual(statuses, [200, 409], `round ${round}`);
+      const winner = results.find((result) => result.status === 200)!;
+      const owner = results[0].status === 200 ? first : second;
+      assert.equal((await owner.request('DELETE', `/lease/${winner.body.token}`)).status, 200);
+    }
+  });
+
+  test('a release through one replica frees the cluster for the other, whose cache is stale', async () => {
+    const clusters = poolOf(1);
+    const first = await replica(clusters);
+    const second = await replica(clusters, first.clock);
+    const held = await lease(first);
+    assert.equal((await lease(second)).status, 409);
+    // Released through `second`; `first` still caches the table in which the cluster is leased.
+    assert.equal((await second.request('DELETE', `/lease/${held.body.token}`)).status, 200);
+    assert.equal((await lease(first)).status, 200);
+  });
+
+  test('annotations the claimer does not own are never touched, even when added concurrently', async () => {
+    seedLeaseService(fake, { 'example.com/owner': 'team-a', 'kubectl.kubernetes.io/last-applied-configuration': '{"x":1}' });
+    const app = await replica();
+    const granted = await lease(app);
+    fake.conflictNextWrite({
+      mutate(service) {
+        service.metadata!.annotations = { ...service.metadata!.annotations, 'example.com/added-meanwhile': 'yes' };
+      },
+    });
+    assert.equal((await app.request('DELETE', `/lease/${granted.body.token}`)).status, 200);
+    const annotations = leaseAnnotations(fake);
+    assert.equal(annotations['example.com/owner'], 'team-a');
+    assert.equal(annotations['kubectl.kubernetes.io/last-applied-configuration'], '{"x":1}');
+    assert.equal(annotations['example.com/added-meanwhile'], 'yes');
+  });
+
+  test('a record that does not parse is skipped with a warning and left in place', async () => {
+    seedLeaseService(fake, { 'lease.k8s-claimer.io/c-000000000000000000000000': '{not json' });
+    const app = await replica();
+    assert.equal((await lease(app)).status, 200);
+    assert.equal(leaseAnnotations(fake)['lease.k8s-claimer.io/c-000000000000000000000000'], '{not json');
+    assert.ok(app.logs.lines.some((line) => line.level === 'warn' && line.annotation === 'lease.k8s-claimer.io/c-000000000000000000000000'));
+  });
+
+  test("a record of the original k8s-claimer is honoured: its cluster stays leased and its token releases it", async () => {
+    const app = await replica();
+    const expires = new Date(app.clock.now() + 3_600_000).toISOString();
+    seedLeaseService(fake, { [ORIGINAL_TOKEN]: JSON.stringify({ cluster_name: 'pool-1', lease_expiration_time: expires }) });
+    const names = [(await lease(app)).body.cluster_name, (await lease(app)).body.cluster_name];
+    assert.deepEqual(names, ['pool-2', 'pool-3']);
+    assert.equal((await lease(app)).status, 409);
+    assert.equal((await app.request('DELETE', `/lease/${ORIGINAL_TOKEN}`)).status, 200);
+    assert.equal(leaseAnnotations(fake)[ORIGINAL_TOKEN], undefined);
+    assert.equal((await lease(app)).body.cluster_name, 'pool-1');
+  });
+
+  test('a missing Service: 500, a clear log line, nothing changed', async () => {
+    fake.deleteObject('services', LEASE_NAMESPACE, LEASE_SERVICE);
+    const app = await replica();
+    const response = await lease(app);
+    assert.equal(response.status, 500);
+    assert.equal(response.body.error, 'internal error');
+    assert.match(app.logs.raw(), /lease Service k8s-claimer\/k8s-claimer does not exist/);
+    assert.equal(fake.countRequests({ method: 'PATCH' }), 0);
+  });
+
+  test('annotations that would pass 256 KiB: 500, a clear log line, nothing written', async () => {
+    seedLeaseService(fake, { 'example.com/huge': 'x'.repeat(256 * 1024 - 100) });
+    const app = await replica();
+    const before = fake.getObject('services', LEASE_NAMESPACE, LEASE_SERVICE)?.metadata?.resourceVersion;
+    const response = await lease(app);
+    assert.equal(response.status, 500);
+    assert.match(app.logs.raw(), /256 KiB annotation limit/);
+    assert.equal(fake.getObject('services', LEASE_NAMESPACE, LEASE_SERVICE)?.metadata?.resourceVersion, before);
+    assert.equal(fake.countRequests({ method: 'PATCH' }), 0);
+  });
+
+  test('the apiserver refusing the annotations (422) is a 500, never a retry loop', async () => {
+    const app = await replica();
+    fake.failNext(1, 422, { match: (request) => request.method === 'PATCH' });
+    assert.equal((await lease(app)).status, 500);
+    assert.equal(fake.countRequests({ method: 'PATCH' }), 1);
+  });
+});
