@@ -14,6 +14,7 @@ import {
   MethodNotAllowedError,
   NoClusterAvailableError,
   NotFoundError,
+  NotReadyError,
   PayloadTooLargeError,
   UnauthorizedError,
 } from './services/errors.ts';
@@ -54,6 +55,7 @@ const STATUS_OF: ReadonlyArray<[new (...args: never[]) => AppError, number]> = [
   [NoClusterAvailableError, 409],
   [PayloadTooLargeError, 413],
   [ContentionError, 503],
+  [NotReadyError, 503],
 ];
 
 function headersFor(error: AppError): Record<string, string> {
@@ -80,6 +82,12 @@ const REQUEST_ID = /^[\w.:-]{1,128}$/;
 
 export interface App {
   fetch(request: Request): Promise<Response>;
+}
+
+/** What the server answers while its clients are still being built: alive, not ready. */
+export function startingResponse(request: Request): Response {
+  if (new URL(request.url).pathname === '/healthz') return json({ status: 'starting' });
+  return json({ error: 'the claimer is starting; try again shortly' }, 503, { 'retry-after': '1' });
 }
 
 export function createApp(deps: AppDeps): App {

@@ -5,7 +5,7 @@
 import process from 'node:process';
 import { fileURLToPath } from 'node:url';
 import { serve } from 'srvx';
-import { createApp } from './app.ts';
+import { createApp, startingResponse, type App } from './app.ts';
 import { ConfigError, loadConfig } from './services/config.ts';
 import { ensureLocalAuthToken } from './services/local-auth.ts';
 import { createLogger } from './services/logger.ts';
@@ -36,6 +36,19 @@ if (authToken === undefined) {
   );
 }
 
+// Bind first: /healthz answers while the clients are built (the GKE and Kubernetes libraries
+// take a while to load); every other route answers 503 until the claimer is ready.
+let app: App | undefined;
+const server = serve({
+  fetch: (request) => (app ? app.fetch(request) : startingResponse(request)),
+  port: config.bindPort,
+  hostname: config.bindHost,
+  silent: true,
+  gracefulShutdown: false,
+});
+await server.ready();
+logger.info({ url: server.url, runtime: server.runtime, mode: config.mode, store: config.leaseStore }, 'listening');
+
 let services: Services;
 try {
   services = await buildServices(config, logger, { authToken });
@@ -44,16 +57,12 @@ try {
   process.exit(1);
 }
 
-const app = createApp(services.deps);
-const server = serve({
-  fetch: (request) => app.fetch(request),
-  port: config.bindPort,
-  hostname: config.bindHost,
-  silent: true,
-  gracefulShutdown: false,
+// A failed first read is not fatal: the store or GKE may come up after the claimer does.
+await services.writePath.warmUp().catch((error: unknown) => {
+  logger.warn({ err: error }, 'the lease store or the cluster pool is not reachable yet');
 });
-await server.ready();
-logger.info({ url: server.url, runtime: server.runtime, mode: config.mode, store: config.leaseStore }, 'listening');
+app = createApp(services.deps);
+logger.info({ url: server.url }, 'ready');
 
 let stopping = false;
 async function shutdown(signal: string): Promise<void> {

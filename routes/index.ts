@@ -6,6 +6,7 @@ import * as healthz from './healthz.ts';
 import * as lease from './lease.ts';
 import * as leaseByProviderAndToken from './lease/[provider]/[token].ts';
 import * as leaseByToken from './lease/[token].ts';
+import * as readyz from './readyz.ts';
 
 export interface RouteEntry {
   /** The module's file under routes/; its path follows from it (`lease/[token].ts` is `/lease/:token`). */
@@ -20,6 +21,7 @@ export const manifest: readonly RouteEntry[] = [
   { file: 'lease.ts', module: lease, auth: true },
   { file: 'lease/[token].ts', module: leaseByToken, auth: true },
   { file: 'lease/[provider]/[token].ts', module: leaseByProviderAndToken, auth: true },
+  { file: 'readyz.ts', module: readyz, auth: false },
 ];
 
 /** `lease/[provider]/[token].ts` -> `/lease/:provider/:token`; `index.ts` files name their folder. */

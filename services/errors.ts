@@ -60,6 +60,9 @@ export class ContentionError extends AppError {
   }
 }
 
+/** The store or the cluster pool cannot be reached: the replica should get no traffic. */
+export class NotReadyError extends AppError {}
+
 /** A compare-and-swap lost: somebody else wrote first. The write path re-reads and decides again. */
 export class VersionConflictError extends Error {
   constructor(message = 'the lease table changed since it was read') {

@@ -61,9 +61,12 @@ export function liveLease(entry: ClusterEntry | undefined, now: number): Lease |
 }
 
 function liveLegacyLease(table: LeaseTable, clusterName: string, now: number): LegacyLease | undefined {
-  return Object.values(table.legacy).find(
-    (legacy) => legacy.clusterName === clusterName && now < legacy.expiresAt,
-  );
+  // A loop rather than Object.values: this runs for every cluster of every decision of a burst.
+  for (const token in table.legacy) {
+    const legacy = table.legacy[token];
+    if (legacy.clusterName === clusterName && now < legacy.expiresAt) return legacy;
+  }
+  return undefined;
 }
 
 export type EffectiveState = ClusterState;
@@ -107,24 +110,55 @@ export interface AcquireResult {
 }
 
 /**
+ * The leasable free clusters at `context.now`, idle the longest first (ties by id). Derived
+ * data, memoised by the identity of the (immutable) table and context: a burst applies
+ * hundreds of acquires to one table in a row, and each derives the next list from the last
+ * instead of scanning the whole pool again.
+ */
+const freeListMemo = new WeakMap<DecisionContext, WeakMap<LeaseTable, readonly Cluster[]>>();
+
+function memoFor(context: DecisionContext): WeakMap<LeaseTable, readonly Cluster[]> {
+  let byTable = freeListMemo.get(context);
+  if (!byTable) {
+    byTable = new WeakMap();
+    freeListMemo.set(context, byTable);
+  }
+  return byTable;
+}
+
+export function freeClusters(table: LeaseTable, context: DecisionContext): readonly Cluster[] {
+  const memo = memoFor(context);
+  let free = memo.get(table);
+  if (!free) {
+    free = context.clusters
+      .filter((cluster) => isLeasable(cluster) && effectiveState(table, cluster, context.now) === 'free')
+      .map((cluster) => ({ cluster, since: idleSince(table.clusters[cluster.id]) }))
+      .sort((a, b) => a.since - b.since || (a.cluster.id < b.cluster.id ? -1 : 1))
+      .map(({ cluster }) => cluster);
+    memo.set(table, free);
+  }
+  return free;
+}
+
+/**
  * Leases the matching free cluster that has been idle the longest (ties broken by id, so the
  * pick is deterministic). Every free cluster is a candidate: no random draws that miss one.
  */
 export function acquire(request: AcquireRequest): Decision<AcquireResult> {
-  return (table, { now, clusters }) => {
-    const matching = clusters.filter((cluster) => isLeasable(cluster) && (request.accepts?.(cluster) ?? true));
-    if (matching.length === 0) {
-      throw new NoClusterAvailableError('NoMatchingCluster', 'no cluster in the pool matches the request');
-    }
-    const free = matching.filter((cluster) => effectiveState(table, cluster, now) === 'free');
-    if (free.length === 0) {
-      const soonestEnd = Math.min(...matching.map((cluster) => busyUntil(table, cluster, now)));
+  return (table, context) => {
+    const { now, clusters } = context;
+    const accepts = request.accepts ?? (() => true);
+    const free = freeClusters(table, context);
+    const cluster = free.find(accepts);
+    if (cluster === undefined) {
+      const matching = clusters.filter((candidate) => isLeasable(candidate) && accepts(candidate));
+      if (matching.length === 0) {
+        throw new NoClusterAvailableError('NoMatchingCluster', 'no cluster in the pool matches the request');
+      }
+      const soonestEnd = Math.min(...matching.map((candidate) => busyUntil(table, candidate, now)));
       const retryAfter = Math.max(1, Math.ceil((soonestEnd - now) / 1000));
       throw new NoClusterAvailableError('AllLeased', 'every matching cluster is leased', retryAfter);
     }
-    const [cluster] = free.sort(
-      (a, b) => idleSince(table.clusters[a.id]) - idleSince(table.clusters[b.id]) || (a.id < b.id ? -1 : 1),
-    );
     const lease: Lease = {
       tokenHash: request.tokenHash,
       startedAt: now,
@@ -132,7 +166,9 @@ export function acquire(request: AcquireRequest): Decision<AcquireResult> {
       ...(request.note !== undefined && { note: request.note }),
       ...(request.holder !== undefined && { holder: request.holder }),
     };
-    return { table: withEntry(table, cluster.id, { state: 'leased', lease }), result: { cluster, lease } };
+    const next = withEntry(table, cluster.id, { state: 'leased', lease });
+    memoFor(context).set(next, free.filter((candidate) => candidate !== cluster));
+    return { table: next, result: { cluster, lease } };
   };
 }
 

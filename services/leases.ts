@@ -2,6 +2,7 @@
 // does the work outside the table (building the lessee's kubeconfig) after the commit.
 
 import type { Logger } from 'pino';
+import { NotReadyError } from './errors.ts';
 import { acquire, release, type Lease } from './lease-table.ts';
 import type { Cluster, ClusterProvider } from './providers/types.ts';
 import { hashToken, newLeaseToken } from './tokens.ts';
@@ -46,6 +47,16 @@ export class LeaseService {
       'lease granted',
     );
     return { token, cluster, lease, kubeconfig };
+  }
+
+  /** Ready when both the lease store and the cluster pool answer. */
+  async checkReady(log: Logger = this.logger): Promise<void> {
+    try {
+      await this.writePath.view();
+    } catch (error) {
+      log.warn({ err: error }, 'not ready: the lease store or the cluster pool does not answer');
+      throw new NotReadyError('the lease store or the cluster pool does not answer');
+    }
   }
 
   async release(token: string, log: Logger = this.logger): Promise<void> {

@@ -10,7 +10,7 @@ import { StaticProvider } from './providers/static.ts';
 import type { ClusterProvider } from './providers/types.ts';
 import { FileLeaseStore } from './store/file.ts';
 import type { LeaseStore } from './store/types.ts';
-import { WritePath, systemClock, type Clock } from './write-path.ts';
+import { WritePath, systemClock, type Clock, type WritePathOptions } from './write-path.ts';
 
 export interface Services {
   deps: AppDeps;
@@ -23,6 +23,8 @@ export interface BuildOptions {
   clock?: Clock;
   /** The shared token; main.ts resolves it (from AUTH_TOKEN or the local token file). */
   authToken: string;
+  /** Benchmarks switch group commit off to compare with plain retry-on-conflict. */
+  writePath?: WritePathOptions;
 }
 
 interface Closable {
@@ -55,7 +57,8 @@ export async function buildServices(config: Config, logger: Logger, options: Bui
   const clock = options.clock ?? systemClock;
   const provider = await buildProvider(config, logger, clock);
   const store = await buildStore(config, logger);
-  const writePath = new WritePath(store, () => provider.list(), clock);
+  const writePath = new WritePath(store, () => provider.list(), clock, options.writePath);
+  const stopWatching = writePath.watchStore();
   const leases = new LeaseService(writePath, provider, logger);
   return {
     deps: {
@@ -66,6 +69,7 @@ export async function buildServices(config: Config, logger: Logger, options: Bui
     },
     writePath,
     async close() {
+      stopWatching();
       await provider.close?.();
     },
   };

@@ -76,9 +76,20 @@ export class WritePath {
     return { snapshot, context: { now: this.clock.now(), clusters } };
   }
 
-  /** Forget the cached table, e.g. when a watch reports somebody else's write. */
-  invalidate(): void {
-    this.cached = undefined;
+  /** Reads the table and the pool once, so the first request finds clients connected and caches warm. */
+  async warmUp(): Promise<void> {
+    await this.view();
+  }
+
+  /**
+   * Follows the store's changes (when it can report them), so that writes start from the
+   * latest table instead of losing a compare-and-swap to another replica's earlier write.
+   */
+  watchStore(): () => void {
+    if (!this.store.watch || !this.batch) return () => undefined;
+    return this.store.watch((snapshot) => {
+      this.cached = snapshot;
+    });
   }
 
   private async flush(): Promise<void> {
@@ -135,7 +146,8 @@ export class WritePath {
         for (const settle of outcomes) settle();
         return;
       } catch (error) {
-        this.cached = undefined;
+        // Keep a table the watch delivered meanwhile: it is newer than the one that lost.
+        if (this.cached?.version === base.version) this.cached = undefined;
         if (!(error instanceof VersionConflictError)) {
           for (const pending of batch) pending.reject(error);
           return;
@@ -146,6 +158,8 @@ export class WritePath {
         }
         // Decorrelated pauses keep replicas that collided from colliding again in lockstep.
         await this.sleep(this.random() * this.jitterMs * 2 ** Math.min(attempt - 1, 5));
+        // The batch is decided again anyway: take in what arrived meanwhile, for free.
+        if (useCache) batch.push(...this.queue.splice(0));
       }
     }
   }

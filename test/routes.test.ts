@@ -2,7 +2,9 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
+import { startingResponse } from '../app.ts';
 import { AUTH_TOKEN, poolOf, startTestApp, tempDir, type TestApp } from './support/harness.ts';
+import { writeKubeconfig } from './support/kube.ts';
 
 const UNKNOWN_TOKEN = '0b8f6f1c-4a8b-4f7e-9a51-2d7c0c6a9e11';
 
@@ -27,6 +29,7 @@ describe('request tables: statuses of every route', () => {
   }
   const cases: Case[] = [
     { name: 'GET /healthz needs no auth', method: 'GET', path: '/healthz', auth: null, status: 200 },
+    { name: 'GET /readyz needs no auth and is 200 when store and pool answer', method: 'GET', path: '/readyz', auth: null, status: 200 },
     { name: 'POST /lease - 401 without Authorization', method: 'POST', path: '/lease', body: { max_time: 30 }, auth: null, status: 401, headersExpected: { 'www-authenticate': 'Bearer' } },
     { name: 'POST /lease - 401 with a wrong token', method: 'POST', path: '/lease', body: { max_time: 30 }, auth: 'nope', status: 401, headersExpected: { 'www-authenticate': 'Bearer' } },
     { name: 'POST /lease - 401 with an empty Authorization header', method: 'POST', path: '/lease', body: { max_time: 30 }, auth: '', status: 401 },
@@ -85,6 +88,37 @@ describe('request tables: statuses of every route', () => {
       }
     });
   }
+});
+
+describe('start-up and readiness', () => {
+  test('while starting: /healthz is 200 (alive), everything else 503 with Retry-After', async () => {
+    const healthz = startingResponse(new Request('http://claimer.test/healthz'));
+    assert.equal(healthz.status, 200);
+    for (const path of ['/readyz', '/lease', '/anything']) {
+      const response = startingResponse(new Request(`http://claimer.test${path}`, { method: 'POST' }));
+      assert.equal(response.status, 503);
+      assert.equal(response.headers.get('retry-after'), '1');
+      assert.equal(typeof (await response.json()).error, 'string');
+    }
+  });
+
+  test('GET /readyz - 503 when the lease store cannot be reached, the cause only in the log', async () => {
+    const folder = await tempDir();
+    // Port 9 on loopback: nothing listens there, so every apiserver call is refused.
+    const kubeconfig = await writeKubeconfig(folder, 'http://127.0.0.1:9');
+    const app = await startTestApp({ folder, env: { LEASE_STORE: 'kubernetes', KUBECONFIG: kubeconfig } });
+    try {
+      const response = await app.request('GET', '/readyz', { auth: null });
+      assert.equal(response.status, 503);
+      const body = await response.json();
+      assert.deepEqual(Object.keys(body), ['error']);
+      assert.doesNotMatch(body.error, /ECONNREFUSED|127\.0\.0\.1/);
+      assert.match(app.logs.raw(), /ECONNREFUSED/);
+    } finally {
+      await app.close();
+      await rm(folder, { recursive: true, force: true });
+    }
+  });
 });
 
 describe('POST /lease and DELETE /lease/:token', () => {

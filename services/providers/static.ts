@@ -58,7 +58,9 @@ const KubeconfigFile = v.object({
 export class PoolFileError extends Error {}
 
 function describeIssues(issues: readonly v.BaseIssue<unknown>[]): string {
-  return issues.map((issue) => `${v.getDotPath(issue) ?? '(top)'}: ${issue.message}`).join('; ');
+  const shown = issues.slice(0, 5).map((issue) => `${v.getDotPath(issue) ?? '(top)'}: ${issue.message}`);
+  if (issues.length > shown.length) shown.push(`and ${issues.length - shown.length} more`);
+  return shown.join('; ');
 }
 
 interface PoolMember {

@@ -7,7 +7,7 @@
 
 import { Buffer } from 'node:buffer';
 import { createHash } from 'node:crypto';
-import { ApiException, CoreV1Api, KubeConfig, PatchStrategy, setHeaderOptions, type V1Service } from '@kubernetes/client-node';
+import { ApiException, CoreV1Api, KubeConfig, PatchStrategy, Watch, setHeaderOptions, type V1Service } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { VersionConflictError } from '../errors.ts';
 import type { ClusterEntry, LeaseTable, LegacyLease } from '../lease-table.ts';
@@ -50,17 +50,63 @@ export interface KubernetesStoreOptions {
 export class KubernetesLeaseStore implements LeaseStore {
   /** Annotations as last seen, by resourceVersion: the base of the size check before a write. */
   private readonly seen = new Map<string, Record<string, string>>();
+  /** Decoded records by annotation value: a write changes a few of hundreds, so decode only those. */
+  private decoded = new Map<string, { clusterId: string; entry: ClusterEntry }>();
   private readonly where: string;
 
   constructor(
     private readonly api: CoreV1Api,
     private readonly options: KubernetesStoreOptions,
+    private readonly watcher?: Watch,
   ) {
     this.where = `${options.namespace}/${options.serviceName}`;
   }
 
   static fromKubeConfig(kubeConfig: KubeConfig, options: KubernetesStoreOptions): KubernetesLeaseStore {
-    return new KubernetesLeaseStore(kubeConfig.makeApiClient(CoreV1Api), options);
+    return new KubernetesLeaseStore(kubeConfig.makeApiClient(CoreV1Api), options, new Watch(kubeConfig));
+  }
+
+  /** Watches the lease Service; each change another writer made is reported as a snapshot. */
+  watch(onChange: (snapshot: Snapshot) => void): () => void {
+    const watcher = this.watcher;
+    if (!watcher) return () => undefined;
+    let stopped = false;
+    let controller: AbortController | undefined;
+    let failures = 0;
+    const restart = (error?: unknown) => {
+      if (stopped) return;
+      if (error) {
+        failures += 1;
+        this.options.logger.debug({ err: error, service: this.where }, 'lease Service watch ended; restarting');
+      }
+      setTimeout(start, Math.min(30_000, 100 * 2 ** Math.min(failures, 9)));
+    };
+    const start = () => {
+      if (stopped) return;
+      watcher
+        .watch(
+          `/api/v1/namespaces/${this.options.namespace}/services`,
+          { fieldSelector: `metadata.name=${this.options.serviceName}` },
+          (phase: string, service: V1Service) => {
+            failures = 0;
+            const version = service?.metadata?.resourceVersion;
+            // Versions this replica has already seen (its own writes) would only set it back.
+            if ((phase === 'ADDED' || phase === 'MODIFIED') && version && !this.seen.has(version)) {
+              onChange(this.snapshotOf(service));
+            }
+          },
+          restart,
+        )
+        .then((abort) => {
+          controller = abort;
+          if (stopped) abort.abort();
+        }, restart);
+    };
+    start();
+    return () => {
+      stopped = true;
+      controller?.abort();
+    };
   }
 
   async read(): Promise<Snapshot> {
@@ -129,11 +175,14 @@ export class KubernetesLeaseStore implements LeaseStore {
     const annotations = service.metadata?.annotations ?? {};
     const clusters: Record<string, ClusterEntry> = {};
     const legacy: Record<string, LegacyLease> = {};
+    const decodedNow = new Map<string, { clusterId: string; entry: ClusterEntry }>();
     for (const [key, value] of Object.entries(annotations)) {
       if (key.startsWith(ANNOTATION_PREFIX)) {
-        const decoded = decodeEntry(parseJson(value));
+        const known = this.decoded.get(value);
+        const decoded = known ? ({ ok: true, value: known } as const) : decodeEntry(parseJson(value));
         if (decoded.ok && annotationKeyFor(decoded.value.clusterId) === key) {
           clusters[decoded.value.clusterId] = decoded.value.entry;
+          decodedNow.set(value, decoded.value);
         } else {
           this.options.logger.warn(
             { annotation: key, service: this.where, problem: decoded.ok ? 'key does not match the cluster id' : decoded.problem },
@@ -145,6 +194,7 @@ export class KubernetesLeaseStore implements LeaseStore {
         if (decoded.ok) legacy[key] = decoded.value;
       }
     }
+    this.decoded = decodedNow;
     this.seen.set(version, annotations);
     // Only recent versions can be the base of a write; keep the map small.
     for (const old of this.seen.keys()) {

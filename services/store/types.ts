@@ -13,4 +13,9 @@ export interface LeaseStore {
    * Throws VersionConflictError when somebody else wrote first; nothing is changed then.
    */
   write(next: LeaseTable, base: Snapshot): Promise<Snapshot>;
+  /**
+   * Optional: reports tables written by others (other replicas) as they happen, so that the
+   * next write starts from a fresh table. Returns a function that stops watching.
+   */
+  watch?(onChange: (snapshot: Snapshot) => void): () => void;
 }

@@ -54,7 +54,7 @@ export interface PoolCluster {
 export function poolOf(count: number, prefix = 'pool'): PoolCluster[] {
   return Array.from({ length: count }, (_, index) => ({
     name: `${prefix}-${index + 1}`,
-    server: `https://10.1.0.${index + 1}:6443`,
+    server: `https://10.1.${Math.floor((index + 1) / 250)}.${((index + 1) % 250) || 250}:6443`,
   }));
 }
 

@@ -1,4 +1,4 @@
-// Starts the real server (main.ts) as a child process on port 0 and waits for its "listening"
+// Starts the real server (main.ts) as a child process on port 0 and waits for its "ready"
 // log line, which carries the bound URL.
 
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -29,7 +29,7 @@ export async function startServerProcess(
         if (!line.startsWith('{')) continue;
         try {
           const parsed = JSON.parse(line);
-          if (parsed.msg === 'listening') {
+          if (parsed.msg === 'ready') {
             clearTimeout(timer);
             resolve(String(parsed.url).replace(/\/$/, ''));
           }

@@ -1,0 +1,41 @@
+// The fake kube-apiserver in a process of its own, so that it does not share a core with the
+// claimers being measured. Driven over IPC by bench/run.ts.
+
+import { startFakeKubeApiserver } from '../test/fakes/kube-apiserver.ts';
+
+const fake = await startFakeKubeApiserver();
+
+type Command =
+  | { id: number; command: 'seed'; namespace: string; name: string }
+  | { id: number; command: 'latency'; ms: number }
+  | { id: number; command: 'counts' }
+  | { id: number; command: 'annotations'; namespace: string; name: string };
+
+process.on('message', (message: Command) => {
+  let result: unknown = null;
+  switch (message.command) {
+    case 'seed':
+      fake.deleteObject('services', message.namespace, message.name);
+      fake.putObject('services', {
+        apiVersion: 'v1',
+        kind: 'Service',
+        metadata: { name: message.name, namespace: message.namespace, annotations: {} },
+        spec: { ports: [{ port: 80 }] },
+      });
+      fake.resetCounts();
+      break;
+    case 'latency':
+      fake.setLatency(message.ms);
+      break;
+    case 'counts':
+      result = { requests: fake.requests.length, writes: fake.writeCount };
+      break;
+    case 'annotations':
+      result = fake.getObject('services', message.namespace, message.name)?.metadata?.annotations ?? {};
+      break;
+  }
+  process.send?.({ id: message.id, result });
+});
+
+process.send?.({ id: 0, result: { url: fake.url } });
+process.on('disconnect', () => void fake.close().then(() => process.exit(0)));

@@ -1,0 +1,353 @@
+// npm run bench: everything measured side by side in one run against the fake kube-apiserver
+// (in a process of its own) with an injected per-request latency. Prints one table.
+//
+//   BENCH_LATENCY_MS   apiserver latency per request (default 5)
+//   BENCH_BURST        concurrent acquires in the burst, and the pool size (default 500)
+//   BENCH_SECONDS      duration of the autocannon run (default 8)
+//   BENCH_ONLY         run only some scenarios, e.g. `a,b` (default: a,b,c,d,e)
+
+import { fork, spawn, type ChildProcess } from 'node:child_process';
+import { readFile, rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
+import { cpus } from 'node:os';
+import { join } from 'node:path';
+import autocannon from 'autocannon';
+import { serve } from 'srvx';
+import { createApp } from '../app.ts';
+import { loadConfig } from '../services/config.ts';
+import { createLogger } from '../services/logger.ts';
+import { buildServices } from '../services/wiring.ts';
+import { makeCluster, startFakeGke } from '../test/fakes/gke.ts';
+import { tempDir, writePool, poolOf } from '../test/support/harness.ts';
+import { writeKubeconfig } from '../test/support/kube.ts';
+
+const LATENCY_MS = Number(process.env.BENCH_LATENCY_MS ?? 5);
+const BURST = Number(process.env.BENCH_BURST ?? 500);
+const CANNON_SECONDS = Number(process.env.BENCH_SECONDS ?? 8);
+const ONLY = new Set((process.env.BENCH_ONLY ?? 'a,b,c,d,e').split(','));
+const TOKEN = 'bench-token';
+const NAMESPACE = 'k8s-claimer';
+const SERVICE = 'k8s-claimer';
+
+interface Row {
+  scenario: string;
+  metric: string;
+  value: string;
+  target?: string;
+}
+const rows: Row[] = [];
+const record = (scenario: string, metric: string, value: string | number, target?: string) =>
+  rows.push({ scenario, metric, value: String(value), target });
+
+// ---- the fake apiserver in its own process -------------------------------------------------
+
+interface Apiserver {
+  url: string;
+  call<T>(message: Record<string, unknown>): Promise<T>;
+  stop(): void;
+}
+
+async function startApiserver(): Promise<Apiserver> {
+  const child = fork('bench/apiserver-process.ts', [], { execArgv: ['--import', 'tsx', ...(process.env.BENCH_PROFILE_APISERVER ? ['--cpu-prof', '--cpu-prof-dir=/tmp/prof2'] : [])], stdio: 'inherit' });
+  const waiting = new Map<number, (result: unknown) => void>();
+  let nextId = 1;
+  child.on('message', (message: { id: number; result: unknown }) => {
+    waiting.get(message.id)?.(message.result);
+    waiting.delete(message.id);
+  });
+  const { url } = await new Promise<{ url: string }>((resolve) => waiting.set(0, resolve as (result: unknown) => void));
+  return {
+    url,
+    call<T>(message: Record<string, unknown>) {
+      const id = nextId++;
+      return new Promise<T>((resolve) => {
+        waiting.set(id, resolve as (result: unknown) => void);
+        child.send({ ...message, id });
+      });
+    },
+    stop: () => child.disconnect(),
+  };
+}
+
+// ---- claimer replicas in this process ------------------------------------------------------
+
+interface Replica {
+  url: string;
+  close(): Promise<void>;
+}
+
+/** When the first POST reached any replica and when the last answer left: the claimers' own span. */
+const serverSpan = {
+  first: Number.POSITIVE_INFINITY,
+  lastArrival: 0,
+  last: 0,
+  reset() {
+    this.first = Number.POSITIVE_INFINITY;
+    this.lastArrival = 0;
+    this.last = 0;
+  },
+};
+
+async function startReplicas(count: number, folder: string, kubeconfig: string, poolSize: number, batch: boolean): Promise<Replica[]> {
+  const poolFile = await writePool(folder, poolOf(poolSize));
+  const replicas: Replica[] = [];
+  for (let index = 0; index < count; index++) {
+    const config = loadConfig(
+      { AUTH_TOKEN: TOKEN, STATIC_POOL_FILE: poolFile, LEASE_STORE: 'kubernetes', KUBECONFIG: kubeconfig, LOG_LEVEL: 'silent' },
+      { staticPoolFile: poolFile },
+    );
+    const services = await buildServices(config, createLogger('silent'), { authToken: TOKEN, writePath: { batch } });
+    // As main.ts does at start-up: a running replica has read the table once.
+    await services.writePath.warmUp();
+    const app = createApp(services.deps);
+    const server = serve({
+      port: 0,
+      hostname: '127.0.0.1',
+      silent: true,
+      gracefulShutdown: false,
+      async fetch(request) {
+        if (request.method !== 'POST') return app.fetch(request);
+        serverSpan.first = Math.min(serverSpan.first, performance.now());
+        serverSpan.lastArrival = Math.max(serverSpan.lastArrival, performance.now());
+        const response = await app.fetch(request);
+        serverSpan.last = Math.max(serverSpan.last, performance.now());
+        return response;
+      },
+    });
+    await server.ready();
+    replicas.push({
+      url: String(server.url).replace(/\/$/, ''),
+      async close() {
+        await server.close(true);
+        await services.close();
+      },
+    });
+  }
+  return replicas;
+}
+
+async function call(url: string, method: string, path: string, body?: unknown) {
+  const response = await fetch(`${url}${path}`, {
+    method,
+    headers: { authorization: `Bearer ${TOKEN}` },
+    ...(body !== undefined && { body: JSON.stringify(body) }),
+  });
+  return { status: response.status, body: await response.json() };
+}
+
+function percentile(values: number[], p: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)];
+}
+
+const ms = (value: number) => `${value.toFixed(1)} ms`;
+
+// ---- (a) one client, acquire then release ----------------------------------------------------
+
+async function sequential(api: Apiserver, folder: string, kubeconfig: string) {
+  await api.call({ command: 'seed', namespace: NAMESPACE, name: SERVICE });
+  const [replica] = await startReplicas(1, folder, kubeconfig, 10, true);
+  const acquires: number[] = [];
+  const releases: number[] = [];
+  for (let round = 0; round < 200; round++) {
+    const started = performance.now();
+    const lease = await call(replica.url, 'POST', '/lease', { max_time: 600 });
+    const acquired = performance.now();
+    await call(replica.url, 'DELETE', `/lease/${lease.body.token}`);
+    acquires.push(acquired - started);
+    releases.push(performance.now() - acquired);
+  }
+  const counts = await api.call<{ requests: number; writes: number }>({ command: 'counts' });
+  await replica.close();
+  const scenario = '(a) 1 client, acquire+release x200';
+  record(scenario, 'acquire p50 / p99', `${ms(percentile(acquires, 50))} / ${ms(percentile(acquires, 99))}`);
+  record(scenario, 'release p50 / p99', `${ms(percentile(releases, 50))} / ${ms(percentile(releases, 99))}`);
+  record(scenario, 'API requests per lease (acquire+release)', (counts.requests / 200).toFixed(2));
+  record(scenario, 'API writes per acquire', (counts.writes / 2 / 200).toFixed(2), '1');
+}
+
+// ---- (b)/(c) burst across three replicas -----------------------------------------------------
+
+async function burst(api: Apiserver, folder: string, kubeconfig: string, batch: boolean, count = BURST) {
+  await api.call({ command: 'seed', namespace: NAMESPACE, name: SERVICE });
+  const replicas = await startReplicas(3, folder, kubeconfig, count, batch);
+  serverSpan.reset();
+  const { wall, statuses, clusters } = await burstFromAnotherProcess(replicas.map((replica) => replica.url), count);
+  const span = serverSpan.last - serverSpan.first;
+  const arrivals = serverSpan.lastArrival - serverSpan.first;
+  const counts = await api.call<{ requests: number; writes: number }>({ command: 'counts' });
+  const annotations = await api.call<Record<string, string>>({ command: 'annotations', namespace: NAMESPACE, name: SERVICE });
+  for (const replica of replicas) await replica.close();
+
+  const perCluster = new Map<string, number>();
+  for (const cluster of clusters) perCluster.set(cluster, (perCluster.get(cluster) ?? 0) + 1);
+  const stored = Object.entries(annotations).filter(([key]) => key.startsWith('lease.k8s-claimer.io/')).length;
+  // A double lease shows as a cluster granted twice, or as fewer records than grants.
+  const doubles = [...perCluster.values()].filter((times) => times > 1).length + Math.max(0, clusters.length - stored);
+  return {
+    wall,
+    span,
+    arrivals,
+    granted: clusters.length,
+    doubles,
+    errors: statuses.filter((status) => status >= 500).length,
+    writes: counts.writes,
+    requests: counts.requests,
+  };
+}
+
+async function burstFromAnotherProcess(urls: string[], count: number): Promise<{ wall: number; statuses: number[]; clusters: string[] }> {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'bench/burst-client.ts', TOKEN, String(count), ...urls], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  let output = '';
+  child.stdout?.on('data', (chunk: Buffer) => {
+    output += chunk.toString();
+  });
+  await new Promise((resolve) => child.once('exit', resolve));
+  return JSON.parse(output);
+}
+
+// ---- (d) HTTP layer with the file store, (e) memory and start-up --------------------------
+
+async function freePort(): Promise<number> {
+  return new Promise((resolve) => {
+    const server = createServer().listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as { port: number };
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+async function rssOf(pid: number): Promise<{ rss: number; peak: number }> {
+  const status = await readFile(`/proc/${pid}/status`, 'utf8');
+  const field = (name: string) => Number(/\s(\d+) kB/.exec(status.split('\n').find((line) => line.startsWith(name)) ?? '')?.[1] ?? 0) / 1024;
+  return { rss: field('VmRSS:'), peak: field('VmHWM:') };
+}
+
+async function startServerProcess(env: Record<string, string>) {
+  const port = await freePort();
+  const started = performance.now();
+  const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', 'main.ts'], {
+    env: { PATH: process.env.PATH ?? '', AUTH_TOKEN: TOKEN, BIND_HOST: '127.0.0.1', BIND_PORT: String(port), LOG_LEVEL: 'warn', ...env },
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
+  const url = `http://127.0.0.1:${port}`;
+  for (;;) {
+    try {
+      if ((await fetch(`${url}/healthz`)).ok) break;
+    } catch {
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+  }
+  const startup = performance.now() - started;
+  while ((await fetch(`${url}/readyz`)).status !== 200) await new Promise((resolve) => setTimeout(resolve, 10));
+  const ready = performance.now() - started;
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  const idle = await rssOf(child.pid as number);
+  return {
+    url,
+    startup,
+    ready,
+    idleRss: idle.rss,
+    peak: async () => (await rssOf(child.pid as number)).peak,
+    stop: () => new Promise((resolve) => child.once('exit', resolve).kill('SIGTERM')),
+  };
+}
+
+async function cannon(url: string): Promise<{ pairs: number; non2xx: number; p99: number }> {
+  const headers = { authorization: `Bearer ${TOKEN}`, 'content-type': 'application/json' };
+  const result = await autocannon({
+    url,
+    connections: 32,
+    duration: CANNON_SECONDS,
+    requests: [
+      {
+        method: 'POST',
+        path: '/lease',
+        headers,
+        body: JSON.stringify({ max_time: 600 }),
+        onResponse: (status: number, body: string, context: object) => {
+          if (status === 200) (context as { token?: string }).token = JSON.parse(body).token;
+        },
+      },
+      {
+        method: 'DELETE',
+        headers,
+        setupRequest: (request, context) => ({ ...request, path: `/lease/${(context as { token?: string }).token}` }),
+      },
+    ],
+  });
+  return { pairs: result['2xx'] / 2 / CANNON_SECONDS, non2xx: result.non2xx, p99: result.latency.p99 };
+}
+
+async function httpAndMemory(folder: string, api: Apiserver, kubeconfig: string) {
+  const pool = await writePool(folder, poolOf(64, 'cannon'));
+  const local = await startServerProcess({ STATIC_POOL_FILE: pool, LEASE_STORE_FILE: join(folder, 'cannon-leases.json') });
+  const cannonResult = await cannon(local.url);
+  const localPeak = await local.peak();
+  await local.stop();
+  const scenario = '(d) HTTP layer, file store, autocannon 32 conns';
+  record(scenario, 'acquire+release pairs/s', cannonResult.pairs.toFixed(0));
+  record(scenario, 'latency p99 / non-2xx', `${cannonResult.p99} ms / ${cannonResult.non2xx}`);
+
+  const gke = await startFakeGke({
+    clusters: Array.from({ length: 50 }, (_, index) => makeCluster({ project: 'bench', location: 'us-central1-a', name: `c${index}` })),
+  });
+  await api.call({ command: 'seed', namespace: NAMESPACE, name: SERVICE });
+  const gkeServer = await startServerProcess({ GOOGLE_CLOUD_PROJECT_ID: 'bench', GKE_EMULATOR_HOST: gke.address, KUBECONFIG: kubeconfig });
+  for (let round = 0; round < 100; round++) {
+    const lease = await call(gkeServer.url, 'POST', '/lease', { max_time: 600 });
+    await call(gkeServer.url, 'DELETE', `/lease/${lease.body.token}`);
+  }
+  const gkePeak = await gkeServer.peak();
+  await gkeServer.stop();
+  await gke.close();
+
+  record('(e) memory and start-up', 'local mode: start to /healthz / to /readyz', `${ms(local.startup)} / ${ms(local.ready)}`, '<= 1500 ms');
+  record('(e) memory and start-up', 'local mode: idle RSS / peak RSS under (d)', `${local.idleRss.toFixed(0)} MB / ${localPeak.toFixed(0)} MB`, 'idle <= 120 MB');
+  record('(e) memory and start-up', 'GKE mode: start to /healthz / to /readyz', `${ms(gkeServer.startup)} / ${ms(gkeServer.ready)}`, '<= 1500 ms (healthz)');
+  record('(e) memory and start-up', 'GKE mode: idle RSS / peak RSS after 100 leases', `${gkeServer.idleRss.toFixed(0)} MB / ${gkePeak.toFixed(0)} MB`);
+}
+
+// ---- run everything and print one table ----------------------------------------------------
+
+const folder = await tempDir();
+const api = await startApiserver();
+try {
+  await api.call({ command: 'latency', ms: LATENCY_MS });
+  const kubeconfig = await writeKubeconfig(folder, api.url);
+  if (ONLY.has('a')) await sequential(api, folder, kubeconfig);
+
+  // Warm-up, not measured: a server that has run for a while has its code compiled.
+  if (ONLY.has('b') || ONLY.has('c')) await burst(api, folder, kubeconfig, true, 200);
+  const batched = ONLY.has('b') ? await burst(api, folder, kubeconfig, true) : undefined;
+  const plain = ONLY.has('c') ? await burst(api, folder, kubeconfig, false) : undefined;
+  for (const [scenario, result] of [
+    [`(b) burst ${BURST} acquires, ${BURST} clusters, 3 replicas, group commit`, batched],
+    [`(c) same burst, plain retry-on-conflict`, plain],
+  ] as const) {
+    if (!result) continue;
+    record(scenario, 'wall time (client side: first connect to last answer)', ms(result.wall), scenario.startsWith('(b)') ? '<= 1000 ms' : undefined);
+    record(scenario, 'server span (first request in to last answer out)', ms(result.span));
+    record(scenario, 'of which requests still arriving (first in to last in)', ms(result.arrivals));
+    record(scenario, 'leases granted / double leases / 5xx', `${result.granted} / ${result.doubles} / ${result.errors}`, scenario.startsWith('(b)') ? `${BURST} / 0 / 0` : undefined);
+    record(scenario, 'API writes / API requests', `${result.writes} / ${result.requests}`);
+  }
+  if (batched && plain) {
+    const grantRate = (result: typeof batched) => result.granted / result.wall;
+    record('(b)/(c)', 'speed-up: wall time (c) / (b)', `${(plain.wall / batched.wall).toFixed(1)}x`, '>= 10x');
+    record('(b)/(c)', 'speed-up: grants per second (b) / (c)', `${(grantRate(batched) / grantRate(plain)).toFixed(1)}x`);
+  }
+  if (ONLY.has('d') || ONLY.has('e')) await httpAndMemory(folder, api, kubeconfig);
+} finally {
+  api.stop();
+  await rm(folder, { recursive: true, force: true });
+}
+
+const header = ['scenario', 'metric', 'value', 'target'];
+const table = [header, header.map(() => '---'), ...rows.map((row) => [row.scenario, row.metric, row.value, row.target ?? ''])];
+console.log(`\nk8s-claimer benchmark: ${cpus().length} cores, Node ${process.version}, apiserver latency ${LATENCY_MS} ms\n`);
+console.log(table.map((cells) => `| ${cells.join(' | ')} |`).join('\n'));
+await writeFile(join(process.cwd(), 'bench', 'last-run.md'), `${table.map((cells) => `| ${cells.join(' | ')} |`).join('\n')}\n`).catch(() => undefined);
+process.exit(0);
