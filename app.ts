@@ -9,6 +9,7 @@ import type { Authenticator, Principal } from './services/auth.ts';
 import {
   AppError,
   BadRequestError,
+  ClientGoneError,
   ContentionError,
   LeaseNotFoundError,
   MethodNotAllowedError,
@@ -56,6 +57,8 @@ const STATUS_OF: ReadonlyArray<[new (...args: never[]) => AppError, number]> = [
   [PayloadTooLargeError, 413],
   [ContentionError, 503],
   [NotReadyError, 503],
+  // Nobody hears it: the client disconnected while waiting (nginx's "client closed request").
+  [ClientGoneError, 499],
 ];
 
 function headersFor(error: AppError): Record<string, string> {

@@ -4,6 +4,7 @@
 import type { RouteModule } from '../app.ts';
 import * as healthz from './healthz.ts';
 import * as lease from './lease.ts';
+import * as leases from './leases.ts';
 import * as leaseByProviderAndToken from './lease/[provider]/[token].ts';
 import * as leaseByToken from './lease/[token].ts';
 import * as readyz from './readyz.ts';
@@ -21,6 +22,7 @@ export const manifest: readonly RouteEntry[] = [
   { file: 'lease.ts', module: lease, auth: true },
   { file: 'lease/[token].ts', module: leaseByToken, auth: true },
   { file: 'lease/[provider]/[token].ts', module: leaseByProviderAndToken, auth: true },
+  { file: 'leases.ts', module: leases, auth: true },
   { file: 'readyz.ts', module: readyz, auth: false },
 ];
 

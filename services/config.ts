@@ -32,6 +32,8 @@ export interface Config {
   leaseStore: StoreKind;
   leaseStoreFile: string;
   clusterCacheSeconds: number;
+  /** How often the reaper writes down expired leases. */
+  reapIntervalSeconds: number;
   /** Where the Kubernetes store finds its cluster; unset: client-node's default loading. */
   kubeconfigPath?: string;
   gke?: GkeConfig;
@@ -65,7 +67,8 @@ const oneOf = <const T extends string>(values: readonly [T, ...T[]]) =>
 const Environment = v.object({
   BIND_HOST: textOr('0.0.0.0'),
   BIND_PORT: integer(0, 65535, 8080),
-  AUTH_TOKEN: text(),
+  // Trimmed: a Secret made with --from-file often ends in a newline the clients never send.
+  AUTH_TOKEN: v.optional(v.pipe(v.string(), v.trim(), v.nonEmpty('must not be blank'))),
   AUTH_TOKEN_FILE: textOr('data/auth-token'),
   NAMESPACE: v.optional(
     v.pipe(v.string(), v.regex(/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/, 'must be a Kubernetes namespace name')),
@@ -81,6 +84,7 @@ const Environment = v.object({
   LEASE_STORE: oneOf(['file', 'kubernetes']),
   LEASE_STORE_FILE: textOr('data/leases.json'),
   CLUSTER_CACHE_SECONDS: integer(0, 86_400, 30),
+  REAP_INTERVAL_SECONDS: integer(1, 3_600, 2),
   GOOGLE_CLOUD_PROJECT_ID: text(),
   GOOGLE_CLOUD_ZONE: textOr('-'),
   GOOGLE_CLOUD_ACCOUNT_FILE_BASE64: text(),
@@ -157,6 +161,7 @@ export function loadConfig(environment: Record<string, string | undefined>, defa
     leaseStore: env.LEASE_STORE ?? (mode === 'gke' ? 'kubernetes' : 'file'),
     leaseStoreFile: env.LEASE_STORE_FILE,
     clusterCacheSeconds: env.CLUSTER_CACHE_SECONDS,
+    reapIntervalSeconds: env.REAP_INTERVAL_SECONDS,
     ...(env.KUBECONFIG && { kubeconfigPath: env.KUBECONFIG }),
     ...(gke && { gke }),
   };

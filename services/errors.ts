@@ -60,8 +60,22 @@ export class ContentionError extends AppError {
   }
 }
 
+/** The client went away while it waited; it is given nothing (and hears nothing). */
+export class ClientGoneError extends AppError {}
+
 /** The store or the cluster pool cannot be reached: the replica should get no traffic. */
 export class NotReadyError extends AppError {}
+
+/**
+ * The store failed in a way that may pass (429, 5xx, a reset connection, a timeout). A write
+ * that failed so may still have landed: the write path checks before deciding again.
+ */
+export class TransientStoreError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'TransientStoreError';
+  }
+}
 
 /** A compare-and-swap lost: somebody else wrote first. The write path re-reads and decides again. */
 export class VersionConflictError extends Error {

@@ -33,7 +33,7 @@ export async function readJsonBody(request: Request, limit = MAX_BODY_BYTES): Pr
       chunks.push(value);
     }
   }
-  if (size === 0) throw new BadRequestError('request body must be a JSON object');
+  if (size === 0) throw new BadRequestError('request body must be a JSON object', ['request body']);
   const bytes = new Uint8Array(size);
   let offset = 0;
   for (const chunk of chunks) {
@@ -44,11 +44,11 @@ export async function readJsonBody(request: Request, limit = MAX_BODY_BYTES): Pr
   try {
     text = new TextDecoder('utf-8', { fatal: true }).decode(bytes);
   } catch {
-    throw new BadRequestError('request body is not valid UTF-8');
+    throw new BadRequestError('request body is not valid UTF-8', ['request body']);
   }
   try {
     return JSON.parse(text);
   } catch {
-    throw new BadRequestError('request body is not valid JSON');
+    throw new BadRequestError('request body is not valid JSON', ['request body']);
   }
 }

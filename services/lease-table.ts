@@ -3,11 +3,17 @@
 // rule here is a plain table test. The write path (write-path.ts) is the only caller that
 // persists what they return.
 
-import { NoClusterAvailableError, LeaseNotFoundError } from './errors.ts';
+import { isDeepStrictEqual } from 'node:util';
+import { matches, type ClusterFilter } from './cluster-filter.ts';
+import { BadRequestError, LeaseNotFoundError, NoClusterAvailableError } from './errors.ts';
 import { isLeasable, type Cluster } from './providers/types.ts';
 import { hashToken, tokenHashesEqual } from './tokens.ts';
 
-export type ClusterState = 'free' | 'leased';
+/**
+ * `unknown`: the store holds a record for the cluster that this version cannot read (a newer
+ * version's state, a hand edit). Such a cluster is never leased and its record never rewritten.
+ */
+export type ClusterState = 'free' | 'leased' | 'unknown';
 
 export interface Lease {
   /** SHA-256 (hex) of the lease token; the token itself is never stored. */
@@ -32,14 +38,28 @@ export interface LegacyLease {
   expiresAt: number;
 }
 
+/**
+ * A request waiting for a cluster, on some replica. Stored in the shared table so that every
+ * replica serves waiters first come, first served: a cluster a waiter can use goes to the
+ * oldest such waiter, never to a newer request. The replica renews `expiresAt` while its
+ * client waits, so the ticket of a replica that died lapses within seconds.
+ */
+export interface Waiter {
+  since: number;
+  expiresAt: number;
+  filter: ClusterFilter;
+}
+
 export interface LeaseTable {
   /** Keyed by cluster id. A cluster with no entry has never been leased. */
   clusters: Readonly<Record<string, ClusterEntry>>;
   /** Keyed by the original's lease token (its annotation key). */
   legacy: Readonly<Record<string, LegacyLease>>;
+  /** Keyed by ticket id. */
+  waiters: Readonly<Record<string, Waiter>>;
 }
 
-export const emptyTable: LeaseTable = Object.freeze({ clusters: {}, legacy: {} });
+export const emptyTable: LeaseTable = Object.freeze({ clusters: {}, legacy: {}, waiters: {} });
 
 export interface DecisionContext {
   now: number;
@@ -74,6 +94,7 @@ export type EffectiveState = ClusterState;
 /** The state a cluster is really in at `now`: an expired lease counts as ended. */
 export function effectiveState(table: LeaseTable, cluster: Cluster, now: number): EffectiveState {
   const entry = table.clusters[cluster.id];
+  if (entry?.state === 'unknown') return 'unknown';
   if (liveLease(entry, now) || liveLegacyLease(table, cluster.name, now)) return 'leased';
   return 'free';
 }
@@ -95,18 +116,10 @@ function withEntry(table: LeaseTable, clusterId: string, entry: ClusterEntry): L
   return { ...table, clusters: { ...table.clusters, [clusterId]: entry } };
 }
 
-export interface AcquireRequest {
-  tokenHash: string;
-  durationSeconds: number;
-  note?: string;
-  holder?: string;
-  /** Which clusters the caller accepts; all when absent. */
-  accepts?: (cluster: Cluster) => boolean;
-}
-
-export interface AcquireResult {
-  cluster: Cluster;
-  lease: Lease;
+function withoutWaiter(table: LeaseTable, ticket: string): LeaseTable {
+  if (!(ticket in table.waiters)) return table;
+  const { [ticket]: _gone, ...waiters } = table.waiters;
+  return { ...table, waiters };
 }
 
 /**
@@ -140,54 +153,283 @@ export function freeClusters(table: LeaseTable, context: DecisionContext): reado
   return free;
 }
 
+/** Live waiters that came before `ticket` (all of them for a request that has none), oldest first. */
+function waitersBefore(table: LeaseTable, now: number, ticket?: string): Array<[string, Waiter]> {
+  const own = ticket ? table.waiters[ticket] : undefined;
+  const older = (id: string, waiter: Waiter) =>
+    !own || waiter.since < own.since || (waiter.since === own.since && id < (ticket as string));
+  return Object.entries(table.waiters)
+    .filter(([id, waiter]) => id !== ticket && now < waiter.expiresAt && older(id, waiter))
+    .sort(([idA, a], [idB, b]) => a.since - b.since || (idA < idB ? -1 : 1));
+}
+
+/** The free clusters left once every older waiter has taken the first free cluster it accepts. */
+function freeForMe(table: LeaseTable, context: DecisionContext, ticket?: string): readonly Cluster[] {
+  const free = freeClusters(table, context);
+  const ahead = Object.keys(table.waiters).length === 0 ? [] : waitersBefore(table, context.now, ticket);
+  if (ahead.length === 0) return free;
+  const left = [...free];
+  for (const [, waiter] of ahead) {
+    const taken = left.findIndex((cluster) => matches(waiter.filter, cluster));
+    if (taken >= 0) left.splice(taken, 1);
+  }
+  return left;
+}
+
+export interface AcquireRequest {
+  tokenHash: string;
+  durationSeconds: number;
+  note?: string;
+  holder?: string;
+  filter?: ClusterFilter;
+  /**
+   * A request that may wait: when nothing is free it is queued under this ticket (or stays
+   * queued) instead of failing, until `final`, its last try, which fails as usual.
+   */
+  wait?: { ticket: string; ttlMs: number; final?: boolean };
+}
+
+export type AcquireResult =
+  | { granted: true; cluster: Cluster; lease: Lease }
+  | { granted: false; retryAfterSeconds: number };
+
 /**
  * Leases the matching free cluster that has been idle the longest (ties broken by id, so the
  * pick is deterministic). Every free cluster is a candidate: no random draws that miss one.
+ * Older waiters come first: a newer request never takes the cluster an older waiter can use.
  */
 export function acquire(request: AcquireRequest): Decision<AcquireResult> {
   return (table, context) => {
     const { now, clusters } = context;
-    const accepts = request.accepts ?? (() => true);
-    const free = freeClusters(table, context);
-    const cluster = free.find(accepts);
-    if (cluster === undefined) {
-      const matching = clusters.filter((candidate) => isLeasable(candidate) && accepts(candidate));
-      if (matching.length === 0) {
-        throw new NoClusterAvailableError('NoMatchingCluster', 'no cluster in the pool matches the request');
-      }
-      const soonestEnd = Math.min(...matching.map((candidate) => busyUntil(table, candidate, now)));
-      const retryAfter = Math.max(1, Math.ceil((soonestEnd - now) / 1000));
-      throw new NoClusterAvailableError('AllLeased', 'every matching cluster is leased', retryAfter);
+    const filter = request.filter ?? {};
+    const ticket = request.wait?.ticket;
+    const cluster = freeForMe(table, context, ticket).find((candidate) => matches(filter, candidate));
+    if (cluster !== undefined) {
+      const lease: Lease = {
+        tokenHash: request.tokenHash,
+        startedAt: now,
+        expiresAt: now + request.durationSeconds * 1000,
+        ...(request.note !== undefined && { note: request.note }),
+        ...(request.holder !== undefined && { holder: request.holder }),
+      };
+      const base = ticket ? withoutWaiter(table, ticket) : table;
+      const next = withEntry(base, cluster.id, { state: 'leased', lease });
+      if (base === table) memoFor(context).set(next, freeClusters(table, context).filter((candidate) => candidate !== cluster));
+      return { table: next, result: { granted: true, cluster, lease } };
     }
-    const lease: Lease = {
-      tokenHash: request.tokenHash,
-      startedAt: now,
-      expiresAt: now + request.durationSeconds * 1000,
-      ...(request.note !== undefined && { note: request.note }),
-      ...(request.holder !== undefined && { holder: request.holder }),
+    const matching = clusters.filter((candidate) => isLeasable(candidate) && matches(filter, candidate));
+    if (matching.length === 0) {
+      throw new NoClusterAvailableError('NoMatchingCluster', 'no cluster in the pool matches the request');
+    }
+    const busy = matching.filter((candidate) => effectiveState(table, candidate, now) === 'leased');
+    // Busy clusters end at their expiry; free ones that older waiters take end "now" for us.
+    const soonestEnd = busy.length < matching.length ? now : Math.min(...busy.map((candidate) => busyUntil(table, candidate, now)));
+    const retryAfterSeconds = Math.max(1, Math.ceil((soonestEnd - now) / 1000));
+    if (!request.wait || request.wait.final) {
+      throw new NoClusterAvailableError('AllLeased', 'every matching cluster is leased', retryAfterSeconds);
+    }
+    const existing = table.waiters[request.wait.ticket];
+    // Renew only when half the ticket's time is gone: wake-ups then cost no write.
+    if (existing && existing.expiresAt - now > request.wait.ttlMs / 2) return { table, result: { granted: false, retryAfterSeconds } };
+    const waiter: Waiter = { since: existing?.since ?? queueTime(table, now), expiresAt: now + request.wait.ttlMs, filter };
+    return {
+      table: { ...table, waiters: { ...table.waiters, [request.wait.ticket]: waiter } },
+      result: { granted: false, retryAfterSeconds },
     };
-    const next = withEntry(table, cluster.id, { state: 'leased', lease });
-    memoFor(context).set(next, free.filter((candidate) => candidate !== cluster));
-    return { table: next, result: { cluster, lease } };
   };
 }
 
+/**
+ * When a new waiter joins: now, but strictly after every waiter already queued, so that the
+ * order of commits is the order of service even within one millisecond (or a stopped clock).
+ */
+function queueTime(table: LeaseTable, now: number): number {
+  let latest = Number.NEGATIVE_INFINITY;
+  for (const ticket in table.waiters) latest = Math.max(latest, table.waiters[ticket].since);
+  return Math.max(now, latest + 1);
+}
+
+/** A waiter leaves the queue: it got tired, or its client went away. */
+export function dropWaiter(ticket: string): Decision<void> {
+  return (table) => ({ table: withoutWaiter(table, ticket), result: undefined });
+}
+
+/** Keeps the tickets of this replica's waiters alive while their clients wait. */
+export function renewWaiters(tickets: readonly string[], ttlMs: number): Decision<void> {
+  return (table, { now }) => {
+    const renewed = tickets.filter((ticket) => ticket in table.waiters);
+    if (renewed.length === 0) return { table, result: undefined };
+    const waiters = { ...table.waiters };
+    for (const ticket of renewed) waiters[ticket] = { ...waiters[ticket], expiresAt: now + ttlMs };
+    return { table: { ...table, waiters }, result: undefined };
+  };
+}
+
+/** Where a live lease with this token hash is, if anywhere. Constant time per record. */
+function findLive(table: LeaseTable, tokenHash: string, now: number): { clusterId: string; lease: Lease } | undefined {
+  let found: { clusterId: string; lease: Lease } | undefined;
+  for (const [clusterId, entry] of Object.entries(table.clusters)) {
+    const lease = liveLease(entry, now);
+    // No early exit: the time taken does not tell which record matched.
+    if (lease && tokenHashesEqual(lease.tokenHash, tokenHash)) found = { clusterId, lease };
+  }
+  return found;
+}
+
+function findLiveLegacy(table: LeaseTable, tokenHash: string, now: number): string | undefined {
+  let found: string | undefined;
+  for (const [legacyToken, legacy] of Object.entries(table.legacy)) {
+    if (now < legacy.expiresAt && tokenHashesEqual(hashToken(legacyToken), tokenHash)) found = legacyToken;
+  }
+  return found;
+}
+
 /** Ends the live lease with this token hash at once; the cluster is free for the next request. */
-export function release(tokenHash: string): Decision<{ clusterId: string }> {
+export function release(tokenHash: string): Decision<{ clusterId: string; note?: string }> {
   return (table, { now, clusters }) => {
-    for (const [clusterId, entry] of Object.entries(table.clusters)) {
-      const lease = liveLease(entry, now);
-      if (lease && tokenHashesEqual(lease.tokenHash, tokenHash)) {
-        return { table: withEntry(table, clusterId, { state: 'free', idleSince: now }), result: { clusterId } };
-      }
+    const live = findLive(table, tokenHash, now);
+    if (live) {
+      return {
+        table: withEntry(table, live.clusterId, { state: 'free', idleSince: now }),
+        result: { clusterId: live.clusterId, ...(live.lease.note !== undefined && { note: live.lease.note }) },
+      };
     }
-    for (const [legacyToken, legacy] of Object.entries(table.legacy)) {
-      if (now < legacy.expiresAt && tokenHashesEqual(hashToken(legacyToken), tokenHash)) {
-        const { [legacyToken]: _released, ...rest } = table.legacy;
-        const clusterId = clusters.find((cluster) => cluster.name === legacy.clusterName)?.id ?? legacy.clusterName;
-        return { table: { ...table, legacy: rest }, result: { clusterId } };
-      }
+    const legacyToken = findLiveLegacy(table, tokenHash, now);
+    if (legacyToken !== undefined) {
+      const { [legacyToken]: released, ...rest } = table.legacy;
+      const clusterId = clusters.find((cluster) => cluster.name === released.clusterName)?.id ?? released.clusterName;
+      return { table: { ...table, legacy: rest }, result: { clusterId } };
     }
     throw new LeaseNotFoundError();
   };
+}
+
+/**
+ * The lease now ends `durationSeconds` from now (sooner or later than before), but never more
+ * than `maxLeaseSeconds` after it began.
+ */
+export function extend(tokenHash: string, durationSeconds: number, maxLeaseSeconds: number): Decision<{ clusterId: string; lease: Lease }> {
+  return (table, { now }) => {
+    const live = findLive(table, tokenHash, now);
+    if (!live) throw new LeaseNotFoundError();
+    const expiresAt = now + durationSeconds * 1000;
+    const limit = live.lease.startedAt + maxLeaseSeconds * 1000;
+    if (expiresAt > limit) {
+      const left = Math.floor((limit - now) / 1000);
+      throw new BadRequestError(
+        `max_time: a lease may last at most ${maxLeaseSeconds} seconds from its start; this one can be extended by at most ${left} seconds from now`,
+        ['max_time'],
+      );
+    }
+    const lease = { ...live.lease, expiresAt };
+    return { table: withEntry(table, live.clusterId, { state: 'leased', lease }), result: { clusterId: live.clusterId, lease } };
+  };
+}
+
+export interface EndedLease {
+  clusterId: string;
+  expiredAt: number;
+  note?: string;
+  holder?: string;
+}
+
+/**
+ * Writes down what time alone has decided: expired leases end (their cluster idle since the
+ * expiry), expired records of the original claimer and lapsed waiter tickets go.
+ */
+export function reap(): Decision<EndedLease[]> {
+  return (table, { now }) => {
+    const ended: EndedLease[] = [];
+    let clustersChanged: Record<string, ClusterEntry> | undefined;
+    for (const [clusterId, entry] of Object.entries(table.clusters)) {
+      const lease = entry.lease;
+      if (entry.state === 'leased' && lease && now >= lease.expiresAt) {
+        clustersChanged ??= { ...table.clusters };
+        clustersChanged[clusterId] = { state: 'free', idleSince: lease.expiresAt };
+        ended.push({
+          clusterId,
+          expiredAt: lease.expiresAt,
+          ...(lease.note !== undefined && { note: lease.note }),
+          ...(lease.holder !== undefined && { holder: lease.holder }),
+        });
+      }
+    }
+    const legacyLeft = Object.entries(table.legacy).filter(([, legacy]) => now < legacy.expiresAt);
+    const waitersLeft = Object.entries(table.waiters).filter(([, waiter]) => now < waiter.expiresAt);
+    const legacyChanged = legacyLeft.length !== Object.keys(table.legacy).length;
+    const waitersChanged = waitersLeft.length !== Object.keys(table.waiters).length;
+    if (!clustersChanged && !legacyChanged && !waitersChanged) return { table, result: ended };
+    return {
+      table: {
+        clusters: clustersChanged ?? table.clusters,
+        legacy: legacyChanged ? Object.fromEntries(legacyLeft) : table.legacy,
+        waiters: waitersChanged ? Object.fromEntries(waitersLeft) : table.waiters,
+      },
+      result: ended,
+    };
+  };
+}
+
+// ---- views: answers that change nothing -------------------------------------------------
+
+export interface ClusterView {
+  cluster: Cluster;
+  state: EffectiveState | 'unavailable';
+  idleSince?: number;
+  lease?: Lease;
+  /** A lease of the original k8s-claimer holds it. */
+  legacy?: LegacyLease;
+}
+
+export function describeClusters(table: LeaseTable, { now, clusters }: DecisionContext): ClusterView[] {
+  return clusters.map((cluster) => {
+    const entry = table.clusters[cluster.id];
+    const lease = liveLease(entry, now);
+    const legacy = liveLegacyLease(table, cluster.name, now);
+    const since = idleSince(entry);
+    const state = entry?.state === 'unknown' ? 'unknown' : lease || legacy ? 'leased' : isLeasable(cluster) ? 'free' : 'unavailable';
+    return {
+      cluster,
+      state,
+      ...(state === 'free' && Number.isFinite(since) && { idleSince: since }),
+      ...(lease && { lease }),
+      ...(legacy && !lease && { legacy }),
+    };
+  });
+}
+
+export function liveWaiters(table: LeaseTable, now: number): number {
+  return Object.values(table.waiters).filter((waiter) => now < waiter.expiresAt).length;
+}
+
+/** The live lease with this token, for GET /lease/{token}. */
+export function describeLease(table: LeaseTable, tokenHash: string, context: DecisionContext): ClusterView {
+  const live = findLive(table, tokenHash, context.now);
+  if (live) {
+    const cluster = context.clusters.find((candidate) => candidate.id === live.clusterId);
+    if (cluster) return { cluster, state: 'leased', lease: live.lease };
+  }
+  const legacyToken = findLiveLegacy(table, tokenHash, context.now);
+  if (legacyToken !== undefined) {
+    const legacy = table.legacy[legacyToken];
+    const cluster = context.clusters.find((candidate) => candidate.name === legacy.clusterName);
+    if (cluster) return { cluster, state: 'leased', legacy };
+  }
+  throw new LeaseNotFoundError();
+}
+
+/**
+ * Whether `fresh` holds every change that turns `base` into `next`: how the write path tells
+ * that a write whose answer was lost did land. Records carry unique token hashes and times,
+ * so nobody else writes the same values.
+ */
+export function holdsChanges(base: LeaseTable, next: LeaseTable, fresh: LeaseTable): boolean {
+  const sections = ['clusters', 'legacy', 'waiters'] as const;
+  return sections.every((section) => {
+    const before: Readonly<Record<string, unknown>> = base[section];
+    const after: Readonly<Record<string, unknown>> = next[section];
+    const now: Readonly<Record<string, unknown>> = fresh[section];
+    const keys = new Set([...Object.keys(before), ...Object.keys(after)]);
+    return [...keys].every((key) => before[key] === after[key] || isDeepStrictEqual(now[key], after[key]));
+  });
 }

@@ -6,6 +6,8 @@ import type { AppDeps } from '../app.ts';
 import { sharedTokenAuthenticator } from './auth.ts';
 import type { Config } from './config.ts';
 import { LeaseService } from './leases.ts';
+import { startReaper } from './reaper.ts';
+import { Waiting, type WaitingOptions } from './waiting.ts';
 import { StaticProvider } from './providers/static.ts';
 import type { ClusterProvider } from './providers/types.ts';
 import { FileLeaseStore } from './store/file.ts';
@@ -15,6 +17,7 @@ import { WritePath, systemClock, type Clock, type WritePathOptions } from './wri
 export interface Services {
   deps: AppDeps;
   writePath: WritePath;
+  waiting: Waiting;
   /** Releases clients and timers; the HTTP server is closed by its owner. */
   close(): Promise<void>;
 }
@@ -25,6 +28,8 @@ export interface BuildOptions {
   authToken: string;
   /** Benchmarks switch group commit off to compare with plain retry-on-conflict. */
   writePath?: WritePathOptions;
+  /** Tests shorten the waiters' poll and ticket times. */
+  waiting?: WaitingOptions;
 }
 
 interface Closable {
@@ -59,7 +64,9 @@ export async function buildServices(config: Config, logger: Logger, options: Bui
   const store = await buildStore(config, logger);
   const writePath = new WritePath(store, () => provider.list(), clock, options.writePath);
   const stopWatching = writePath.watchStore();
-  const leases = new LeaseService(writePath, provider, logger);
+  const waiting = new Waiting(writePath, logger, options.waiting);
+  const leases = new LeaseService(writePath, provider, waiting, config.maxLeaseSeconds, logger);
+  const stopReaper = startReaper(writePath, logger, config.reapIntervalSeconds * 1000);
   return {
     deps: {
       leases,
@@ -68,9 +75,13 @@ export async function buildServices(config: Config, logger: Logger, options: Bui
       maxLeaseSeconds: config.maxLeaseSeconds,
     },
     writePath,
+    waiting,
     async close() {
+      stopReaper();
+      waiting.close();
       stopWatching();
       await provider.close?.();
+      await store.close?.();
     },
   };
 }

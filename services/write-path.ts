@@ -3,8 +3,8 @@
 // compare-and-swap (group commit); each still gets its own answer. A conflict re-reads the
 // table and replays the same decisions, so no answer is ever based on a stale table.
 
-import { ContentionError, VersionConflictError } from './errors.ts';
-import type { Decision, DecisionContext } from './lease-table.ts';
+import { ContentionError, TransientStoreError, VersionConflictError } from './errors.ts';
+import { holdsChanges, type Decision, type DecisionContext, type LeaseTable } from './lease-table.ts';
 import type { Cluster } from './providers/types.ts';
 import type { LeaseStore, Snapshot } from './store/types.ts';
 
@@ -22,15 +22,28 @@ export interface WritePathOptions {
   maxAttempts?: number;
   /** Upper bound of the random pause between attempts, in ms, before backoff doubles it. */
   jitterMs?: number;
+  /** Tries when the store fails for a while (429, 5xx, a reset connection) before giving up. */
+  transientAttempts?: number;
+  /** First pause after such a failure, in ms; it doubles. */
+  transientPauseMs?: number;
   random?: () => number;
   sleep?: (ms: number) => Promise<void>;
 }
 
 interface Pending {
   decision: Decision<unknown>;
+  /** A "nothing to change" answer from the cached table will do (the reaper's sweeps). */
+  staleOk: boolean;
   resolve(value: unknown): void;
   reject(error: unknown): void;
 }
+
+export interface SubmitOptions {
+  staleOk?: boolean;
+}
+
+/** Told of every table this replica learns of: its own commits and other replicas' (watch). */
+export type TableListener = (table: LeaseTable) => void;
 
 export class WritePath {
   private readonly queue: Pending[] = [];
@@ -40,8 +53,11 @@ export class WritePath {
   private readonly batch: boolean;
   private readonly maxAttempts: number;
   private readonly jitterMs: number;
+  private readonly transientAttempts: number;
+  private readonly transientPauseMs: number;
   private readonly random: () => number;
   private readonly sleep: (ms: number) => Promise<void>;
+  private readonly listeners = new Set<TableListener>();
 
   constructor(
     private readonly store: LeaseStore,
@@ -52,14 +68,16 @@ export class WritePath {
     this.batch = options.batch ?? true;
     this.maxAttempts = options.maxAttempts ?? 30;
     this.jitterMs = options.jitterMs ?? 5;
+    this.transientAttempts = options.transientAttempts ?? 4;
+    this.transientPauseMs = options.transientPauseMs ?? 100;
     this.random = options.random ?? Math.random;
     this.sleep = options.sleep ?? ((ms) => new Promise((resolve) => setTimeout(resolve, ms)));
   }
 
   /** Applies one decision through the write path and returns its answer (or throws its error). */
-  submit<R>(decision: Decision<R>): Promise<R> {
+  submit<R>(decision: Decision<R>, options: SubmitOptions = {}): Promise<R> {
     return new Promise<R>((resolve, reject) => {
-      const pending: Pending = { decision, resolve: resolve as (value: unknown) => void, reject };
+      const pending: Pending = { decision, staleOk: options.staleOk ?? false, resolve: resolve as (value: unknown) => void, reject };
       if (!this.batch) {
         void this.commit([pending], false);
         return;
@@ -89,7 +107,18 @@ export class WritePath {
     if (!this.store.watch || !this.batch) return () => undefined;
     return this.store.watch((snapshot) => {
       this.cached = snapshot;
+      this.tell(snapshot.table);
     });
+  }
+
+  /** Registers a listener for new tables; returns a function that removes it. */
+  onTable(listener: TableListener): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  private tell(table: LeaseTable): void {
+    for (const listener of this.listeners) listener(table);
   }
 
   private async flush(): Promise<void> {
@@ -104,6 +133,7 @@ export class WritePath {
   }
 
   private async commit(batch: Pending[], useCache: boolean): Promise<void> {
+    let troubles = 0;
     for (let attempt = 1; ; attempt++) {
       let base: Snapshot;
       let fresh: boolean;
@@ -115,6 +145,10 @@ export class WritePath {
           this.listClusters(),
         ]);
       } catch (error) {
+        if (error instanceof TransientStoreError && ++troubles < this.transientAttempts) {
+          await this.sleep(this.transientPauseMs * 2 ** (troubles - 1));
+          continue;
+        }
         for (const pending of batch) pending.reject(error);
         return;
       }
@@ -132,7 +166,7 @@ export class WritePath {
       if (table === base.table) {
         // Nothing to write. Answers such as "no cluster free" must come from a fresh table,
         // since another replica may have released a cluster since the cached one was read.
-        if (!fresh) {
+        if (!fresh && !batch.every((pending) => pending.staleOk)) {
           this.cached = undefined;
           continue;
         }
@@ -140,27 +174,48 @@ export class WritePath {
         for (const settle of outcomes) settle();
         return;
       }
+      let failure: unknown;
+      let written: Snapshot | undefined;
       try {
-        const written = await this.store.write(table, base);
-        if (useCache) this.cached = written;
-        for (const settle of outcomes) settle();
-        return;
+        written = await this.store.write(table, base);
       } catch (error) {
+        failure = error;
         // Keep a table the watch delivered meanwhile: it is newer than the one that lost.
         if (this.cached?.version === base.version) this.cached = undefined;
-        if (!(error instanceof VersionConflictError)) {
-          for (const pending of batch) pending.reject(error);
-          return;
-        }
+        // Anything but a clean refusal may hide a write that landed (a timeout, a reset).
+        if (!(error instanceof VersionConflictError)) written = await this.landed(base.table, table);
+      }
+      if (written) {
+        if (useCache) this.cached = written;
+        for (const settle of outcomes) settle();
+        this.tell(written.table);
+        return;
+      }
+      if (failure instanceof VersionConflictError) {
         if (attempt >= this.maxAttempts) {
           for (const pending of batch) pending.reject(new ContentionError());
           return;
         }
         // Decorrelated pauses keep replicas that collided from colliding again in lockstep.
         await this.sleep(this.random() * this.jitterMs * 2 ** Math.min(attempt - 1, 5));
-        // The batch is decided again anyway: take in what arrived meanwhile, for free.
-        if (useCache) batch.push(...this.queue.splice(0));
+      } else if (failure instanceof TransientStoreError && ++troubles < this.transientAttempts) {
+        await this.sleep(this.transientPauseMs * 2 ** (troubles - 1));
+      } else {
+        for (const pending of batch) pending.reject(failure);
+        return;
       }
+      // The batch is decided again anyway: take in what arrived meanwhile, for free.
+      if (useCache) batch.push(...this.queue.splice(0));
+    }
+  }
+
+  /** The fresh table if it holds exactly what the failed write meant to change, else undefined. */
+  private async landed(base: LeaseTable, next: LeaseTable): Promise<Snapshot | undefined> {
+    try {
+      const fresh = await this.store.read();
+      return holdsChanges(base, next, fresh.table) ? fresh : undefined;
+    } catch {
+      return undefined;
     }
   }
 }

@@ -32,6 +32,11 @@ describe('configuration from the environment', () => {
     );
   });
 
+  test('AUTH_TOKEN is trimmed (a Secret from a file ends in a newline); a blank one is refused', () => {
+    assert.equal(loadConfig({ AUTH_TOKEN: 'abc123\n' }, defaults).authToken, 'abc123');
+    assert.throws(() => loadConfig({ AUTH_TOKEN: ' \n' }, defaults), /AUTH_TOKEN must not be blank/);
+  });
+
   test('empty variables count as unset', () => {
     assert.equal(loadConfig({ BIND_PORT: '', AUTH_TOKEN: '' }, defaults).bindPort, 8080);
     assert.equal(loadConfig({ AUTH_TOKEN: '' }, defaults).authToken, undefined);

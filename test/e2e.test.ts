@@ -19,6 +19,7 @@ async function call(server: ServerProcess, method: string, path: string, body?: 
 }
 
 describe('the real server, end to end', () => {
+  const granted: string[] = [];
   let folder: string;
   let server: ServerProcess;
   before(async () => {
@@ -44,6 +45,7 @@ describe('the real server, end to end', () => {
       leases.push(body);
     }
     assert.deepEqual(leases.map((lease) => lease.cluster_name).sort(), ['pool-1', 'pool-2', 'pool-3']);
+    granted.push(...leases.flatMap((lease) => [lease.token, lease.kubeconfig, Buffer.from(lease.kubeconfig, 'base64').toString('utf8')]));
     const refused = await call(server, 'POST', '/lease', { max_time: 60 });
     assert.equal(refused.status, 409);
     assert.equal(refused.body.reason, 'AllLeased');
@@ -64,12 +66,12 @@ describe('the real server, end to end', () => {
     for (const lease of leases) assert.equal(stored.includes(lease.token), false, 'a plain token reached the store');
   });
 
-  test('the log never shows a token, and SIGTERM stops the server cleanly', async () => {
+  test('the log never shows the shared token, a lease token or a kubeconfig; SIGTERM stops the server cleanly', async () => {
     const lease = await call(server, 'POST', '/lease', { max_time: 60 });
     assert.equal(lease.status, 409);
     const code = await server.stop('SIGTERM');
     assert.equal(code, 0);
-    assert.equal(server.output().includes(TOKEN), false);
+    for (const secret of [TOKEN, ...granted]) assert.equal(server.output().includes(secret), false, 'a secret reached the log');
     assert.match(server.output(), /"msg":"stopped"/);
   });
 });

@@ -36,10 +36,12 @@ describe('file lease store', () => {
       const store = await FileLeaseStore.open(join(folder, 'leases.json'), quiet);
       const base = await store.read();
       const entry = { state: 'leased' as const, lease: { tokenHash: hashToken('a'), startedAt: 1, expiresAt: 2 } };
-      await store.write({ clusters: { 'static/a': entry }, legacy: {} }, base);
-      await assert.rejects(store.write({ clusters: {}, legacy: {} }, base), VersionConflictError);
+      await store.write({ clusters: { 'static/a': entry }, legacy: {}, waiters: {} }, base);
+      await assert.rejects(store.write({ clusters: {}, legacy: {}, waiters: {} }, base), VersionConflictError);
+      await store.close();
       const reopened = await FileLeaseStore.open(join(folder, 'leases.json'), quiet);
       assert.deepEqual((await reopened.read()).table.clusters, { 'static/a': entry });
+      await reopened.close();
     } finally {
       await rm(folder, { recursive: true, force: true });
     }
@@ -49,7 +51,7 @@ describe('file lease store', () => {
     const folder = await tempDir();
     const path = join(folder, 'leases.json');
     try {
-      for (const delay of [150, 260, 370]) {
+      for (const delay of [40, 90, 150, 230, 310, 420]) {
         const child = spawn(process.execPath, ['--import', 'tsx', 'test/support/file-store-writer.ts', path], {
           stdio: ['ignore', 'pipe', 'inherit'],
         });
@@ -70,9 +72,10 @@ describe('file lease store', () => {
         const store = await FileLeaseStore.open(path, quiet);
         const { version, table } = await store.read();
         assert.ok(Number(version) >= Number(acknowledged), `version ${version} lost acknowledged ${acknowledged}`);
-        assert.equal(Object.keys(table.clusters).length, 50);
+        assert.equal(Object.keys(table.clusters).length, 200);
+        await store.close();
       }
-      // Temporary files of interrupted writes are cleaned up on start.
+      // Temporary files of interrupted writes are cleaned up on start; the dead writer's lock is gone.
       assert.deepEqual(await readdir(folder), ['leases.json']);
     } finally {
       await rm(folder, { recursive: true, force: true });
@@ -85,17 +88,19 @@ describe('file lease store', () => {
     try {
       const store = await FileLeaseStore.open(path, quiet);
       const entry = { state: 'free' as const, idleSince: 5 };
-      await store.write({ clusters: { 'static/a': entry }, legacy: {} }, await store.read());
+      await store.write({ clusters: { 'static/a': entry }, legacy: {}, waiters: {} }, await store.read());
       await writeFile(`${path}.0f1e2d3c.tmp`, '{"format": "k8s-claimer/lease-table/v1", "vers');
+      await store.close();
       const reopened = await FileLeaseStore.open(path, quiet);
       assert.deepEqual((await reopened.read()).table.clusters, { 'static/a': entry });
-      assert.deepEqual(await readdir(folder), ['leases.json']);
+      assert.deepEqual((await readdir(folder)).sort(), ['leases.json', 'leases.json.lock']);
+      await reopened.close();
     } finally {
       await rm(folder, { recursive: true, force: true });
     }
   });
 
-  test('a record that does not parse is skipped with a warning and kept in the file', async () => {
+  test('a record that does not parse blocks its cluster, with a warning, and stays in the file untouched', async () => {
     const folder = await tempDir();
     const path = join(folder, 'leases.json');
     try {
@@ -105,10 +110,34 @@ describe('file lease store', () => {
       const store = await FileLeaseStore.open(path, { warn: (fields) => warnings.push(fields) });
       assert.equal(warnings.length, 1);
       const base = await store.read();
-      assert.deepEqual(base.table.clusters, {});
-      await store.write({ clusters: { 'static/a': { state: 'free', idleSince: 1 } }, legacy: {} }, base);
+      const clusters = base.table.clusters;
+      // It may hold a live lease written by another version: never leased, never rewritten.
+      assert.deepEqual({ ...clusters }, { 'static/b': { state: 'unknown' } });
+      await store.write({ clusters: { ...clusters, 'static/a': { state: 'free', idleSince: 1 } }, legacy: {}, waiters: {} }, base);
+      await store.close();
       const saved = JSON.parse(await readFile(path, 'utf8'));
       assert.deepEqual(saved.clusters.find((record: { cluster: string }) => record.cluster === 'static/b'), broken);
+    } finally {
+      await rm(folder, { recursive: true, force: true });
+    }
+  });
+
+  test('one process per file: a second open is refused until the first closes; a dead owner\'s lock is taken over', async () => {
+    const folder = await tempDir();
+    const path = join(folder, 'leases.json');
+    try {
+      const first = await FileLeaseStore.open(path, quiet);
+      await assert.rejects(FileLeaseStore.open(path, quiet), /in use by another claimer/);
+      await first.close();
+      const second = await FileLeaseStore.open(path, quiet);
+      await second.close();
+      // A lock left by a process that has exited (pid 2^22 + 1 is above Linux's pid_max).
+      await writeFile(`${path}.lock`, `${2 ** 22 + 1}\n`);
+      const third = await FileLeaseStore.open(path, quiet);
+      await third.close();
+      // A live process's lock (this test runner's parent) is respected.
+      await writeFile(`${path}.lock`, `${process.ppid}\n`);
+      await assert.rejects(FileLeaseStore.open(path, quiet), new RegExp(`process ${process.ppid}`));
     } finally {
       await rm(folder, { recursive: true, force: true });
     }
@@ -120,6 +149,8 @@ describe('file lease store', () => {
     try {
       await writeFile(path, 'garbage{');
       await assert.rejects(FileLeaseStore.open(path, quiet), new RegExp(`${path}.*not valid JSON`));
+      // A failed open leaves no lock behind.
+      await assert.rejects(FileLeaseStore.open(path, quiet), /not valid JSON/);
       await writeFile(path, '{"some": "other file"}');
       await assert.rejects(FileLeaseStore.open(path, quiet), /not a k8s-claimer lease table/);
     } finally {

@@ -136,12 +136,54 @@ describe('Kubernetes lease store', () => {
     assert.equal(annotations['example.com/added-meanwhile'], 'yes');
   });
 
-  test('a record that does not parse is skipped with a warning and left in place', async () => {
-    seedLeaseService(fake, { 'lease.k8s-claimer.io/c-000000000000000000000000': '{not json' });
-    const app = await replica();
+  test('a record that does not parse is left in place with a warning, and its cluster is never leased', async () => {
+    // A live lease as another version might write it: readable JSON, one field of a type this one rejects.
+    const key = annotationKeyFor('static/pool-1');
+    const foreign = JSON.stringify({ cluster: 'static/pool-1', state: 'leased', lease: { token_sha256: 'b'.repeat(64), started_at: '2026-01-01T00:00:00Z', expires_at: '2099-01-01T00:00:00Z', note: 42 } });
+    seedLeaseService(fake, { [key]: foreign, 'lease.k8s-claimer.io/c-000000000000000000000000': '{not json' });
+    const app = await replica(poolOf(2));
+    assert.equal((await lease(app)).body.cluster_name, 'pool-2');
+    assert.equal((await lease(app)).status, 409);
+    const annotations = leaseAnnotations(fake);
+    assert.equal(annotations[key], foreign);
+    assert.equal(annotations['lease.k8s-claimer.io/c-000000000000000000000000'], '{not json');
+    assert.ok(app.logs.lines.some((line) => line.level === 'warn' && line.annotation === key && line.cluster === 'static/pool-1'));
+    const listed = await app.request('GET', '/leases');
+    assert.equal((await listed.json()).clusters.find((cluster: { name: string }) => cluster.name === 'pool-1').state, 'unknown');
+  });
+
+  test('a write whose answer is lost after it landed is recognised, not answered 500 and lost', async () => {
+    const app = await replica(poolOf(1));
+    fake.dropAnswerNext(1, (request) => request.method === 'PATCH');
+    const granted = await lease(app);
+    assert.equal(granted.status, 200);
+    // The token it got is the one stored: it can be released, and the cluster comes back.
+    assert.equal((await app.request('DELETE', `/lease/${granted.body.token}`)).status, 200);
     assert.equal((await lease(app)).status, 200);
-    assert.equal(leaseAnnotations(fake)['lease.k8s-claimer.io/c-000000000000000000000000'], '{not json');
-    assert.ok(app.logs.lines.some((line) => line.level === 'warn' && line.annotation === 'lease.k8s-claimer.io/c-000000000000000000000000'));
+  });
+
+  test('a write that failed before landing (reset) is decided again and succeeds', async () => {
+    const app = await replica(poolOf(1));
+    fake.resetNext(1, (request) => request.method === 'PATCH');
+    const granted = await lease(app);
+    assert.equal(granted.status, 200);
+    assert.equal(fake.countRequests({ method: 'PATCH' }), 2);
+  });
+
+  test('the apiserver throttling (429) or failing for a moment (503) is retried, not a 500', async () => {
+    const app = await replica(poolOf(2));
+    fake.failNext(1, 429, { match: (request) => request.method === 'PATCH', retryAfterSeconds: 1 });
+    assert.equal((await lease(app)).status, 200);
+    fake.failNext(2, 503, { match: (request) => request.method === 'PATCH' });
+    assert.equal((await lease(app)).status, 200);
+  });
+
+  test('the apiserver failing for good is a 500 after a few tries', async () => {
+    const app = await replica(poolOf(1));
+    const fault = fake.failNext(10, 500, { match: (request) => request.method === 'PATCH' });
+    assert.equal((await lease(app)).status, 500);
+    assert.equal(fake.countRequests({ method: 'PATCH' }), 4);
+    fault.cancel();
   });
 
   test("a record of the original k8s-claimer is honoured: its cluster stays leased and its token releases it", async () => {

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { LeaseNotFoundError, NoClusterAvailableError } from '../services/errors.ts';
-import { acquire, effectiveState, emptyTable, release, type LeaseTable } from '../services/lease-table.ts';
+import { acquire, effectiveState, emptyTable, release, type AcquireResult, type LeaseTable } from '../services/lease-table.ts';
 import type { Cluster } from '../services/providers/types.ts';
 import { hashToken } from '../services/tokens.ts';
 
@@ -19,6 +19,13 @@ function cluster(name: string, overrides: Partial<Cluster> = {}): Cluster {
   };
 }
 
+function clusterOf(result: AcquireResult) {
+  assert.ok(result.granted, 'expected a grant');
+  return result.cluster;
+}
+
+const allLeased = (error: unknown) => error instanceof NoClusterAvailableError && error.reason === 'AllLeased';
+
 const T0 = Date.parse('2026-01-01T00:00:00Z');
 const tokenA = hashToken('a');
 const tokenB = hashToken('b');
@@ -26,7 +33,7 @@ const tokenB = hashToken('b');
 describe('acquire', () => {
   test('leases a free cluster for exactly the requested seconds', () => {
     const { table, result } = acquire({ tokenHash: tokenA, durationSeconds: 30 })(emptyTable, { now: T0, clusters: [cluster('c1')] });
-    assert.equal(result.cluster.id, 'zone-a/c1');
+    assert.equal(clusterOf(result).id, 'zone-a/c1');
     assert.deepEqual(table.clusters['zone-a/c1'], { state: 'leased', lease: { tokenHash: tokenA, startedAt: T0, expiresAt: T0 + 30_000 } });
   });
 
@@ -45,9 +52,9 @@ describe('acquire', () => {
       table = acquire({ tokenHash: hashToken(String(index)), durationSeconds: 60 })(table, { now: T0, clusters }).table;
     }
     const { result } = acquire({ tokenHash: tokenA, durationSeconds: 60 })(table, { now: T0, clusters });
-    assert.ok(result.cluster);
+    assert.ok(clusterOf(result));
     assert.throws(() => acquire({ tokenHash: tokenB, durationSeconds: 60 })(
-      acquire({ tokenHash: tokenA, durationSeconds: 60 })(table, { now: T0, clusters }).table, { now: T0, clusters }));
+      acquire({ tokenHash: tokenA, durationSeconds: 60 })(table, { now: T0, clusters }).table, { now: T0, clusters }), allLeased);
   });
 
   test('an expired lease counts as free from the very millisecond it ends', () => {
@@ -55,9 +62,9 @@ describe('acquire', () => {
     const { table } = acquire({ tokenHash: tokenA, durationSeconds: 10 })(emptyTable, { now: T0, clusters });
     assert.equal(effectiveState(table, clusters[0], T0 + 9_999), 'leased');
     assert.equal(effectiveState(table, clusters[0], T0 + 10_000), 'free');
-    assert.throws(() => acquire({ tokenHash: tokenB, durationSeconds: 10 })(table, { now: T0 + 9_999, clusters }));
+    assert.throws(() => acquire({ tokenHash: tokenB, durationSeconds: 10 })(table, { now: T0 + 9_999, clusters }), allLeased);
     const next = acquire({ tokenHash: tokenB, durationSeconds: 10 })(table, { now: T0 + 10_000, clusters });
-    assert.equal(next.result.cluster.id, 'zone-a/c1');
+    assert.equal(clusterOf(next.result).id, 'zone-a/c1');
   });
 
   test('AllLeased carries the seconds until the soonest end, rounded up', () => {
@@ -72,9 +79,9 @@ describe('acquire', () => {
 
   test('a live lease of the original k8s-claimer blocks its cluster by name', () => {
     const clusters = [cluster('old')];
-    const table: LeaseTable = { clusters: {}, legacy: { 'legacy-token': { clusterName: 'old', expiresAt: T0 + 1000 } } };
-    assert.throws(() => acquire({ tokenHash: tokenA, durationSeconds: 1 })(table, { now: T0, clusters }));
-    assert.equal(acquire({ tokenHash: tokenA, durationSeconds: 1 })(table, { now: T0 + 1000, clusters }).result.cluster.name, 'old');
+    const table: LeaseTable = { clusters: {}, legacy: { 'legacy-token': { clusterName: 'old', expiresAt: T0 + 1000 } }, waiters: {} };
+    assert.throws(() => acquire({ tokenHash: tokenA, durationSeconds: 1 })(table, { now: T0, clusters }), allLeased);
+    assert.equal(clusterOf(acquire({ tokenHash: tokenA, durationSeconds: 1 })(table, { now: T0 + 1000, clusters }).result).name, 'old');
   });
 });
 
@@ -97,7 +104,7 @@ describe('release', () => {
 
   test('releases a lease of the original k8s-claimer by its plain token', () => {
     const clusters = [cluster('old')];
-    const table: LeaseTable = { clusters: {}, legacy: { 'f00d0000-0000-4000-8000-000000000000': { clusterName: 'old', expiresAt: T0 + 1000 } } };
+    const table: LeaseTable = { clusters: {}, legacy: { 'f00d0000-0000-4000-8000-000000000000': { clusterName: 'old', expiresAt: T0 + 1000 } }, waiters: {} };
     const released = release(hashToken('f00d0000-0000-4000-8000-000000000000'))(table, { now: T0, clusters });
     assert.deepEqual(released.table.legacy, {});
     assert.equal(released.result.clusterId, 'zone-a/old');

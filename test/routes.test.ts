@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import { rm, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { startingResponse } from '../app.ts';
 import { AUTH_TOKEN, poolOf, startTestApp, tempDir, type TestApp } from './support/harness.ts';
@@ -51,7 +52,7 @@ describe('request tables: statuses of every route', () => {
     { name: 'POST /lease - 400 when the body is a number', method: 'POST', path: '/lease', body: '30', status: 400 },
     { name: 'POST /lease - 413 when the body is over 64 KiB', method: 'POST', path: '/lease', body: JSON.stringify({ max_time: 30, pad: 'x'.repeat(70_000) }), status: 413 },
     { name: 'GET /lease - 405 with Allow', method: 'GET', path: '/lease', status: 405, headersExpected: { allow: 'POST' } },
-    { name: 'PUT /lease/:token - 405 with Allow', method: 'PUT', path: `/lease/${UNKNOWN_TOKEN}`, status: 405, headersExpected: { allow: 'DELETE' } },
+    { name: 'PUT /lease/:token - 405 with Allow', method: 'PUT', path: `/lease/${UNKNOWN_TOKEN}`, status: 405, headersExpected: { allow: 'GET, PATCH, DELETE' } },
     { name: 'POST /healthz - 405 with Allow', method: 'POST', path: '/healthz', status: 405, headersExpected: { allow: 'GET' } },
     { name: 'DELETE /lease/:token - 401 without Authorization', method: 'DELETE', path: `/lease/${UNKNOWN_TOKEN}`, auth: null, status: 401 },
     { name: 'DELETE /lease/:token - 400 when the token is not a UUID', method: 'DELETE', path: '/lease/not-a-uuid', status: 400, fields: ['token'] },
@@ -104,8 +105,14 @@ describe('start-up and readiness', () => {
 
   test('GET /readyz - 503 when the lease store cannot be reached, the cause only in the log', async () => {
     const folder = await tempDir();
-    // Port 9 on loopback: nothing listens there, so every apiserver call is refused.
-    const kubeconfig = await writeKubeconfig(folder, 'http://127.0.0.1:9');
+    // A port that was free a moment ago: every apiserver call is refused.
+    const port = await new Promise<number>((resolve) => {
+      const server = createServer().listen(0, '127.0.0.1', () => {
+        const { port: chosen } = server.address() as { port: number };
+        server.close(() => resolve(chosen));
+      });
+    });
+    const kubeconfig = await writeKubeconfig(folder, `http://127.0.0.1:${port}`);
     const app = await startTestApp({ folder, env: { LEASE_STORE: 'kubernetes', KUBECONFIG: kubeconfig } });
     try {
       const response = await app.request('GET', '/readyz', { auth: null });
@@ -265,6 +272,7 @@ describe('POST /lease and DELETE /lease/:token', () => {
     const app = await startTestApp({ clusters: poolOf(1), folder, env: { LEASE_STORE_FILE: join(folder, 'data', 'leases.json') } });
     try {
       // The store's folder becomes a plain file, so the real write fails with ENOTDIR.
+      await rm(join(folder, 'data'), { recursive: true, force: true });
       await writeFile(join(folder, 'data'), 'not a folder');
       const response = await app.request('POST', '/lease', { body: { max_time: 30 } });
       assert.equal(response.status, 500);
@@ -287,7 +295,8 @@ describe('POST /lease and DELETE /lease/:token', () => {
       await app.request('DELETE', `/lease/${lease.token}`);
       await app.request('POST', '/lease', { body: { max_time: 30 }, auth: 'wrong-token-abc' });
       const logs = app.logs.raw();
-      for (const secret of [lease.token, lease.kubeconfig, AUTH_TOKEN, 'cluster-bearer-secret-xyz', 'wrong-token-abc']) {
+      const kubeconfigYaml = Buffer.from(lease.kubeconfig, 'base64').toString('utf8');
+      for (const secret of [lease.token, lease.kubeconfig, kubeconfigYaml, AUTH_TOKEN, 'cluster-bearer-secret-xyz', 'wrong-token-abc']) {
         assert.equal(logs.includes(secret), false, 'a secret reached the log');
       }
       assert.ok(app.logs.lines.some((line) => line.event === 'lease.granted' && line.cluster === 'static/secretive'));

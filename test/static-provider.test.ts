@@ -75,8 +75,19 @@ describe('static pool file', () => {
     ['a server that is not a URL', 'clusters:\n  - name: a\n    server: not a url\n', /invalid/],
     ['the same cluster twice', 'clusters:\n  - {name: a, server: "https://h"}\n  - {name: a, server: "https://i"}\n', /twice/],
     ['a missing kubeconfig file', 'clusters:\n  - {name: a, kubeconfig: nope.yaml}\n', /cannot read kubeconfig/],
-    ['not YAML', 'clusters: [\n', /cannot read static pool file/],
+    ['not YAML', 'clusters: [\n', /cannot read static pool file .*YAML syntax error at line/],
   ];
+  test('a YAML syntax error is reported by position, never by quoting the line (it may hold a token)', async () => {
+    await withFolder(async (folder) => {
+      await writeFile(join(folder, 'pool.yaml'), 'clusters:\n  - name: a\n    server: https://h\n    token: SUPER-SECRET-BEARER: oops\n');
+      await assert.rejects(StaticProvider.load(join(folder, 'pool.yaml')), (error: Error) => {
+        assert.doesNotMatch(error.message, /SUPER-SECRET/);
+        assert.match(error.message, /line 4/);
+        return true;
+      });
+    });
+  });
+
   for (const [name, content, message] of invalid) {
     test(`an invalid pool file stops start-up: ${name}`, async () => {
       await withFolder(async (folder) => {

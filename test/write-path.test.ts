@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { ContentionError, NoClusterAvailableError } from '../services/errors.ts';
-import { acquire, release, type LeaseTable } from '../services/lease-table.ts';
+import { acquire, release, type AcquireResult, type LeaseTable } from '../services/lease-table.ts';
 import type { Cluster } from '../services/providers/types.ts';
 import { MemoryLeaseStore } from '../services/store/memory.ts';
 import type { Snapshot } from '../services/store/types.ts';
@@ -11,6 +11,11 @@ import { WritePath } from '../services/write-path.ts';
 const clusters: Cluster[] = ['c1', 'c2', 'c3'].map((name) => ({
   id: `z/${name}`, name, location: 'z', endpoint: 'h', server: 'https://h', labels: {}, version: '', status: 'RUNNING',
 }));
+function clusterOf(result: AcquireResult) {
+  assert.ok(result.granted, 'expected a grant');
+  return result.cluster;
+}
+
 const clock = { now: () => Date.parse('2026-01-01T00:00:00Z') };
 const noPause = { sleep: async () => {} };
 
@@ -40,7 +45,7 @@ describe('write path', () => {
     const store = new RacingStore(1, (table) => acquire({ tokenHash: hashToken('rival'), durationSeconds: 60 })(table, { now: clock.now(), clusters }).table);
     const path = new WritePath(store, async () => clusters, clock, noPause);
     const result = await path.submit(acquire({ tokenHash: hashToken('me'), durationSeconds: 60 }));
-    assert.equal(result.cluster.id, 'z/c2');
+    assert.equal(clusterOf(result).id, 'z/c2');
     assert.equal(store.reads, 2);
     const { table } = await store.read();
     assert.equal(table.clusters['z/c1'].lease?.tokenHash, hashToken('rival'));
@@ -54,7 +59,7 @@ describe('write path', () => {
       ['a', 'b', 'c', 'd', 'e'].map((token) => path.submit(acquire({ tokenHash: hashToken(token), durationSeconds: 60 }))),
     );
     assert.deepEqual(answers.map((answer) => answer.status), ['fulfilled', 'fulfilled', 'fulfilled', 'rejected', 'rejected']);
-    const granted = answers.flatMap((answer) => (answer.status === 'fulfilled' ? [answer.value.cluster.id] : []));
+    const granted = answers.flatMap((answer) => (answer.status === 'fulfilled' ? [clusterOf(answer.value).id] : []));
     assert.deepEqual(granted, ['z/c1', 'z/c2', 'z/c3']);
     assert.ok((answers[3] as PromiseRejectedResult).reason instanceof NoClusterAvailableError);
     // One write for the first decision, one for the four queued behind it.
@@ -80,7 +85,7 @@ describe('write path', () => {
     const current = await store.read();
     await store.write(release(hashToken('b'))(current.table, { now: clock.now(), clusters }).table, current);
     const result = await path.submit(acquire({ tokenHash: hashToken('d'), durationSeconds: 60 }));
-    assert.equal(result.cluster.id, 'z/c2');
+    assert.equal(clusterOf(result).id, 'z/c2');
   });
 
   test('batching off: every decision reads, decides and writes on its own, and still never double-leases', async () => {
@@ -89,7 +94,7 @@ describe('write path', () => {
     const answers = await Promise.allSettled(
       ['a', 'b', 'c', 'd'].map((token) => path.submit(acquire({ tokenHash: hashToken(token), durationSeconds: 60 }))),
     );
-    const granted = answers.flatMap((answer) => (answer.status === 'fulfilled' ? [answer.value.cluster.id] : []));
+    const granted = answers.flatMap((answer) => (answer.status === 'fulfilled' ? [clusterOf(answer.value).id] : []));
     assert.equal(granted.length, 3);
     assert.equal(new Set(granted).size, 3);
   });
@@ -106,6 +111,12 @@ describe('write path', () => {
       throw new Error('apiserver down');
     };
     const path = new WritePath(store, async () => clusters, clock, noPause);
-    await assert.rejects(path.submit(acquire({ tokenHash: hashToken('a'), durationSeconds: 60 })), /apiserver down/);
+    const answers = await Promise.allSettled(
+      ['a', 'b', 'c'].map((token) => path.submit(acquire({ tokenHash: hashToken(token), durationSeconds: 60 }))),
+    );
+    assert.deepEqual(
+      answers.map((answer) => (answer.status === 'rejected' ? String(answer.reason) : 'granted')),
+      ['Error: apiserver down', 'Error: apiserver down', 'Error: apiserver down'],
+    );
   });
 });

@@ -1,11 +1,31 @@
-// DELETE /lease/:token - auth. 200 released; 400 not a UUID; 401; 409 no live lease has it; 500; 503.
+// /lease/:token - auth; 400 when the token is not a UUID; 401; 409 when no live lease has it
+// (never existed, released, or expired); 500; 503.
+//   GET    200 the lease: cluster, state, expiry, seconds left, note, holder, endpoint.
+//   PATCH  {"max_time": N}: 200 the lease now ends N seconds from now; 400 beyond
+//          MAX_LEASE_SECONDS after it began.
+//   DELETE 200 released: the cluster is free at once.
 
+import * as v from 'valibot';
 import type { RouteContext, RouteRequest } from '../../app.ts';
-import { json } from '../../services/http.ts';
-import { LeaseToken, parseInput } from '../../services/validation.ts';
+import { json, readJsonBody } from '../../services/http.ts';
+import { leaseJson } from '../../services/lease-json.ts';
+import { LeaseToken, durationSchema, parseBody, parseInput } from '../../services/validation.ts';
+
+const tokenOf = (request: RouteRequest) => parseInput(LeaseToken, request.params.token, 'token');
+
+export async function GET(request: RouteRequest, context: RouteContext): Promise<Response> {
+  const view = await context.leases.get(tokenOf(request));
+  return json(leaseJson(view, view.now));
+}
+
+export async function PATCH(request: RouteRequest, context: RouteContext): Promise<Response> {
+  const token = tokenOf(request);
+  const body = parseBody(v.looseObject({ max_time: durationSchema(context.maxLeaseSeconds) }), await readJsonBody(request));
+  const view = await context.leases.extend(token, body.max_time, context.log);
+  return json(leaseJson(view, view.now));
+}
 
 export async function DELETE(request: RouteRequest, context: RouteContext): Promise<Response> {
-  const token = parseInput(LeaseToken, request.params.token, 'token');
-  await context.leases.release(token, context.log);
+  await context.leases.release(tokenOf(request), context.log);
   return json({ released: true });
 }

@@ -91,6 +91,8 @@ export function toCluster(gke: GkeCluster): Cluster {
 
 export class GkeProvider implements ClusterProvider {
   readonly kind = 'gke';
+  /** The original CLI sends `google`. */
+  readonly aliases = ['gke', 'google'] as const;
   private cache?: { clusters: Cluster[]; fetchedAt: number; refreshAt: number };
   private inflight?: Promise<Cluster[]>;
 

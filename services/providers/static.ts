@@ -57,6 +57,19 @@ const KubeconfigFile = v.object({
 
 export class PoolFileError extends Error {}
 
+/**
+ * Why a file could not be read or parsed, without quoting it: YAML's own message shows the
+ * offending line, which may be a token.
+ */
+function problemOf(error: unknown): string {
+  const { name, code, linePos } = (error ?? {}) as { name?: string; code?: string; linePos?: Array<{ line: number; col: number }> };
+  if (name === 'YAMLParseError' || name === 'YAMLWarning') {
+    const where = linePos?.[0] ? `line ${linePos[0].line}, column ${linePos[0].col}` : 'somewhere';
+    return `YAML syntax error at ${where} (${code ?? 'unknown'})`;
+  }
+  return code ?? 'unreadable';
+}
+
 function describeIssues(issues: readonly v.BaseIssue<unknown>[]): string {
   const shown = issues.slice(0, 5).map((issue) => `${v.getDotPath(issue) ?? '(top)'}: ${issue.message}`);
   if (issues.length > shown.length) shown.push(`and ${issues.length - shown.length} more`);
@@ -69,17 +82,21 @@ interface PoolMember {
 }
 
 export class StaticProvider implements ClusterProvider {
+  readonly aliases: readonly string[];
+
   private constructor(
     readonly kind: string,
     private readonly members: PoolMember[],
-  ) {}
+  ) {
+    this.aliases = [kind];
+  }
 
   static async load(path: string): Promise<StaticProvider> {
     let document: unknown;
     try {
       document = parse(await readFile(path, 'utf8'));
     } catch (error) {
-      throw new PoolFileError(`cannot read static pool file ${path}: ${(error as Error).message}`);
+      throw new PoolFileError(`cannot read static pool file ${path}: ${problemOf(error)}`);
     }
     const parsed = v.safeParse(PoolFile, document);
     if (!parsed.success) throw new PoolFileError(`static pool file ${path} is invalid: ${describeIssues(parsed.issues)}`);
@@ -157,7 +174,7 @@ async function fromKubeconfigFile(entry: v.InferOutput<typeof KubeconfigCluster>
   try {
     document = parse(await readFile(file, 'utf8'));
   } catch (error) {
-    throw new PoolFileError(`cannot read kubeconfig ${file} of cluster ${entry.name}: ${(error as Error).message}`);
+    throw new PoolFileError(`cannot read kubeconfig ${file} of cluster ${entry.name}: ${problemOf(error)}`);
   }
   const parsed = v.safeParse(KubeconfigFile, document);
   if (!parsed.success) throw new PoolFileError(`kubeconfig ${file} is invalid: ${describeIssues(parsed.issues)}`);

@@ -28,8 +28,10 @@ export interface Cluster {
 }
 
 export interface ClusterProvider {
-  /** The name clients may send as `cloud_provider` (`gke`, `static`). */
+  /** The provider's name (`gke`, or the static pool's `provider`). */
   readonly kind: string;
+  /** What clients may send as `cloud_provider` to mean this provider. */
+  readonly aliases: readonly string[];
   /** Every cluster of the pool, leasable or not. */
   list(): Promise<Cluster[]>;
   /** A kubeconfig (YAML) that lets the lessee use the cluster. */

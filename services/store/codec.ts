@@ -2,7 +2,7 @@
 // times, shared by the file store and the Kubernetes annotation store.
 
 import * as v from 'valibot';
-import type { ClusterEntry, LegacyLease } from '../lease-table.ts';
+import type { ClusterEntry, LegacyLease, Waiter } from '../lease-table.ts';
 
 const Time = v.pipe(
   v.string(),
@@ -30,6 +30,7 @@ export type ClusterRecordJson = v.InferInput<typeof ClusterRecord>;
 const iso = (ms: number) => new Date(ms).toISOString();
 
 export function encodeEntry(clusterId: string, entry: ClusterEntry): ClusterRecordJson {
+  if (entry.state === 'unknown') throw new Error(`refusing to write over the unreadable lease record of ${clusterId}`);
   const { lease } = entry;
   return {
     cluster: clusterId,
@@ -51,6 +52,12 @@ export type Decoded<T> = { ok: true; value: T } | { ok: false; problem: string }
 
 function problemOf(issues: readonly v.BaseIssue<unknown>[]): string {
   return issues.map((issue) => `${v.getDotPath(issue) ?? 'record'}: ${issue.message}`).join('; ');
+}
+
+/** The cluster a record names, when it names one at all: an unreadable record still blocks it. */
+export function clusterNamedIn(record: unknown): string | undefined {
+  const cluster = (record as { cluster?: unknown } | null)?.cluster;
+  return typeof cluster === 'string' && cluster !== '' ? cluster : undefined;
 }
 
 export function decodeEntry(record: unknown): Decoded<{ clusterId: string; entry: ClusterEntry }> {
@@ -88,4 +95,31 @@ export function decodeLegacy(record: unknown): Decoded<LegacyLease> {
 
 export function encodeLegacy(legacy: LegacyLease): { cluster_name: string; lease_expiration_time: string } {
   return { cluster_name: legacy.clusterName, lease_expiration_time: iso(legacy.expiresAt) };
+}
+
+const WaiterRecord = v.object({
+  ticket: v.pipe(v.string(), v.regex(/^[0-9a-f]{16,64}$/, 'not a ticket id')),
+  since: Time,
+  expires_at: Time,
+  filter: v.optional(
+    v.object({
+      regex: v.optional(v.string()),
+      version: v.optional(v.string()),
+      labels: v.optional(v.record(v.string(), v.string())),
+    }),
+    {},
+  ),
+});
+
+export type WaiterRecordJson = v.InferInput<typeof WaiterRecord>;
+
+export function encodeWaiter(ticket: string, waiter: Waiter): WaiterRecordJson {
+  return { ticket, since: iso(waiter.since), expires_at: iso(waiter.expiresAt), filter: waiter.filter };
+}
+
+export function decodeWaiter(record: unknown): Decoded<{ ticket: string; waiter: Waiter }> {
+  const parsed = v.safeParse(WaiterRecord, record);
+  if (!parsed.success) return { ok: false, problem: problemOf(parsed.issues) };
+  const { ticket, since, expires_at, filter } = parsed.output;
+  return { ok: true, value: { ticket, waiter: { since, expiresAt: expires_at, filter } } };
 }

@@ -9,9 +9,9 @@ import { Buffer } from 'node:buffer';
 import { createHash } from 'node:crypto';
 import { ApiException, CoreV1Api, KubeConfig, PatchStrategy, Watch, setHeaderOptions, type V1Service } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import { VersionConflictError } from '../errors.ts';
-import type { ClusterEntry, LeaseTable, LegacyLease } from '../lease-table.ts';
-import { decodeEntry, decodeLegacy, encodeEntry, encodeLegacy } from './codec.ts';
+import { TransientStoreError, VersionConflictError } from '../errors.ts';
+import type { ClusterEntry, LeaseTable, LegacyLease, Waiter } from '../lease-table.ts';
+import { clusterNamedIn, decodeEntry, decodeLegacy, decodeWaiter, encodeEntry, encodeLegacy, encodeWaiter } from './codec.ts';
 import type { LeaseStore, Snapshot } from './types.ts';
 
 export const ANNOTATION_PREFIX = 'lease.k8s-claimer.io/';
@@ -23,6 +23,13 @@ const ORIGINAL_KEY = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{
 export function annotationKeyFor(clusterId: string): string {
   return `${ANNOTATION_PREFIX}c-${createHash('sha256').update(clusterId).digest('hex').slice(0, 24)}`;
 }
+
+/** A waiting request's ticket: `lease.k8s-claimer.io/w-<ticket id>`. */
+export function waiterKeyFor(ticket: string): string {
+  return `${ANNOTATION_PREFIX}w-${ticket}`;
+}
+
+const UNREADABLE: ClusterEntry = Object.freeze({ state: 'unknown' });
 
 /** The lease Service is missing, or refused the annotations: a backend failure, logged clearly. */
 export class LeaseServiceError extends Error {}
@@ -155,6 +162,8 @@ export class KubernetesLeaseStore implements LeaseStore {
   private changes(base: LeaseTable, next: LeaseTable): Record<string, string | null> {
     const changes: Record<string, string | null> = {};
     for (const [clusterId, entry] of Object.entries(next.clusters)) {
+      // An unreadable record is left exactly as it is.
+      if (entry.state === 'unknown') continue;
       if (base.clusters[clusterId] !== entry) changes[annotationKeyFor(clusterId)] = JSON.stringify(encodeEntry(clusterId, entry));
     }
     for (const clusterId of Object.keys(base.clusters)) {
@@ -166,6 +175,12 @@ export class KubernetesLeaseStore implements LeaseStore {
     for (const token of Object.keys(base.legacy)) {
       if (!(token in next.legacy)) changes[token] = null;
     }
+    for (const [ticket, waiter] of Object.entries(next.waiters)) {
+      if (base.waiters[ticket] !== waiter) changes[waiterKeyFor(ticket)] = JSON.stringify(encodeWaiter(ticket, waiter));
+    }
+    for (const ticket of Object.keys(base.waiters)) {
+      if (!(ticket in next.waiters)) changes[waiterKeyFor(ticket)] = null;
+    }
     return changes;
   }
 
@@ -175,23 +190,33 @@ export class KubernetesLeaseStore implements LeaseStore {
     const annotations = service.metadata?.annotations ?? {};
     const clusters: Record<string, ClusterEntry> = {};
     const legacy: Record<string, LegacyLease> = {};
+    const waiters: Record<string, Waiter> = {};
     const decodedNow = new Map<string, { clusterId: string; entry: ClusterEntry }>();
     for (const [key, value] of Object.entries(annotations)) {
-      if (key.startsWith(ANNOTATION_PREFIX)) {
+      if (key.startsWith(`${ANNOTATION_PREFIX}w-`)) {
+        const decoded = decodeWaiter(parseJson(value));
+        if (decoded.ok && waiterKeyFor(decoded.value.ticket) === key) waiters[decoded.value.ticket] = decoded.value.waiter;
+        else this.options.logger.warn({ annotation: key, service: this.where }, 'skipping a waiter ticket that does not parse');
+      } else if (key.startsWith(ANNOTATION_PREFIX)) {
         const known = this.decoded.get(value);
-        const decoded = known ? ({ ok: true, value: known } as const) : decodeEntry(parseJson(value));
+        const raw = known ? undefined : parseJson(value);
+        const decoded = known ? ({ ok: true, value: known } as const) : decodeEntry(raw);
         if (decoded.ok && annotationKeyFor(decoded.value.clusterId) === key) {
           clusters[decoded.value.clusterId] = decoded.value.entry;
           decodedNow.set(value, decoded.value);
         } else {
+          // A record this version cannot read may hold a live lease: its cluster is not leased.
+          const named = clusterNamedIn(raw);
+          if (named && annotationKeyFor(named) === key) clusters[named] = UNREADABLE;
           this.options.logger.warn(
-            { annotation: key, service: this.where, problem: decoded.ok ? 'key does not match the cluster id' : decoded.problem },
-            'skipping a lease record that does not parse; it is left in place',
+            { annotation: key, service: this.where, cluster: named, problem: decoded.ok ? 'key does not match the cluster id' : decoded.problem },
+            'a lease record does not parse: it is left in place and its cluster is not leased',
           );
         }
       } else if (ORIGINAL_KEY.test(key)) {
         const decoded = decodeLegacy(parseJson(value));
         if (decoded.ok) legacy[key] = decoded.value;
+        else this.options.logger.warn({ annotation: key, service: this.where, problem: decoded.problem }, 'an annotation keyed like an original k8s-claimer lease does not parse; it is left alone');
       }
     }
     this.decoded = decodedNow;
@@ -201,7 +226,7 @@ export class KubernetesLeaseStore implements LeaseStore {
       if (this.seen.size <= 8) break;
       this.seen.delete(old);
     }
-    return { table: { clusters, legacy }, version };
+    return { table: { clusters, legacy, waiters }, version };
   }
 
   private explain(error: unknown): Error {
@@ -211,10 +236,22 @@ export class KubernetesLeaseStore implements LeaseStore {
         return new LeaseServiceError(`lease Service ${this.where} does not exist; create it (see k8s/) before starting`);
       }
       if (error.code === 422) return new LeaseServiceError(`the apiserver refused the lease records on Service ${this.where}: ${statusMessage(error)}`);
+      if (error.code === 429 || (error.code >= 500 && error.code <= 504)) {
+        return new TransientStoreError(`the apiserver answered ${error.code} for Service ${this.where}: ${statusMessage(error)}`, { cause: error });
+      }
       return new LeaseServiceError(`the apiserver answered ${error.code} for Service ${this.where}: ${statusMessage(error)}`);
     }
+    // No answer at all (reset, refused, timed out): the request may or may not have landed.
+    if (isNetworkError(error)) return new TransientStoreError(`no answer from the apiserver for Service ${this.where}: ${(error as Error).message}`, { cause: error });
     return error instanceof Error ? error : new Error(String(error));
   }
+}
+
+const NETWORK_CODES = new Set(['ECONNRESET', 'ECONNREFUSED', 'ETIMEDOUT', 'EPIPE', 'EAI_AGAIN', 'UND_ERR_SOCKET', 'ECONNABORTED']);
+
+function isNetworkError(error: unknown): boolean {
+  const { name, code, type } = (error ?? {}) as { name?: string; code?: string; type?: string };
+  return name === 'FetchError' || name === 'AbortError' || type === 'system' || (code !== undefined && NETWORK_CODES.has(code));
 }
 
 function parseJson(text: string): unknown {

@@ -18,4 +18,6 @@ export interface LeaseStore {
    * next write starts from a fresh table. Returns a function that stops watching.
    */
   watch?(onChange: (snapshot: Snapshot) => void): () => void;
+  /** Releases what the store holds (the file store's lock). */
+  close?(): Promise<void>;
 }

@@ -859,6 +859,7 @@ export class FakeKubeApiserver {
   private readonly defaultAudiences: string[];
   private failRules: FaultRule<{ code: number; options: FailNextOptions }>[] = [];
   private resetRules: FaultRule<null>[] = [];
+  private dropAnswerRules: FaultRule<null>[] = [];
   private conflictRules: FaultRule<ConflictNextWriteOptions & { resource: string }>[] = [];
   private hangRules: { match: RequestMatcher; active: boolean; held: HeldRequest[] }[] = [];
   private nextClusterIp = 10;
@@ -970,6 +971,14 @@ export class FakeKubeApiserver {
   /** Answers the next `count` matching requests with `code` and a Status body, without applying them. */
   failNext(count: number, code: number, options: FailNextOptions = {}): FaultHandle {
     return this.addRule(this.failRules, count, options.match, { code, options });
+  }
+
+  /**
+   * Applies the next `count` matching requests, then destroys the socket instead of answering:
+   * the client cannot tell whether its write landed (a timeout or reset after the commit).
+   */
+  dropAnswerNext(count: number, match?: RequestMatcher): FaultHandle {
+    return this.addRule(this.dropAnswerRules, count, match, null);
   }
 
   /** Destroys the socket of the next `count` matching requests (client sees ECONNRESET / socket hang up). */
@@ -1150,6 +1159,15 @@ export class FakeKubeApiserver {
     if (this.takeRule(this.resetRules, record)) {
       req.socket.destroy();
       return;
+    }
+    if (this.takeRule(this.dropAnswerRules, record)) {
+      const drop = () => {
+        req.socket.destroy();
+        return res;
+      };
+      res.writeHead = drop as typeof res.writeHead;
+      res.end = drop as typeof res.end;
+      res.write = (() => true) as typeof res.write;
     }
     const hangRule = this.hangRules.find((r) => r.active && r.match(record));
     if (hangRule) {

@@ -8,11 +8,11 @@ const store = await FileLeaseStore.open(process.argv[2], { warn() {} });
 for (let round = 0; ; round++) {
   const base = await store.read();
   const clusters = Object.fromEntries(
-    Array.from({ length: 50 }, (_, index) => [
+    Array.from({ length: 200 }, (_, index) => [
       `static/c${index}`,
       { state: 'leased' as const, lease: { tokenHash: hashToken(`${round}-${index}`), startedAt: round, expiresAt: round + 1000, note: 'x'.repeat(200) } },
     ]),
   );
-  const written = await store.write({ clusters, legacy: {} }, base);
+  const written = await store.write({ clusters, legacy: {}, waiters: {} }, base);
   process.stdout.write(`${written.version}\n`);
 }

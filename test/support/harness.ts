@@ -9,6 +9,7 @@ import { stringify } from 'yaml';
 import { createApp, type App } from '../../app.ts';
 import { loadConfig, type Config } from '../../services/config.ts';
 import { createLogger } from '../../services/logger.ts';
+import type { WaitingOptions } from '../../services/waiting.ts';
 import { buildServices, type Services } from '../../services/wiring.ts';
 
 export const AUTH_TOKEN = 'test-shared-token-0123456789';
@@ -44,6 +45,7 @@ export async function tempDir(): Promise<string> {
 
 export interface PoolCluster {
   name: string;
+  kubeconfig?: string;
   server?: string;
   location?: string;
   labels?: Record<string, string>;
@@ -74,12 +76,22 @@ export interface TestApp {
   clock: ManualClock;
   folder: string;
   logs: ReturnType<typeof captureLogs>;
-  request(method: string, path: string, options?: { body?: unknown; auth?: string | null; headers?: Record<string, string> }): Promise<Response>;
+  request(
+    method: string,
+    path: string,
+    options?: { body?: unknown; auth?: string | null; headers?: Record<string, string>; signal?: AbortSignal },
+  ): Promise<Response>;
   close(): Promise<void>;
 }
 
 export async function startTestApp(
-  options: { clusters?: PoolCluster[]; env?: Record<string, string>; clock?: ManualClock; folder?: string } = {},
+  options: {
+    clusters?: PoolCluster[];
+    env?: Record<string, string>;
+    clock?: ManualClock;
+    folder?: string;
+    waiting?: WaitingOptions;
+  } = {},
 ): Promise<TestApp> {
   const folder = options.folder ?? (await tempDir());
   const poolFile = await writePool(folder, options.clusters ?? poolOf(3));
@@ -94,7 +106,7 @@ export async function startTestApp(
   );
   const clock = options.clock ?? new ManualClock();
   const logs = captureLogs();
-  const services = await buildServices(config, logs.logger, { authToken: AUTH_TOKEN, clock });
+  const services = await buildServices(config, logs.logger, { authToken: AUTH_TOKEN, clock, waiting: options.waiting });
   const app = createApp(services.deps);
   return {
     app,
@@ -103,8 +115,8 @@ export async function startTestApp(
     clock,
     folder,
     logs,
-    request(method, path, { body, auth = AUTH_TOKEN, headers = {} } = {}) {
-      const init: RequestInit = { method, headers: { ...headers } };
+    request(method, path, { body, auth = AUTH_TOKEN, headers = {}, signal } = {}) {
+      const init: RequestInit = { method, headers: { ...headers }, ...(signal && { signal }) };
       if (auth !== null) (init.headers as Record<string, string>).authorization = auth;
       if (body !== undefined) init.body = typeof body === 'string' ? body : JSON.stringify(body);
       return app.fetch(new Request(`http://claimer.test${path}`, init));

@@ -1,4 +1,4 @@
-// DELETE /lease/:provider/:token - auth. The original's later form: the token alone identifies
-// the lease, so the provider segment is accepted whatever it says. Statuses as /lease/:token.
+// /lease/:provider/:token - the original's later form: the token alone identifies the lease,
+// so the provider segment is accepted whatever it says. Methods and statuses as /lease/:token.
 
-export { DELETE } from '../[token].ts';
+export { DELETE, GET, PATCH } from '../[token].ts';

@@ -1,0 +1,53 @@
+// Which clusters a request accepts: a name pattern (RE2, linear time, so no pattern can hang
+// the server), a version prefix, and labels. Plain data, so a waiter's filter can be stored
+// with its ticket and evaluated by any replica.
+
+import { RE2JS } from 're2js';
+import type { Cluster } from './providers/types.ts';
+
+export interface ClusterFilter {
+  /** RE2 pattern searched in the cluster name (unanchored, as the original did). */
+  regex?: string;
+  /** Prefix of the control plane version: `1.31` matches `1.31.5-gke.100`. */
+  version?: string;
+  /** Every pair must be among the cluster's labels. */
+  labels?: Record<string, string>;
+}
+
+/** Throws RE2JS's syntax error for a pattern RE2 does not accept (backreferences, bad syntax). */
+export function compilePattern(pattern: string): RE2JS {
+  return RE2JS.compile(pattern);
+}
+
+const compiled = new Map<string, RE2JS | null>();
+
+function patternFor(pattern: string): RE2JS | null {
+  let re = compiled.get(pattern);
+  if (re === undefined) {
+    try {
+      re = compilePattern(pattern);
+    } catch {
+      // Only a stored ticket can get here (requests are validated): it then matches nothing.
+      re = null;
+    }
+    if (compiled.size > 1000) compiled.clear();
+    compiled.set(pattern, re);
+  }
+  return re;
+}
+
+export function matches(filter: ClusterFilter, cluster: Cluster): boolean {
+  if (filter.version && !cluster.version.startsWith(filter.version)) return false;
+  for (const [key, value] of Object.entries(filter.labels ?? {})) {
+    if (cluster.labels[key] !== value) return false;
+  }
+  if (filter.regex) {
+    const re = patternFor(filter.regex);
+    if (!re || !re.matcher(cluster.name).find()) return false;
+  }
+  return true;
+}
+
+export function isEmptyFilter(filter: ClusterFilter): boolean {
+  return !filter.regex && !filter.version && Object.keys(filter.labels ?? {}).length === 0;
+}

@@ -1,0 +1,33 @@
+// How clusters and leases are shown to clients (GET /leases, GET /lease/{token}, POST /lease):
+// never a token, a token hash or a kubeconfig.
+
+import type { ClusterView } from './lease-table.ts';
+
+const iso = (ms: number) => new Date(ms).toISOString();
+
+export function clusterJson(view: ClusterView, now: number) {
+  const { cluster, lease, legacy } = view;
+  const expiresAt = lease?.expiresAt ?? legacy?.expiresAt;
+  return {
+    id: cluster.id,
+    name: cluster.name,
+    location: cluster.location,
+    version: cluster.version,
+    labels: cluster.labels,
+    state: view.state,
+    status: cluster.status,
+    ...(view.idleSince !== undefined && { idle_since: iso(view.idleSince) }),
+    ...(lease && { started_at: iso(lease.startedAt) }),
+    ...(expiresAt !== undefined && {
+      expires_at: iso(expiresAt),
+      seconds_left: Math.max(0, Math.ceil((expiresAt - now) / 1000)),
+    }),
+    ...(lease && { note: lease.note ?? null, holder: lease.holder ?? null }),
+    ...(legacy && { note: null, holder: 'k8s-claimer (original)' }),
+  };
+}
+
+/** One lease, with where its cluster's API server is. */
+export function leaseJson(view: ClusterView, now: number) {
+  return { ...clusterJson(view, now), endpoint: view.cluster.endpoint, server: view.cluster.server };
+}

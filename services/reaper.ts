@@ -1,0 +1,32 @@
+// The reaper: every few seconds, writes down the leases that time has ended, so whatever is
+// bound to a lease's end happens even when nobody is acquiring. Safe with several replicas:
+// it goes through the write path, so each expiry is committed (and logged) exactly once.
+
+import type { Logger } from 'pino';
+import { reap } from './lease-table.ts';
+import type { WritePath } from './write-path.ts';
+
+export function startReaper(writePath: WritePath, logger: Logger, intervalMs: number): () => void {
+  let running = false;
+  const sweep = async () => {
+    if (running) return;
+    running = true;
+    try {
+      // A sweep that finds nothing on a cached table is fine: another replica reaps what it missed.
+      const ended = await writePath.submit(reap(), { staleOk: true });
+      for (const lease of ended) {
+        logger.info(
+          { event: 'lease.expired', cluster: lease.clusterId, note: lease.note, holder: lease.holder, expired_at: new Date(lease.expiredAt).toISOString() },
+          'lease expired',
+        );
+      }
+    } catch (error) {
+      logger.warn({ err: error }, 'the reaper could not sweep expired leases; it tries again');
+    } finally {
+      running = false;
+    }
+  };
+  const timer = setInterval(() => void sweep(), intervalMs);
+  timer.unref?.();
+  return () => clearInterval(timer);
+}
