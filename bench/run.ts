@@ -295,7 +295,7 @@ async function httpAndMemory(folder: string, api: Apiserver, kubeconfig: string)
     clusters: Array.from({ length: 50 }, (_, index) => makeCluster({ project: 'bench', location: 'us-central1-a', name: `c${index}` })),
   });
   await api.call({ command: 'seed', namespace: NAMESPACE, name: SERVICE });
-  const gkeServer = await startServerProcess({ GOOGLE_CLOUD_PROJECT_ID: 'bench', GKE_EMULATOR_HOST: gke.address, KUBECONFIG: kubeconfig });
+  const gkeServer = await startServerProcess({ GOOGLE_CLOUD_PROJECT_ID: 'bench', GKE_EMULATOR_HOST: gke.address, KUBECONFIG: kubeconfig, LEASE_CREDENTIALS: 'google-token', CLEANUP: 'none' });
   for (let round = 0; round < 100; round++) {
     const lease = await call(gkeServer.url, 'POST', '/lease', { max_time: 600 });
     await call(gkeServer.url, 'DELETE', `/lease/${lease.body.token}`);

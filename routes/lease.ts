@@ -33,6 +33,17 @@ function acquireBody(maxLeaseSeconds: number) {
         ),
       ),
       note: v.optional(text(MAX_NOTE_LENGTH, 'a string')),
+      gpu: v.optional(v.boolean('must be true or false')),
+      // kube-control's set_auth_request(user, group): whom the per-lease credentials are for.
+      auth: v.optional(
+        v.object(
+          {
+            user: v.optional(v.pipe(v.string('must be a string'), v.regex(/^[\w@.:-]{1,63}$/, 'must be 1 to 63 letters, digits or @ . : _ -'))),
+            group: v.optional(v.pipe(v.string('must be a string'), v.nonEmpty('must not be empty'), v.maxLength(253, 'must be at most 253 characters'))),
+          },
+          'must be an object with user and group',
+        ),
+      ),
       wait: v.optional(v.pipe(v.number(wait), v.integer(wait), v.minValue(0, wait), v.maxValue(MAX_WAIT_SECONDS, wait))),
     },
   );
@@ -44,7 +55,7 @@ function patternProblem(error: unknown): string {
   return /regexp: ([^:`]+)/.exec(message)?.[1]?.trim() ?? 'not a valid pattern';
 }
 
-function filterOf(body: { cluster_regex?: string; cluster_version?: string; labels?: Record<string, string> }): ClusterFilter {
+function filterOf(body: { cluster_regex?: string; cluster_version?: string; labels?: Record<string, string>; gpu?: boolean }): ClusterFilter {
   const filter: ClusterFilter = {};
   if (body.cluster_regex) {
     try {
@@ -56,6 +67,7 @@ function filterOf(body: { cluster_regex?: string; cluster_version?: string; labe
   }
   if (body.cluster_version) filter.version = body.cluster_version;
   if (body.labels && Object.keys(body.labels).length > 0) filter.labels = { ...body.labels };
+  if (body.gpu) filter.gpu = true;
   return filter;
 }
 
@@ -70,7 +82,10 @@ function grantedBody(granted: GrantedLease) {
     cluster_id: granted.cluster.id,
     location: granted.cluster.location,
     expires_at: new Date(granted.lease.expiresAt).toISOString(),
-    lease: leaseJson({ cluster: granted.cluster, state: 'leased', lease: granted.lease }, granted.lease.startedAt),
+    note: granted.lease.note ?? null,
+    holder: granted.lease.holder ?? null,
+    credentials: leaseJson({ cluster: granted.cluster, state: 'leased', lease: granted.lease }, granted.lease.startedAt, granted.facts).credentials,
+    ...granted.facts,
   };
 }
 
@@ -78,6 +93,9 @@ export async function POST(request: Request, context: RouteContext): Promise<Res
   const body = parseBody(acquireBody(context.maxLeaseSeconds), await readJsonBody(request));
   if (body.cloud_provider && !context.leases.servesProvider(body.cloud_provider)) {
     throw new BadRequestError('cloud_provider: not a provider this claimer serves', ['cloud_provider']);
+  }
+  if (body.auth?.group && !context.leases.knowsGroup(body.auth.group)) {
+    throw new BadRequestError('auth.group: no ClusterRole is configured for this group (LEASE_GROUP_ROLES)', ['auth.group']);
   }
   const granted = await context.leases.acquire(
     {
@@ -87,6 +105,7 @@ export async function POST(request: Request, context: RouteContext): Promise<Res
       ...(context.principal.subject !== undefined && { holder: context.principal.subject }),
       waitSeconds: body.wait ?? 0,
       signal: request.signal,
+      ...(body.auth && { auth: body.auth }),
     },
     context.log,
   );

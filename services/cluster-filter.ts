@@ -12,6 +12,8 @@ export interface ClusterFilter {
   version?: string;
   /** Every pair must be among the cluster's labels. */
   labels?: Record<string, string>;
+  /** Only clusters with GPU nodes. */
+  gpu?: boolean;
 }
 
 /** Throws RE2JS's syntax error for a pattern RE2 does not accept (backreferences, bad syntax). */
@@ -37,6 +39,7 @@ function patternFor(pattern: string): RE2JS | null {
 }
 
 export function matches(filter: ClusterFilter, cluster: Cluster): boolean {
+  if (filter.gpu && !cluster.gpu) return false;
   if (filter.version && !cluster.version.startsWith(filter.version)) return false;
   for (const [key, value] of Object.entries(filter.labels ?? {})) {
     if (cluster.labels[key] !== value) return false;
@@ -46,8 +49,4 @@ export function matches(filter: ClusterFilter, cluster: Cluster): boolean {
     if (!re || !re.matcher(cluster.name).find()) return false;
   }
   return true;
-}
-
-export function isEmptyFilter(filter: ClusterFilter): boolean {
-  return !filter.regex && !filter.version && Object.keys(filter.labels ?? {}).length === 0;
 }

@@ -34,6 +34,18 @@ export interface Config {
   clusterCacheSeconds: number;
   /** How often the reaper writes down expired leases. */
   reapIntervalSeconds: number;
+  /** What a lessee's kubeconfig carries: a per-lease ServiceAccount token, or the pool's own credentials. Unset: the pool file's choice, else serviceaccount. */
+  leaseCredentials?: 'serviceaccount' | 'pool';
+  /** Which ClusterRole a requested group gets (per-lease credentials). */
+  groupRoles: Record<string, string>;
+  /** What happens to a cluster between leases: its namespaces are deleted, or nothing. Unset: the pool file's choice, else namespaces. */
+  cleanup?: 'namespaces' | 'none';
+  /** Namespaces cleanup never deletes, beside the built-in ones; `prefix*` patterns allowed. */
+  protectedNamespaces: string[];
+  /** The cluster DNS domain told to lessees. */
+  clusterDomain: string;
+  /** The registry location told to lessees of GKE clusters (the pool file says it for static ones). */
+  registryLocation?: string;
   /** Where the Kubernetes store finds its cluster; unset: client-node's default loading. */
   kubeconfigPath?: string;
   gke?: GkeConfig;
@@ -85,6 +97,18 @@ const Environment = v.object({
   LEASE_STORE_FILE: textOr('data/leases.json'),
   CLUSTER_CACHE_SECONDS: integer(0, 86_400, 30),
   REAP_INTERVAL_SECONDS: integer(1, 3_600, 2),
+  LEASE_CREDENTIALS: oneOf(['serviceaccount', 'google-token', 'pool']),
+  LEASE_GROUP_ROLES: v.optional(
+    v.pipe(
+      v.string(),
+      v.regex(/^\s*[^=,\s]+\s*=\s*[^=,\s]+\s*(,\s*[^=,\s]+\s*=\s*[^=,\s]+\s*)*$/, 'must be group=ClusterRole pairs separated by commas'),
+    ),
+    'system:masters=cluster-admin',
+  ),
+  CLEANUP: oneOf(['namespaces', 'none']),
+  PROTECTED_NAMESPACES: v.optional(v.pipe(v.string(), v.regex(/^[a-z0-9*,\s-]*$/, 'must be namespace names or prefix* patterns separated by commas'))),
+  CLUSTER_DOMAIN: v.optional(v.pipe(v.string(), v.regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, 'must be a DNS domain')), 'cluster.local'),
+  REGISTRY_LOCATION: text(),
   GOOGLE_CLOUD_PROJECT_ID: text(),
   GOOGLE_CLOUD_ZONE: textOr('-'),
   GOOGLE_CLOUD_ACCOUNT_FILE_BASE64: text(),
@@ -162,6 +186,15 @@ export function loadConfig(environment: Record<string, string | undefined>, defa
     leaseStoreFile: env.LEASE_STORE_FILE,
     clusterCacheSeconds: env.CLUSTER_CACHE_SECONDS,
     reapIntervalSeconds: env.REAP_INTERVAL_SECONDS,
+    // google-token and pool are one thing: the provider's own credentials for the lessee.
+    ...(env.LEASE_CREDENTIALS && { leaseCredentials: env.LEASE_CREDENTIALS === 'serviceaccount' ? 'serviceaccount' : 'pool' }),
+    groupRoles: Object.fromEntries(
+      env.LEASE_GROUP_ROLES.split(',').map((pair) => pair.split('=').map((part) => part.trim()) as [string, string]),
+    ),
+    ...(env.CLEANUP && { cleanup: env.CLEANUP }),
+    protectedNamespaces: (env.PROTECTED_NAMESPACES ?? '').split(',').map((name) => name.trim()).filter(Boolean),
+    clusterDomain: env.CLUSTER_DOMAIN,
+    ...(env.REGISTRY_LOCATION && { registryLocation: env.REGISTRY_LOCATION }),
     ...(env.KUBECONFIG && { kubeconfigPath: env.KUBECONFIG }),
     ...(gke && { gke }),
   };

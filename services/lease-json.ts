@@ -1,6 +1,7 @@
 // How clusters and leases are shown to clients (GET /leases, GET /lease/{token}, POST /lease):
 // never a token, a token hash or a kubeconfig.
 
+import type { HandOffFacts } from './facts.ts';
 import type { ClusterView } from './lease-table.ts';
 
 const iso = (ms: number) => new Date(ms).toISOString();
@@ -24,10 +25,24 @@ export function clusterJson(view: ClusterView, now: number) {
     }),
     ...(lease && { note: lease.note ?? null, holder: lease.holder ?? null }),
     ...(legacy && { note: null, holder: 'k8s-claimer (original)' }),
+    ...(view.cleanup && {
+      cleanup: {
+        attempts: view.cleanup.attempts,
+        last_error: view.cleanup.lastError ?? null,
+        ...(view.cleanup.retryAt !== undefined && { retry_at: iso(view.cleanup.retryAt) }),
+      },
+    }),
   };
 }
 
-/** One lease, with where its cluster's API server is. */
-export function leaseJson(view: ClusterView, now: number) {
-  return { ...clusterJson(view, now), endpoint: view.cluster.endpoint, server: view.cluster.server };
+/** One lease: where its cluster's API server is, its credentials, and the hand-off facts. */
+export function leaseJson(view: ClusterView, now: number, facts: HandOffFacts) {
+  const credentials = view.lease?.credentials;
+  return {
+    ...clusterJson(view, now),
+    endpoint: view.cluster.endpoint,
+    server: view.cluster.server,
+    credentials: credentials ? { user: credentials.user, group: credentials.group, expires_at: iso(credentials.tokenExpiresAt) } : null,
+    ...facts,
+  };
 }

@@ -10,12 +10,38 @@ import { isLeasable, type Cluster } from './providers/types.ts';
 import { hashToken, tokenHashesEqual } from './tokens.ts';
 
 /**
- * `unknown`: the store holds a record for the cluster that this version cannot read (a newer
- * version's state, a hand edit). Such a cluster is never leased and its record never rewritten.
+ * The life cycle: free -> leased -> dirty -> cleaning -> free. A lease's end (release or
+ * expiry) leaves the cluster `dirty` when there is work to do before the next lease (revoking
+ * the lease's credentials, deleting namespaces); a janitor claims it (`cleaning`), does the
+ * work, and frees it. `unknown`: the store holds a record for the cluster that this version
+ * cannot read (a newer version's state, a hand edit); such a cluster is never leased and its
+ * record never rewritten.
  */
-export type ClusterState = 'free' | 'leased' | 'unknown';
+export type ClusterState = 'free' | 'leased' | 'dirty' | 'cleaning' | 'unknown';
+
+/** What the lessee's per-lease credentials are (the token itself is never stored). */
+export interface LeaseCredentials {
+  user: string;
+  group: string;
+  /** When the minted token stops working; an extension past it mints a fresh one. */
+  tokenExpiresAt: number;
+}
+
+/** A janitor's work on a cluster between leases. */
+export interface Cleanup {
+  /** The replica doing it, and until when its claim holds (after that another may take over). */
+  owner?: string;
+  deadline?: number;
+  attempts: number;
+  /** Why the last attempt failed (a short, generic text; details are in that replica's log). */
+  lastError?: string;
+  /** Not before this time: failures back off. */
+  retryAt?: number;
+}
 
 export interface Lease {
+  /** A public id of the lease (names its credentials in the cluster); not a secret. */
+  id: string;
   /** SHA-256 (hex) of the lease token; the token itself is never stored. */
   tokenHash: string;
   /** Milliseconds since the epoch, like every time in the table. */
@@ -23,13 +49,15 @@ export interface Lease {
   expiresAt: number;
   note?: string;
   holder?: string;
+  credentials?: LeaseCredentials;
 }
 
 export interface ClusterEntry {
   state: ClusterState;
-  /** When the cluster last became free; the cluster idle the longest is leased first. */
+  /** When the cluster last became idle; the cluster idle the longest is leased first. */
   idleSince?: number;
   lease?: Lease;
+  cleanup?: Cleanup;
 }
 
 /** A lease written by the original Go k8s-claimer: found by cluster name, keyed by its plain token. */
@@ -64,6 +92,8 @@ export const emptyTable: LeaseTable = Object.freeze({ clusters: {}, legacy: {}, 
 export interface DecisionContext {
   now: number;
   clusters: readonly Cluster[];
+  /** What a lease's end leaves: `dirty` when cleanup or revocation has work to do. Default `free`. */
+  endState?: 'free' | 'dirty';
 }
 
 /** A decision returns the same table object when it changes nothing. */
@@ -92,11 +122,16 @@ function liveLegacyLease(table: LeaseTable, clusterName: string, now: number): L
 export type EffectiveState = ClusterState;
 
 /** The state a cluster is really in at `now`: an expired lease counts as ended. */
-export function effectiveState(table: LeaseTable, cluster: Cluster, now: number): EffectiveState {
+export function effectiveState(table: LeaseTable, cluster: Cluster, now: number, endState: 'free' | 'dirty' = 'free'): EffectiveState {
   const entry = table.clusters[cluster.id];
-  if (entry?.state === 'unknown') return 'unknown';
   if (liveLease(entry, now) || liveLegacyLease(table, cluster.name, now)) return 'leased';
-  return 'free';
+  if (entry?.state === 'leased') return endState;
+  return entry?.state ?? 'free';
+}
+
+/** The entry a lease's end leaves behind. */
+function ended(at: number, endState: 'free' | 'dirty' = 'free'): ClusterEntry {
+  return endState === 'dirty' ? { state: 'dirty', idleSince: at, cleanup: { attempts: 0 } } : { state: 'free', idleSince: at };
 }
 
 /** When the cluster became idle: released, expired, or never leased at all (-Infinity). */
@@ -144,7 +179,7 @@ export function freeClusters(table: LeaseTable, context: DecisionContext): reado
   let free = memo.get(table);
   if (!free) {
     free = context.clusters
-      .filter((cluster) => isLeasable(cluster) && effectiveState(table, cluster, context.now) === 'free')
+      .filter((cluster) => isLeasable(cluster) && effectiveState(table, cluster, context.now, context.endState) === 'free')
       .map((cluster) => ({ cluster, since: idleSince(table.clusters[cluster.id]) }))
       .sort((a, b) => a.since - b.since || (a.cluster.id < b.cluster.id ? -1 : 1))
       .map(({ cluster }) => cluster);
@@ -178,7 +213,11 @@ function freeForMe(table: LeaseTable, context: DecisionContext, ticket?: string)
 
 export interface AcquireRequest {
   tokenHash: string;
+  /** The lease's public id; made up by the caller so that it can name things after it. */
+  leaseId?: string;
   durationSeconds: number;
+  /** Per-lease credentials to record: their token lives at least the TokenRequest minimum. */
+  credentials?: { user: string; group: string };
   note?: string;
   holder?: string;
   filter?: ClusterFilter;
@@ -206,11 +245,15 @@ export function acquire(request: AcquireRequest): Decision<AcquireResult> {
     const cluster = freeForMe(table, context, ticket).find((candidate) => matches(filter, candidate));
     if (cluster !== undefined) {
       const lease: Lease = {
+        id: request.leaseId ?? request.tokenHash.slice(0, 16),
         tokenHash: request.tokenHash,
         startedAt: now,
         expiresAt: now + request.durationSeconds * 1000,
         ...(request.note !== undefined && { note: request.note }),
         ...(request.holder !== undefined && { holder: request.holder }),
+        ...(request.credentials && {
+          credentials: { ...request.credentials, tokenExpiresAt: now + tokenLifetimeSeconds(request.durationSeconds) * 1000 },
+        }),
       };
       const base = ticket ? withoutWaiter(table, ticket) : table;
       const next = withEntry(base, cluster.id, { state: 'leased', lease });
@@ -221,8 +264,9 @@ export function acquire(request: AcquireRequest): Decision<AcquireResult> {
     if (matching.length === 0) {
       throw new NoClusterAvailableError('NoMatchingCluster', 'no cluster in the pool matches the request');
     }
-    const busy = matching.filter((candidate) => effectiveState(table, candidate, now) === 'leased');
-    // Busy clusters end at their expiry; free ones that older waiters take end "now" for us.
+    const busy = matching.filter((candidate) => effectiveState(table, candidate, now, context.endState) === 'leased');
+    // Busy clusters end at their expiry; free ones that older waiters take, and clusters being
+    // cleaned, are a matter of seconds.
     const soonestEnd = busy.length < matching.length ? now : Math.min(...busy.map((candidate) => busyUntil(table, candidate, now)));
     const retryAfterSeconds = Math.max(1, Math.ceil((soonestEnd - now) / 1000));
     if (!request.wait || request.wait.final) {
@@ -284,13 +328,18 @@ function findLiveLegacy(table: LeaseTable, tokenHash: string, now: number): stri
   return found;
 }
 
-/** Ends the live lease with this token hash at once; the cluster is free for the next request. */
+/** The TokenRequest API's minimum is 10 minutes: a shorter lease's token outlives it (and is revoked). */
+export function tokenLifetimeSeconds(leaseSeconds: number): number {
+  return Math.max(600, leaseSeconds);
+}
+
+/** Ends the live lease with this token hash at once: free for the next request, or dirty until cleaned. */
 export function release(tokenHash: string): Decision<{ clusterId: string; note?: string }> {
-  return (table, { now, clusters }) => {
+  return (table, { now, clusters, endState }) => {
     const live = findLive(table, tokenHash, now);
     if (live) {
       return {
-        table: withEntry(table, live.clusterId, { state: 'free', idleSince: now }),
+        table: withEntry(table, live.clusterId, ended(now, endState)),
         result: { clusterId: live.clusterId, ...(live.lease.note !== undefined && { note: live.lease.note }) },
       };
     }
@@ -308,7 +357,13 @@ export function release(tokenHash: string): Decision<{ clusterId: string; note?:
  * The lease now ends `durationSeconds` from now (sooner or later than before), but never more
  * than `maxLeaseSeconds` after it began.
  */
-export function extend(tokenHash: string, durationSeconds: number, maxLeaseSeconds: number): Decision<{ clusterId: string; lease: Lease }> {
+export function extend(
+  tokenHash: string,
+  durationSeconds: number,
+  maxLeaseSeconds: number,
+  /** A fresh token was minted for the extension: when it stops working. */
+  tokenExpiresAt?: number,
+): Decision<{ clusterId: string; lease: Lease }> {
   return (table, { now }) => {
     const live = findLive(table, tokenHash, now);
     if (!live) throw new LeaseNotFoundError();
@@ -321,7 +376,8 @@ export function extend(tokenHash: string, durationSeconds: number, maxLeaseSecon
         ['max_time'],
       );
     }
-    const lease = { ...live.lease, expiresAt };
+    const credentials = live.lease.credentials && tokenExpiresAt !== undefined ? { ...live.lease.credentials, tokenExpiresAt } : live.lease.credentials;
+    const lease = { ...live.lease, expiresAt, ...(credentials && { credentials }) };
     return { table: withEntry(table, live.clusterId, { state: 'leased', lease }), result: { clusterId: live.clusterId, lease } };
   };
 }
@@ -338,15 +394,15 @@ export interface EndedLease {
  * expiry), expired records of the original claimer and lapsed waiter tickets go.
  */
 export function reap(): Decision<EndedLease[]> {
-  return (table, { now }) => {
-    const ended: EndedLease[] = [];
+  return (table, { now, endState }) => {
+    const endedLeases: EndedLease[] = [];
     let clustersChanged: Record<string, ClusterEntry> | undefined;
     for (const [clusterId, entry] of Object.entries(table.clusters)) {
       const lease = entry.lease;
       if (entry.state === 'leased' && lease && now >= lease.expiresAt) {
         clustersChanged ??= { ...table.clusters };
-        clustersChanged[clusterId] = { state: 'free', idleSince: lease.expiresAt };
-        ended.push({
+        clustersChanged[clusterId] = ended(lease.expiresAt, endState);
+        endedLeases.push({
           clusterId,
           expiredAt: lease.expiresAt,
           ...(lease.note !== undefined && { note: lease.note }),
@@ -358,15 +414,75 @@ export function reap(): Decision<EndedLease[]> {
     const waitersLeft = Object.entries(table.waiters).filter(([, waiter]) => now < waiter.expiresAt);
     const legacyChanged = legacyLeft.length !== Object.keys(table.legacy).length;
     const waitersChanged = waitersLeft.length !== Object.keys(table.waiters).length;
-    if (!clustersChanged && !legacyChanged && !waitersChanged) return { table, result: ended };
+    if (!clustersChanged && !legacyChanged && !waitersChanged) return { table, result: endedLeases };
     return {
       table: {
         clusters: clustersChanged ?? table.clusters,
         legacy: legacyChanged ? Object.fromEntries(legacyLeft) : table.legacy,
         waiters: waitersChanged ? Object.fromEntries(waitersLeft) : table.waiters,
       },
-      result: ended,
+      result: endedLeases,
     };
+  };
+}
+
+// ---- the janitor: dirty -> cleaning -> free --------------------------------------------
+
+/** A failed cleanup waits this long before the next try: 1 s, 2 s, 4 s, ... at most 15 s. */
+export function cleanupBackoffMs(attempts: number): number {
+  return Math.min(15_000, 1000 * 2 ** Math.max(0, attempts - 1));
+}
+
+/** Clusters a janitor may take now: dirty and due, or cleaning under a claim that lapsed. */
+export function cleanupDue(table: LeaseTable, { now, clusters, endState }: DecisionContext): Cluster[] {
+  return clusters.filter((cluster) => {
+    const entry = table.clusters[cluster.id];
+    const state = effectiveState(table, cluster, now, endState);
+    if (state === 'dirty') return (entry?.cleanup?.retryAt ?? 0) <= now;
+    return state === 'cleaning' && (entry?.cleanup?.deadline ?? 0) <= now;
+  });
+}
+
+/** A janitor claims a cluster to clean it; false when it is not due (another replica has it). */
+export function startCleanup(clusterId: string, owner: string, claimMs: number): Decision<boolean> {
+  return (table, context) => {
+    const cluster = context.clusters.find((candidate) => candidate.id === clusterId);
+    if (!cluster || !cleanupDue(table, { ...context, clusters: [cluster] }).length) return { table, result: false };
+    const entry = table.clusters[clusterId];
+    const attempts = entry?.cleanup?.attempts ?? 0;
+    const cleaning: ClusterEntry = {
+      state: 'cleaning',
+      idleSince: entry?.state === 'leased' && entry.lease ? entry.lease.expiresAt : entry?.idleSince ?? context.now,
+      cleanup: { owner, deadline: context.now + claimMs, attempts, ...(entry?.cleanup?.lastError && { lastError: entry.cleanup.lastError }) },
+    };
+    return { table: withEntry(table, clusterId, cleaning), result: true };
+  };
+}
+
+function heldBy(entry: ClusterEntry | undefined, owner: string): boolean {
+  return entry?.state === 'cleaning' && entry.cleanup?.owner === owner;
+}
+
+/** The cluster is clean: free for the next lease. False when another janitor took it over. */
+export function finishCleanup(clusterId: string, owner: string): Decision<boolean> {
+  return (table, { now }) => {
+    if (!heldBy(table.clusters[clusterId], owner)) return { table, result: false };
+    return { table: withEntry(table, clusterId, { state: 'free', idleSince: now }), result: true };
+  };
+}
+
+/** The cleanup failed: dirty again, retried after a backoff; the reason shows in /leases. */
+export function failCleanup(clusterId: string, owner: string, reason: string): Decision<boolean> {
+  return (table, { now }) => {
+    const entry = table.clusters[clusterId];
+    if (!heldBy(entry, owner)) return { table, result: false };
+    const attempts = (entry.cleanup?.attempts ?? 0) + 1;
+    const dirty: ClusterEntry = {
+      state: 'dirty',
+      ...(entry.idleSince !== undefined && { idleSince: entry.idleSince }),
+      cleanup: { attempts, lastError: reason, retryAt: now + cleanupBackoffMs(attempts) },
+    };
+    return { table: withEntry(table, clusterId, dirty), result: true };
   };
 }
 
@@ -377,21 +493,24 @@ export interface ClusterView {
   state: EffectiveState | 'unavailable';
   idleSince?: number;
   lease?: Lease;
+  cleanup?: Cleanup;
   /** A lease of the original k8s-claimer holds it. */
   legacy?: LegacyLease;
 }
 
-export function describeClusters(table: LeaseTable, { now, clusters }: DecisionContext): ClusterView[] {
+export function describeClusters(table: LeaseTable, { now, clusters, endState }: DecisionContext): ClusterView[] {
   return clusters.map((cluster) => {
     const entry = table.clusters[cluster.id];
     const lease = liveLease(entry, now);
     const legacy = liveLegacyLease(table, cluster.name, now);
     const since = idleSince(entry);
-    const state = entry?.state === 'unknown' ? 'unknown' : lease || legacy ? 'leased' : isLeasable(cluster) ? 'free' : 'unavailable';
+    const effective = effectiveState(table, cluster, now, endState);
+    const state = effective === 'free' && !isLeasable(cluster) ? 'unavailable' : effective;
     return {
       cluster,
       state,
       ...(state === 'free' && Number.isFinite(since) && { idleSince: since }),
+      ...((state === 'dirty' || state === 'cleaning') && entry?.cleanup && { cleanup: entry.cleanup }),
       ...(lease && { lease }),
       ...(legacy && !lease && { legacy }),
     };

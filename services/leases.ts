@@ -2,8 +2,11 @@
 // does the work outside the table (building the lessee's kubeconfig) after the commit.
 
 import type { Logger } from 'pino';
+import { randomBytes } from 'node:crypto';
 import type { ClusterFilter } from './cluster-filter.ts';
+import type { CredentialIssuer } from './credentials.ts';
 import { ClientGoneError, NoClusterAvailableError, NotReadyError } from './errors.ts';
+import type { Facts, HandOffFacts } from './facts.ts';
 import {
   acquire,
   describeClusters,
@@ -11,6 +14,7 @@ import {
   extend,
   liveWaiters,
   release,
+  tokenLifetimeSeconds,
   type ClusterView,
   type Lease,
 } from './lease-table.ts';
@@ -28,6 +32,8 @@ export interface AcquireOptions {
   waitSeconds?: number;
   /** Aborts when the client goes away. */
   signal?: AbortSignal;
+  /** kube-control's auth request: the user the credentials are for, and the group (-> ClusterRole). */
+  auth?: { user?: string; group?: string };
 }
 
 export interface GrantedLease {
@@ -35,7 +41,14 @@ export interface GrantedLease {
   cluster: Cluster;
   lease: Lease;
   kubeconfig: string;
+  facts: HandOffFacts;
 }
+
+export const DEFAULT_GROUP = 'system:masters';
+export const DEFAULT_USER = 'lessee';
+
+/** A lease as GET /lease/{token} and PATCH show it. */
+export type LeaseDetails = ClusterView & { now: number; facts: HandOffFacts; kubeconfig?: string };
 
 export interface PoolView {
   now: number;
@@ -47,8 +60,10 @@ export class LeaseService {
   constructor(
     private readonly writePath: WritePath,
     private readonly provider: ClusterProvider,
+    private readonly issuer: CredentialIssuer,
+    private readonly facts: Facts,
     private readonly waiting: Waiting,
-    private readonly maxLeaseSeconds: number,
+    private readonly options: { maxLeaseSeconds: number; groupRoles: Record<string, string> },
     private readonly logger: Logger,
   ) {}
 
@@ -57,12 +72,21 @@ export class LeaseService {
     return this.provider.aliases.includes(name.toLowerCase());
   }
 
+  /** Whether a group of an auth request maps to a ClusterRole. */
+  knowsGroup(group: string): boolean {
+    return Object.hasOwn(this.options.groupRoles, group);
+  }
+
   async acquire(options: AcquireOptions, log: Logger = this.logger): Promise<GrantedLease> {
     const token = newLeaseToken();
     const tokenHash = hashToken(token);
     const request = {
       tokenHash,
+      leaseId: randomBytes(6).toString('hex'),
       durationSeconds: options.durationSeconds,
+      ...(this.issuer.perLease && {
+        credentials: { user: options.auth?.user ?? options.holder ?? DEFAULT_USER, group: options.auth?.group ?? DEFAULT_GROUP },
+      }),
       ...(options.filter && { filter: options.filter }),
       ...(options.note !== undefined && { note: options.note }),
       ...(options.holder !== undefined && { holder: options.holder }),
@@ -78,9 +102,20 @@ export class LeaseService {
     }
     const { cluster, lease } = granted;
     let kubeconfig: string;
+    let facts: HandOffFacts;
     try {
       if (options.signal?.aborted) throw new ClientGoneError('the client went away before its lease was handed over');
-      kubeconfig = await this.provider.kubeconfigFor(cluster);
+      // Effects outside the table come after the commit; if they fail, the lease is undone.
+      let issued;
+      [issued, facts] = await Promise.all([
+        this.issuer.issue(cluster, lease, tokenLifetimeSeconds(options.durationSeconds)),
+        this.facts.for(cluster),
+      ]);
+      kubeconfig = issued.kubeconfig;
+      // The lessee is told when its token really dies (the table keeps the slightly earlier estimate).
+      if (lease.credentials && issued.tokenExpiresAt !== undefined) {
+        granted = { ...granted, lease: { ...lease, credentials: { ...lease.credentials, tokenExpiresAt: issued.tokenExpiresAt } } };
+      }
     } catch (error) {
       // The lessee never learns the token, so hand the cluster back before failing.
       await this.writePath.submit(release(tokenHash)).catch((releaseError: unknown) => {
@@ -92,7 +127,7 @@ export class LeaseService {
       { event: 'lease.granted', cluster: cluster.id, note: lease.note, holder: lease.holder, expires_at: new Date(lease.expiresAt).toISOString() },
       'lease granted',
     );
-    return { token, cluster, lease, kubeconfig };
+    return { token, cluster, lease: granted.lease, kubeconfig, facts };
   }
 
   async release(token: string, log: Logger = this.logger): Promise<void> {
@@ -100,15 +135,35 @@ export class LeaseService {
     log.info({ event: 'lease.released', cluster: clusterId, note }, 'lease released');
   }
 
-  async extend(token: string, durationSeconds: number, log: Logger = this.logger): Promise<ClusterView & { now: number }> {
-    const { clusterId, lease } = await this.writePath.submit(extend(hashToken(token), durationSeconds, this.maxLeaseSeconds));
-    log.info({ event: 'lease.extended', cluster: clusterId, note: lease.note, expires_at: new Date(lease.expiresAt).toISOString() }, 'lease extended');
-    return this.get(token);
+  /**
+   * The lease now ends `durationSeconds` from now. When its token would die first, a fresh one
+   * is minted before the extension is written (an extension that then fails leaves only an
+   * extra token, which the janitor revokes with the rest), and returned in a new kubeconfig.
+   */
+  async extend(token: string, durationSeconds: number, log: Logger = this.logger): Promise<LeaseDetails> {
+    const tokenHash = hashToken(token);
+    const { snapshot, context } = await this.writePath.view();
+    const current = describeLease(snapshot.table, tokenHash, context);
+    let refreshed: { kubeconfig: string; tokenExpiresAt?: number } | undefined;
+    const credentials = current.lease?.credentials;
+    if (this.issuer.perLease && current.lease && credentials && context.now + durationSeconds * 1000 > credentials.tokenExpiresAt) {
+      refreshed = await this.issuer.issue(current.cluster, current.lease, tokenLifetimeSeconds(durationSeconds));
+    }
+    const { clusterId, lease } = await this.writePath.submit(
+      extend(tokenHash, durationSeconds, this.options.maxLeaseSeconds, refreshed?.tokenExpiresAt),
+    );
+    log.info(
+      { event: 'lease.extended', cluster: clusterId, note: lease.note, expires_at: new Date(lease.expiresAt).toISOString(), new_token: Boolean(refreshed) },
+      'lease extended',
+    );
+    const details = await this.get(token);
+    return refreshed ? { ...details, kubeconfig: refreshed.kubeconfig } : details;
   }
 
-  async get(token: string): Promise<ClusterView & { now: number }> {
+  async get(token: string): Promise<LeaseDetails> {
     const { snapshot, context } = await this.writePath.view();
-    return { ...describeLease(snapshot.table, hashToken(token), context), now: context.now };
+    const view = describeLease(snapshot.table, hashToken(token), context);
+    return { ...view, now: context.now, facts: await this.facts.for(view.cluster) };
   }
 
   async list(): Promise<PoolView> {

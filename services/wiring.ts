@@ -5,6 +5,10 @@ import type { Logger } from 'pino';
 import type { AppDeps } from '../app.ts';
 import { sharedTokenAuthenticator } from './auth.ts';
 import type { Config } from './config.ts';
+import { ClusterAccess } from './cluster-access.ts';
+import { ProviderCredentials, ServiceAccountCredentials } from './credentials.ts';
+import { Facts } from './facts.ts';
+import { Janitor, type JanitorOptions } from './janitor.ts';
 import { LeaseService } from './leases.ts';
 import { startReaper } from './reaper.ts';
 import { Waiting, type WaitingOptions } from './waiting.ts';
@@ -18,6 +22,7 @@ export interface Services {
   deps: AppDeps;
   writePath: WritePath;
   waiting: Waiting;
+  janitor: Janitor;
   /** Releases clients and timers; the HTTP server is closed by its owner. */
   close(): Promise<void>;
 }
@@ -30,6 +35,8 @@ export interface BuildOptions {
   writePath?: WritePathOptions;
   /** Tests shorten the waiters' poll and ticket times. */
   waiting?: WaitingOptions;
+  /** Tests shorten the janitor's polls. */
+  janitor?: Partial<JanitorOptions>;
 }
 
 interface Closable {
@@ -38,10 +45,11 @@ interface Closable {
 
 async function buildProvider(config: Config, logger: Logger, clock: Clock): Promise<ClusterProvider & Closable> {
   if (!config.gke) return StaticProvider.load(config.staticPoolFile);
-  const { GkeProvider, gkeClientFor, lesseeTokenSource } = await import('./providers/gke.ts');
-  return new GkeProvider(gkeClientFor(config.gke), lesseeTokenSource(config.gke), {
+  const { GkeProvider, gkeClientFor, gkeTokens } = await import('./providers/gke.ts');
+  return new GkeProvider(gkeClientFor(config.gke), gkeTokens(config.gke), {
     projectId: config.gke.projectId,
     zone: config.gke.zone,
+    ...(config.registryLocation && { registryLocation: config.registryLocation }),
     cacheSeconds: config.clusterCacheSeconds,
     clock,
     logger,
@@ -58,15 +66,40 @@ async function buildStore(config: Config, logger: Logger): Promise<LeaseStore> {
   });
 }
 
+/**
+ * Per-lease credentials and cleanup, from the environment, else from the pool file (the
+ * example pool's clusters do not exist, so it asks for neither), else the defaults.
+ */
+export function lifecyclePolicy(config: Config, provider: ClusterProvider) {
+  const pool = provider instanceof StaticProvider ? provider.settings : {};
+  const credentials = config.leaseCredentials ?? pool.credentials ?? 'serviceaccount';
+  const cleanup = config.cleanup ?? pool.cleanup ?? 'namespaces';
+  const perLease = credentials === 'serviceaccount';
+  return { perLease, cleanup, endState: perLease || cleanup === 'namespaces' ? ('dirty' as const) : ('free' as const) };
+}
+
 export async function buildServices(config: Config, logger: Logger, options: BuildOptions): Promise<Services> {
   const clock = options.clock ?? systemClock;
   const provider = await buildProvider(config, logger, clock);
   const store = await buildStore(config, logger);
-  const writePath = new WritePath(store, () => provider.list(), clock, options.writePath);
+  const policy = lifecyclePolicy(config, provider);
+  const writePath = new WritePath(store, () => provider.list(), clock, { endState: policy.endState, ...options.writePath });
   const stopWatching = writePath.watchStore();
+  const access = new ClusterAccess(provider);
+  const issuer = policy.perLease ? new ServiceAccountCredentials(access, config.groupRoles) : new ProviderCredentials(provider);
   const waiting = new Waiting(writePath, logger, options.waiting);
-  const leases = new LeaseService(writePath, provider, waiting, config.maxLeaseSeconds, logger);
+  const leases = new LeaseService(
+    writePath,
+    provider,
+    issuer,
+    new Facts(access, config.clusterDomain, logger),
+    waiting,
+    { maxLeaseSeconds: config.maxLeaseSeconds, groupRoles: config.groupRoles },
+    logger,
+  );
   const stopReaper = startReaper(writePath, logger, config.reapIntervalSeconds * 1000);
+  const janitor = new Janitor(writePath, access, issuer, { cleanup: policy.cleanup, protectedNamespaces: config.protectedNamespaces, ...options.janitor }, logger);
+  if (policy.endState === 'dirty') janitor.start();
   return {
     deps: {
       leases,
@@ -76,7 +109,9 @@ export async function buildServices(config: Config, logger: Logger, options: Bui
     },
     writePath,
     waiting,
+    janitor,
     async close() {
+      janitor.stop();
       stopReaper();
       waiting.close();
       stopWatching();

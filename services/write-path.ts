@@ -22,6 +22,8 @@ export interface WritePathOptions {
   maxAttempts?: number;
   /** Upper bound of the random pause between attempts, in ms, before backoff doubles it. */
   jitterMs?: number;
+  /** What a lease's end leaves behind: see DecisionContext.endState. */
+  endState?: 'free' | 'dirty';
   /** Tries when the store fails for a while (429, 5xx, a reset connection) before giving up. */
   transientAttempts?: number;
   /** First pause after such a failure, in ms; it doubles. */
@@ -54,6 +56,7 @@ export class WritePath {
   private readonly maxAttempts: number;
   private readonly jitterMs: number;
   private readonly transientAttempts: number;
+  private readonly endState: 'free' | 'dirty';
   private readonly transientPauseMs: number;
   private readonly random: () => number;
   private readonly sleep: (ms: number) => Promise<void>;
@@ -69,6 +72,7 @@ export class WritePath {
     this.maxAttempts = options.maxAttempts ?? 30;
     this.jitterMs = options.jitterMs ?? 5;
     this.transientAttempts = options.transientAttempts ?? 4;
+    this.endState = options.endState ?? 'free';
     this.transientPauseMs = options.transientPauseMs ?? 100;
     this.random = options.random ?? Math.random;
     this.sleep = options.sleep ?? ((ms) => new Promise((resolve) => setTimeout(resolve, ms)));
@@ -91,7 +95,7 @@ export class WritePath {
   async view(): Promise<{ snapshot: Snapshot; context: DecisionContext }> {
     const [snapshot, clusters] = await Promise.all([this.store.read(), this.listClusters()]);
     this.cached = snapshot;
-    return { snapshot, context: { now: this.clock.now(), clusters } };
+    return { snapshot, context: { now: this.clock.now(), clusters, endState: this.endState } };
   }
 
   /** Reads the table and the pool once, so the first request finds clients connected and caches warm. */
@@ -152,7 +156,7 @@ export class WritePath {
         for (const pending of batch) pending.reject(error);
         return;
       }
-      const context: DecisionContext = { now: this.clock.now(), clusters };
+      const context: DecisionContext = { now: this.clock.now(), clusters, endState: this.endState };
       let table = base.table;
       const outcomes = batch.map((pending) => {
         try {

@@ -26,7 +26,8 @@ before(async () => {
   seedLeaseService(kube, { 'example.com/keep-me': 'yes' });
   folder = await tempDir();
   const kubeconfig = await writeKubeconfig(folder, kube.url);
-  const env = { AUTH_TOKEN: TOKEN, GOOGLE_CLOUD_PROJECT_ID: 'e2e', GKE_EMULATOR_HOST: gke.address, KUBECONFIG: kubeconfig };
+  // The fake GKE clusters' endpoints do not exist: no per-lease credentials, no cleanup here.
+  const env = { AUTH_TOKEN: TOKEN, GOOGLE_CLOUD_PROJECT_ID: 'e2e', GKE_EMULATOR_HOST: gke.address, KUBECONFIG: kubeconfig, LEASE_CREDENTIALS: 'google-token', CLEANUP: 'none' };
   servers.push(
     ...(await Promise.all([
       startServerProcess(process.execPath, ['--import', 'tsx', 'main.ts'], env),

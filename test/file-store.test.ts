@@ -35,7 +35,7 @@ describe('file lease store', () => {
     try {
       const store = await FileLeaseStore.open(join(folder, 'leases.json'), quiet);
       const base = await store.read();
-      const entry = { state: 'leased' as const, lease: { tokenHash: hashToken('a'), startedAt: 1, expiresAt: 2 } };
+      const entry = { state: 'leased' as const, lease: { id: 'aaaaaaaaaaaa', tokenHash: hashToken('a'), startedAt: 1, expiresAt: 2 } };
       await store.write({ clusters: { 'static/a': entry }, legacy: {}, waiters: {} }, base);
       await assert.rejects(store.write({ clusters: {}, legacy: {}, waiters: {} }, base), VersionConflictError);
       await store.close();

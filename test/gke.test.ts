@@ -13,7 +13,8 @@ const PROJECT = 'ci-project';
 
 async function gkeApp(fake: FakeGke, env: Record<string, string> = {}): Promise<TestApp> {
   return startTestApp({
-    env: { GOOGLE_CLOUD_PROJECT_ID: PROJECT, GKE_EMULATOR_HOST: fake.address, LEASE_STORE: 'file', ...env },
+    // These clusters' endpoints do not exist: lessees get the Google token, nothing is cleaned.
+    env: { GOOGLE_CLOUD_PROJECT_ID: PROJECT, GKE_EMULATOR_HOST: fake.address, LEASE_STORE: 'file', LEASE_CREDENTIALS: 'google-token', CLEANUP: 'none', ...env },
   });
 }
 
@@ -138,6 +139,31 @@ describe('GKE provider', () => {
       assert.match(app.logs.raw(), /container\.clusters\.list/);
       // Nothing was leased: the next try, with GKE back, gets the cluster.
       assert.equal((await lease(app)).status, 200);
+    } finally {
+      await app.close();
+    }
+  });
+
+  test('gpu comes from node pools with accelerators; "gpu": true leases only those; cluster_tag is GKE\'s id', async () => {
+    fake.setClusters([
+      makeCluster({ project: PROJECT, location: 'us-east1-b', name: 'cpu-only' }),
+      makeCluster({
+        project: PROJECT,
+        location: 'us-east1-b',
+        name: 'with-gpus',
+        id: 'abc123def456',
+        nodePools: [{ name: 'default-pool' }, { name: 'gpus', accelerators: [{ acceleratorType: 'nvidia-l4', acceleratorCount: 2 }] }],
+      }),
+    ]);
+    const app = await gkeApp(fake, { REGISTRY_LOCATION: 'us-docker.pkg.dev/ci-project/images' });
+    try {
+      const granted = await lease(app);
+      assert.equal(granted.body.cluster_name, 'cpu-only');
+      assert.equal(granted.body.gpu, false);
+      const gpu = await app.request('POST', '/lease', { body: { max_time: 60, gpu: true } });
+      const body = await gpu.json();
+      assert.equal(body.cluster_name, 'with-gpus');
+      assert.deepEqual([body.gpu, body.cluster_tag, body.registry_location], [true, 'abc123def456', 'us-docker.pkg.dev/ci-project/images']);
     } finally {
       await app.close();
     }

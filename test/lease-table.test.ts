@@ -1,7 +1,18 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { LeaseNotFoundError, NoClusterAvailableError } from '../services/errors.ts';
-import { acquire, effectiveState, emptyTable, release, type AcquireResult, type LeaseTable } from '../services/lease-table.ts';
+import {
+  acquire,
+  cleanupBackoffMs,
+  effectiveState,
+  emptyTable,
+  failCleanup,
+  finishCleanup,
+  release,
+  startCleanup,
+  type AcquireResult,
+  type LeaseTable,
+} from '../services/lease-table.ts';
 import type { Cluster } from '../services/providers/types.ts';
 import { hashToken } from '../services/tokens.ts';
 
@@ -15,6 +26,9 @@ function cluster(name: string, overrides: Partial<Cluster> = {}): Cluster {
     labels: {},
     version: '1.31.0',
     status: 'RUNNING',
+    tag: name,
+    gpu: false,
+    registryLocation: null,
     ...overrides,
   };
 }
@@ -34,7 +48,7 @@ describe('acquire', () => {
   test('leases a free cluster for exactly the requested seconds', () => {
     const { table, result } = acquire({ tokenHash: tokenA, durationSeconds: 30 })(emptyTable, { now: T0, clusters: [cluster('c1')] });
     assert.equal(clusterOf(result).id, 'zone-a/c1');
-    assert.deepEqual(table.clusters['zone-a/c1'], { state: 'leased', lease: { tokenHash: tokenA, startedAt: T0, expiresAt: T0 + 30_000 } });
+    assert.deepEqual(table.clusters['zone-a/c1'], { state: 'leased', lease: { id: tokenA.slice(0, 16), tokenHash: tokenA, startedAt: T0, expiresAt: T0 + 30_000 } });
   });
 
   test('never leases a cluster that is not RUNNING', () => {
@@ -108,5 +122,42 @@ describe('release', () => {
     const released = release(hashToken('f00d0000-0000-4000-8000-000000000000'))(table, { now: T0, clusters });
     assert.deepEqual(released.table.legacy, {});
     assert.equal(released.result.clusterId, 'zone-a/old');
+  });
+});
+
+describe('the life cycle with cleanup: free -> leased -> dirty -> cleaning -> free', () => {
+  const clusters = [cluster('c1')];
+  const dirtyContext = (now: number) => ({ now, clusters, endState: 'dirty' as const });
+
+  test('release and expiry leave the cluster dirty, never free, when there is cleanup to do', () => {
+    const { table } = acquire({ tokenHash: tokenA, durationSeconds: 10 })(emptyTable, dirtyContext(T0));
+    assert.equal(release(tokenA)(table, dirtyContext(T0 + 1)).table.clusters['zone-a/c1'].state, 'dirty');
+    assert.equal(effectiveState(table, clusters[0], T0 + 10_000, 'dirty'), 'dirty');
+    assert.throws(() => acquire({ tokenHash: tokenB, durationSeconds: 10 })(table, dirtyContext(T0 + 10_000)), allLeased);
+  });
+
+  test('one janitor at a time; a lapsed claim is taken over; only the owner finishes', () => {
+    const { table: leased } = acquire({ tokenHash: tokenA, durationSeconds: 10 })(emptyTable, dirtyContext(T0));
+    const { table: dirty } = release(tokenA)(leased, dirtyContext(T0 + 1));
+    const claimed = startCleanup('zone-a/c1', 'replica-a', 60_000)(dirty, dirtyContext(T0 + 2));
+    assert.equal(claimed.result, true);
+    assert.equal(startCleanup('zone-a/c1', 'replica-b', 60_000)(claimed.table, dirtyContext(T0 + 3)).result, false);
+    assert.equal(finishCleanup('zone-a/c1', 'replica-b')(claimed.table, dirtyContext(T0 + 4)).result, false);
+    const takenOver = startCleanup('zone-a/c1', 'replica-b', 60_000)(claimed.table, dirtyContext(T0 + 2 + 60_000));
+    assert.equal(takenOver.result, true);
+    assert.equal(finishCleanup('zone-a/c1', 'replica-a')(takenOver.table, dirtyContext(T0 + 60_010)).result, false);
+    const done = finishCleanup('zone-a/c1', 'replica-b')(takenOver.table, dirtyContext(T0 + 60_020));
+    assert.deepEqual(done.table.clusters['zone-a/c1'], { state: 'free', idleSince: T0 + 60_020 });
+  });
+
+  test('a failed cleanup backs off 1, 2, 4, 8 s, then 15 s at most, and keeps its reason', () => {
+    assert.deepEqual([1, 2, 3, 4, 5, 9].map(cleanupBackoffMs), [1000, 2000, 4000, 8000, 15000, 15000]);
+    const { table: leased } = acquire({ tokenHash: tokenA, durationSeconds: 10 })(emptyTable, dirtyContext(T0));
+    const { table: dirty } = release(tokenA)(leased, dirtyContext(T0));
+    const { table: claimed } = startCleanup('zone-a/c1', 'a', 60_000)(dirty, dirtyContext(T0));
+    const { table: failed } = failCleanup('zone-a/c1', 'a', 'deleting namespaces failed')(claimed, dirtyContext(T0 + 500));
+    assert.deepEqual(failed.clusters['zone-a/c1'].cleanup, { attempts: 1, lastError: 'deleting namespaces failed', retryAt: T0 + 1500 });
+    assert.equal(startCleanup('zone-a/c1', 'a', 60_000)(failed, dirtyContext(T0 + 1499)).result, false);
+    assert.equal(startCleanup('zone-a/c1', 'a', 60_000)(failed, dirtyContext(T0 + 1500)).result, true);
   });
 });

@@ -34,7 +34,7 @@ describe('static pool file', () => {
       const [cluster] = await provider.list();
       assert.deepEqual(cluster, {
         id: 'rack-1/a', name: 'a', location: 'rack-1', server: 'https://k8s.lab.example:6443', endpoint: 'k8s.lab.example',
-        caData: 'Q0E=', labels: { gpu: 'no' }, version: '1.30.2', status: 'RUNNING',
+        caData: 'Q0E=', labels: { gpu: 'no' }, version: '1.30.2', status: 'RUNNING', tag: 'rack-1/a', gpu: false, registryLocation: null,
       });
       const kubeconfig = parse(await provider.kubeconfigFor(cluster));
       assert.equal(kubeconfig.clusters[0].cluster.server, 'https://k8s.lab.example:6443');

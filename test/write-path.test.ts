@@ -9,7 +9,7 @@ import { hashToken } from '../services/tokens.ts';
 import { WritePath } from '../services/write-path.ts';
 
 const clusters: Cluster[] = ['c1', 'c2', 'c3'].map((name) => ({
-  id: `z/${name}`, name, location: 'z', endpoint: 'h', server: 'https://h', labels: {}, version: '', status: 'RUNNING',
+  id: `z/${name}`, name, location: 'z', endpoint: 'h', server: 'https://h', labels: {}, version: '', status: 'RUNNING', tag: name, gpu: false, registryLocation: null,
 }));
 function clusterOf(result: AcquireResult) {
   assert.ok(result.granted, 'expected a grant');

@@ -20,6 +20,8 @@ type GkeCluster = protos.google.container.v1.ICluster;
  * every lessee the claimer's project-wide powers.
  */
 export const LESSEE_TOKEN_SCOPE = 'https://www.googleapis.com/auth/userinfo.email';
+/** The claimer's own calls (GKE's API, and administering leased clusters) use its full powers. */
+export const CLAIMER_SCOPE = 'https://www.googleapis.com/auth/cloud-platform';
 
 const STATUSES: readonly ClusterStatus[] = ['RUNNING', 'PROVISIONING', 'RECONCILING', 'STOPPING', 'ERROR', 'DEGRADED'];
 
@@ -47,12 +49,12 @@ export function gkeClientFor(config: GkeConfig): ClusterManagerClient {
   });
 }
 
-/** Mints the lessee's bearer token: an access token of the service account, userinfo.email only. */
-export type LesseeTokenSource = () => Promise<string | undefined>;
+/** Mints an access token of the service account with the given scope; none without an account. */
+export type TokenSource = () => Promise<string | undefined>;
 
-export function lesseeTokenSource(config: GkeConfig): LesseeTokenSource {
+export function googleTokenSource(config: GkeConfig, scope: string): TokenSource {
   if (!config.accountJson) return async () => undefined;
-  const auth = new GoogleAuth({ credentials: JSON.parse(config.accountJson), scopes: [LESSEE_TOKEN_SCOPE] });
+  const auth = new GoogleAuth({ credentials: JSON.parse(config.accountJson), scopes: [scope] });
   return async () => {
     const token = await auth.getAccessToken();
     if (!token) throw new Error('Google returned no access token for the service account');
@@ -60,9 +62,25 @@ export function lesseeTokenSource(config: GkeConfig): LesseeTokenSource {
   };
 }
 
+export interface GkeTokens {
+  /** userinfo.email only: what LEASE_CREDENTIALS=google-token hands to lessees. */
+  lessee: TokenSource;
+  /** cloud-platform: the claimer's own access to leased clusters. None with an emulator. */
+  claimer: TokenSource;
+}
+
+export function gkeTokens(config: GkeConfig): GkeTokens {
+  return {
+    lessee: googleTokenSource(config, LESSEE_TOKEN_SCOPE),
+    // Emulator clusters are test stand-ins: the claimer reaches them with no Google token.
+    claimer: config.emulatorHost ? async () => undefined : googleTokenSource(config, CLAIMER_SCOPE),
+  };
+}
+
 export interface GkeProviderOptions {
   projectId: string;
   zone: string;
+  registryLocation?: string;
   cacheSeconds: number;
   clock: Clock;
   logger: Logger;
@@ -70,7 +88,7 @@ export interface GkeProviderOptions {
   timeoutMs?: number;
 }
 
-export function toCluster(gke: GkeCluster): Cluster {
+export function toCluster(gke: GkeCluster, registryLocation: string | null = null): Cluster {
   const location = gke.location || gke.zone || '';
   const name = gke.name ?? '';
   const endpoint = gke.endpoint ?? '';
@@ -86,6 +104,9 @@ export function toCluster(gke: GkeCluster): Cluster {
     labels: { ...(gke.resourceLabels ?? {}) },
     version: gke.currentMasterVersion ?? '',
     status,
+    tag: gke.id || `${location}/${name}`,
+    gpu: (gke.nodePools ?? []).some((pool) => (pool.config?.accelerators ?? []).some((accelerator) => Number(accelerator.acceleratorCount ?? 0) > 0)),
+    registryLocation,
   };
 }
 
@@ -98,7 +119,7 @@ export class GkeProvider implements ClusterProvider {
 
   constructor(
     private readonly client: ClusterManagerClient,
-    private readonly lesseeToken: LesseeTokenSource,
+    private readonly tokens: GkeTokens,
     private readonly options: GkeProviderOptions,
   ) {}
 
@@ -116,7 +137,7 @@ export class GkeProvider implements ClusterProvider {
     const parent = `projects/${this.options.projectId}/locations/${this.options.zone}`;
     try {
       const [response] = await this.client.listClusters({ parent }, { timeout: this.options.timeoutMs ?? 10_000 });
-      const clusters = (response.clusters ?? []).map(toCluster);
+      const clusters = (response.clusters ?? []).map((cluster) => toCluster(cluster, this.options.registryLocation ?? null));
       const fetchedAt = this.options.clock.now();
       this.cache = { clusters, fetchedAt, refreshAt: fetchedAt + this.options.cacheSeconds * 1000 };
       return clusters;
@@ -133,7 +154,14 @@ export class GkeProvider implements ClusterProvider {
   }
 
   async kubeconfigFor(cluster: Cluster): Promise<string> {
-    const token = await this.lesseeToken();
+    return this.kubeconfigWith(cluster, await this.tokens.lessee());
+  }
+
+  async adminKubeconfigFor(cluster: Cluster): Promise<string> {
+    return this.kubeconfigWith(cluster, await this.tokens.claimer());
+  }
+
+  private kubeconfigWith(cluster: Cluster, token: string | undefined): string {
     return buildKubeconfig({
       contextName: `gke_${this.options.projectId}_${cluster.location}_${cluster.name}`,
       server: cluster.server,

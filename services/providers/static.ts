@@ -2,6 +2,9 @@
 // clusters, and the embedded default that lets the claimer run with no cloud account.
 //
 //   provider: static            # optional: what clients may send as cloud_provider
+//   credentials: pool           # optional: lessees get the credentials below, not per-lease ones
+//   cleanup: none               # optional: no namespace cleanup between leases
+//   registry_location: gcr.io/p # optional: every cluster's registry unless it names its own
 //   clusters:
 //     - name: ci-1              # unique per location
 //       location: lab           # optional, default "static"
@@ -10,6 +13,9 @@
 //       token: <bearer token>                      # optional
 //       labels: {team: infra}   # optional
 //       version: 1.31.2         # optional
+//       cluster_tag: lab-ci-1   # optional, default: the id
+//       gpu: true               # optional, default false
+//       registry_location: registry.lab:5000   # optional, default: the pool's
 //     - name: kind-ci
 //       kubeconfig: ./kind.kubeconfig   # relative to this file; `context` picks one (default: current)
 
@@ -21,6 +27,11 @@ import { buildKubeconfig, hostOf } from '../kubeconfig.ts';
 import type { Cluster, ClusterProvider } from './types.ts';
 
 const Labels = v.optional(v.record(v.string(), v.string()), {});
+const Facts = {
+  cluster_tag: v.optional(v.pipe(v.string(), v.nonEmpty())),
+  gpu: v.optional(v.boolean(), false),
+  registry_location: v.optional(v.pipe(v.string(), v.nonEmpty())),
+};
 
 const InlineCluster = v.strictObject({
   name: v.pipe(v.string(), v.nonEmpty()),
@@ -31,6 +42,7 @@ const InlineCluster = v.strictObject({
   token: v.optional(v.string()),
   labels: Labels,
   version: v.optional(v.string(), ''),
+  ...Facts,
 });
 
 const KubeconfigCluster = v.strictObject({
@@ -40,10 +52,15 @@ const KubeconfigCluster = v.strictObject({
   context: v.optional(v.string()),
   labels: Labels,
   version: v.optional(v.string(), ''),
+  ...Facts,
 });
 
 const PoolFile = v.object({
   provider: v.optional(v.pipe(v.string(), v.nonEmpty()), 'static'),
+  /** `pool`: lessees get the pool file's credentials instead of per-lease ones. */
+  credentials: v.optional(v.picklist(['serviceaccount', 'pool'], 'must be serviceaccount or pool')),
+  cleanup: v.optional(v.picklist(['namespaces', 'none'], 'must be namespaces or none')),
+  registry_location: v.optional(v.pipe(v.string(), v.nonEmpty())),
   clusters: v.array(v.union([InlineCluster, KubeconfigCluster])),
 });
 
@@ -87,6 +104,8 @@ export class StaticProvider implements ClusterProvider {
   private constructor(
     readonly kind: string,
     private readonly members: PoolMember[],
+    /** The pool's own choices; the environment overrides them. */
+    readonly settings: { credentials?: 'serviceaccount' | 'pool'; cleanup?: 'namespaces' | 'none' },
   ) {
     this.aliases = [kind];
   }
@@ -106,12 +125,14 @@ export class StaticProvider implements ClusterProvider {
         'kubeconfig' in entry
           ? await fromKubeconfigFile(entry, resolve(dirname(path), entry.kubeconfig))
           : fromInline(entry);
+      member.cluster.registryLocation = entry.registry_location ?? parsed.output.registry_location ?? null;
       if (members.some((other) => other.cluster.id === member.cluster.id)) {
         throw new PoolFileError(`static pool file ${path} lists cluster ${member.cluster.id} twice`);
       }
       members.push(member);
     }
-    return new StaticProvider(parsed.output.provider, members);
+    const { credentials, cleanup } = parsed.output;
+    return new StaticProvider(parsed.output.provider, members, { ...(credentials && { credentials }), ...(cleanup && { cleanup }) });
   }
 
   async list(): Promise<Cluster[]> {
@@ -122,6 +143,11 @@ export class StaticProvider implements ClusterProvider {
     const member = this.members.find((candidate) => candidate.cluster.id === cluster.id);
     if (!member) throw new Error(`cluster ${cluster.id} is not in the static pool`);
     return member.kubeconfig;
+  }
+
+  /** The pool file's credentials serve the claimer too. */
+  adminKubeconfigFor(cluster: Cluster): Promise<string> {
+    return this.kubeconfigFor(cluster);
   }
 }
 
@@ -136,6 +162,9 @@ function fromInline(entry: v.InferOutput<typeof InlineCluster>): PoolMember {
     labels: entry.labels,
     version: entry.version,
     status: 'RUNNING',
+    tag: entry.cluster_tag ?? `${entry.location}/${entry.name}`,
+    gpu: entry.gpu,
+    registryLocation: null,
   };
   const kubeconfig = buildKubeconfig({
     contextName: entry.name,
@@ -200,6 +229,9 @@ async function fromKubeconfigFile(entry: v.InferOutput<typeof KubeconfigCluster>
     labels: entry.labels,
     version: entry.version,
     status: 'RUNNING',
+    tag: entry.cluster_tag ?? `${entry.location}/${entry.name}`,
+    gpu: entry.gpu,
+    registryLocation: null,
   };
   const kubeconfig = buildKubeconfig({
     contextName: entry.name,

@@ -25,6 +25,12 @@ export interface Cluster {
   /** Kubernetes version of the control plane, e.g. `1.31.5-gke.1000`. */
   version: string;
   status: ClusterStatus;
+  /** A stable identifier of the cluster for the lessee (kube-control's cluster tag): GKE's cluster id, or the pool file's. */
+  tag: string;
+  /** Whether the cluster has GPU nodes (GKE node pools with accelerators; the pool file's `gpu`). */
+  gpu: boolean;
+  /** Where the lessee's images come from (kube-control's registry location), if configured. */
+  registryLocation: string | null;
 }
 
 export interface ClusterProvider {
@@ -34,8 +40,10 @@ export interface ClusterProvider {
   readonly aliases: readonly string[];
   /** Every cluster of the pool, leasable or not. */
   list(): Promise<Cluster[]>;
-  /** A kubeconfig (YAML) that lets the lessee use the cluster. */
+  /** A kubeconfig (YAML) with the pool's own credentials for the lessee (LEASE_CREDENTIALS=google-token). */
   kubeconfigFor(cluster: Cluster): Promise<string>;
+  /** A kubeconfig (YAML) with which the claimer itself administers the cluster (credentials, cleanup). */
+  adminKubeconfigFor(cluster: Cluster): Promise<string>;
 }
 
 export function isLeasable(cluster: Cluster): boolean {

@@ -11,18 +11,29 @@ const Time = v.pipe(
 );
 
 const LeaseRecord = v.object({
+  id: v.optional(v.pipe(v.string(), v.regex(/^[0-9a-f]{8,64}$/, 'not a lease id'))),
   token_sha256: v.pipe(v.string(), v.regex(/^[0-9a-f]{64}$/, 'not a SHA-256 hex digest')),
   started_at: Time,
   expires_at: Time,
   note: v.optional(v.string()),
   holder: v.optional(v.string()),
+  credentials: v.optional(v.object({ user: v.string(), group: v.string(), token_expires_at: Time })),
+});
+
+const CleanupRecord = v.object({
+  owner: v.optional(v.string()),
+  deadline: v.optional(Time),
+  attempts: v.pipe(v.number(), v.integer(), v.minValue(0)),
+  last_error: v.optional(v.string()),
+  retry_at: v.optional(Time),
 });
 
 const ClusterRecord = v.object({
   cluster: v.pipe(v.string(), v.nonEmpty()),
-  state: v.picklist(['free', 'leased']),
+  state: v.picklist(['free', 'leased', 'dirty', 'cleaning']),
   idle_since: v.optional(Time),
   lease: v.optional(LeaseRecord),
+  cleanup: v.optional(CleanupRecord),
 });
 
 export type ClusterRecordJson = v.InferInput<typeof ClusterRecord>;
@@ -31,18 +42,31 @@ const iso = (ms: number) => new Date(ms).toISOString();
 
 export function encodeEntry(clusterId: string, entry: ClusterEntry): ClusterRecordJson {
   if (entry.state === 'unknown') throw new Error(`refusing to write over the unreadable lease record of ${clusterId}`);
-  const { lease } = entry;
+  const { lease, cleanup } = entry;
   return {
     cluster: clusterId,
     state: entry.state,
     ...(entry.idleSince !== undefined && { idle_since: iso(entry.idleSince) }),
     ...(lease && {
       lease: {
+        id: lease.id,
         token_sha256: lease.tokenHash,
         started_at: iso(lease.startedAt),
         expires_at: iso(lease.expiresAt),
         ...(lease.note !== undefined && { note: lease.note }),
         ...(lease.holder !== undefined && { holder: lease.holder }),
+        ...(lease.credentials && {
+          credentials: { user: lease.credentials.user, group: lease.credentials.group, token_expires_at: iso(lease.credentials.tokenExpiresAt) },
+        }),
+      },
+    }),
+    ...(cleanup && {
+      cleanup: {
+        ...(cleanup.owner !== undefined && { owner: cleanup.owner }),
+        ...(cleanup.deadline !== undefined && { deadline: iso(cleanup.deadline) }),
+        attempts: cleanup.attempts,
+        ...(cleanup.lastError !== undefined && { last_error: cleanup.lastError }),
+        ...(cleanup.retryAt !== undefined && { retry_at: iso(cleanup.retryAt) }),
       },
     }),
   };
@@ -63,18 +87,32 @@ export function clusterNamedIn(record: unknown): string | undefined {
 export function decodeEntry(record: unknown): Decoded<{ clusterId: string; entry: ClusterEntry }> {
   const parsed = v.safeParse(ClusterRecord, record);
   if (!parsed.success) return { ok: false, problem: problemOf(parsed.issues) };
-  const { cluster, state, idle_since, lease } = parsed.output;
+  const { cluster, state, idle_since, lease, cleanup } = parsed.output;
   if (state === 'leased' && !lease) return { ok: false, problem: 'lease: required when state is leased' };
   const entry: ClusterEntry = {
     state,
     ...(idle_since !== undefined && { idleSince: idle_since }),
     ...(lease && {
       lease: {
+        // Records written before leases had ids get a stable one from their token hash.
+        id: lease.id ?? lease.token_sha256.slice(0, 16),
         tokenHash: lease.token_sha256,
         startedAt: lease.started_at,
         expiresAt: lease.expires_at,
         ...(lease.note !== undefined && { note: lease.note }),
         ...(lease.holder !== undefined && { holder: lease.holder }),
+        ...(lease.credentials && {
+          credentials: { user: lease.credentials.user, group: lease.credentials.group, tokenExpiresAt: lease.credentials.token_expires_at },
+        }),
+      },
+    }),
+    ...(cleanup && {
+      cleanup: {
+        ...(cleanup.owner !== undefined && { owner: cleanup.owner }),
+        ...(cleanup.deadline !== undefined && { deadline: cleanup.deadline }),
+        attempts: cleanup.attempts,
+        ...(cleanup.last_error !== undefined && { lastError: cleanup.last_error }),
+        ...(cleanup.retry_at !== undefined && { retryAt: cleanup.retry_at }),
       },
     }),
   };
@@ -106,6 +144,7 @@ const WaiterRecord = v.object({
       regex: v.optional(v.string()),
       version: v.optional(v.string()),
       labels: v.optional(v.record(v.string(), v.string())),
+      gpu: v.optional(v.boolean()),
     }),
     {},
   ),

@@ -10,7 +10,7 @@ for (let round = 0; ; round++) {
   const clusters = Object.fromEntries(
     Array.from({ length: 200 }, (_, index) => [
       `static/c${index}`,
-      { state: 'leased' as const, lease: { tokenHash: hashToken(`${round}-${index}`), startedAt: round, expiresAt: round + 1000, note: 'x'.repeat(200) } },
+      { state: 'leased' as const, lease: { id: 'bbbbbbbbbbbb', tokenHash: hashToken(`${round}-${index}`), startedAt: round, expiresAt: round + 1000, note: 'x'.repeat(200) } },
     ]),
   );
   const written = await store.write({ clusters, legacy: {}, waiters: {} }, base);

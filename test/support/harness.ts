@@ -9,6 +9,7 @@ import { stringify } from 'yaml';
 import { createApp, type App } from '../../app.ts';
 import { loadConfig, type Config } from '../../services/config.ts';
 import { createLogger } from '../../services/logger.ts';
+import type { JanitorOptions } from '../../services/janitor.ts';
 import type { WaitingOptions } from '../../services/waiting.ts';
 import { buildServices, type Services } from '../../services/wiring.ts';
 
@@ -46,6 +47,10 @@ export async function tempDir(): Promise<string> {
 export interface PoolCluster {
   name: string;
   kubeconfig?: string;
+  certificate_authority_data?: string;
+  gpu?: boolean;
+  cluster_tag?: string;
+  registry_location?: string;
   server?: string;
   location?: string;
   labels?: Record<string, string>;
@@ -60,11 +65,19 @@ export function poolOf(count: number, prefix = 'pool'): PoolCluster[] {
   }));
 }
 
-export async function writePool(folder: string, clusters: PoolCluster[]): Promise<string> {
+/**
+ * A pool file. Its clusters do not exist unless a test gives real servers, so by default the
+ * claimer is told not to reach into them (pool credentials, no cleanup).
+ */
+export async function writePool(
+  folder: string,
+  clusters: PoolCluster[],
+  settings: Record<string, unknown> = { credentials: 'pool', cleanup: 'none' },
+): Promise<string> {
   const path = join(folder, 'pool.yaml');
   await writeFile(
     path,
-    stringify({ clusters: clusters.map((cluster) => ({ server: 'https://10.9.9.9:6443', ...cluster })) }),
+    stringify({ ...settings, clusters: clusters.map((cluster) => ({ server: 'https://10.9.9.9:6443', ...cluster })) }),
   );
   return path;
 }
@@ -91,10 +104,13 @@ export async function startTestApp(
     clock?: ManualClock;
     folder?: string;
     waiting?: WaitingOptions;
+    janitor?: Partial<JanitorOptions>;
+    /** The pool file's own settings; default: pool credentials, no cleanup. */
+    poolSettings?: Record<string, unknown>;
   } = {},
 ): Promise<TestApp> {
   const folder = options.folder ?? (await tempDir());
-  const poolFile = await writePool(folder, options.clusters ?? poolOf(3));
+  const poolFile = await writePool(folder, options.clusters ?? poolOf(3), options.poolSettings);
   const config = loadConfig(
     {
       AUTH_TOKEN,
@@ -106,7 +122,7 @@ export async function startTestApp(
   );
   const clock = options.clock ?? new ManualClock();
   const logs = captureLogs();
-  const services = await buildServices(config, logs.logger, { authToken: AUTH_TOKEN, clock, waiting: options.waiting });
+  const services = await buildServices(config, logs.logger, { authToken: AUTH_TOKEN, clock, waiting: options.waiting, janitor: options.janitor });
   const app = createApp(services.deps);
   return {
     app,

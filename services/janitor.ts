@@ -1,0 +1,166 @@
+// The janitor (Boskos' janitor, the original's CLEAR_NAMESPACES done right): when a lease ends
+// its cluster is dirty; a replica claims it (dirty -> cleaning, with its name and a deadline,
+// through the write path, so one janitor per cluster at a time), revokes the lease's
+// credentials, deletes every namespace but the protected ones, waits until they are gone, and
+// only then frees the cluster. Failures go back to dirty with a backoff and show in /leases;
+// the release itself answered 200 long before. A claim whose deadline passed may be taken over.
+
+import { randomBytes } from 'node:crypto';
+import { hostname } from 'node:os';
+import type { Logger } from 'pino';
+import { ClusterAccess, ignoreMissing, statusOf } from './cluster-access.ts';
+import type { CredentialIssuer } from './credentials.ts';
+import { LEASES_NAMESPACE } from './credentials.ts';
+import { cleanupDue, failCleanup, finishCleanup, startCleanup } from './lease-table.ts';
+import type { Cluster } from './providers/types.ts';
+import type { WritePath } from './write-path.ts';
+
+/** Never deleted: the system's own namespaces, GKE's, and the claimer's credentials namespace. */
+export const BUILT_IN_PROTECTED = ['kube-system', 'kube-public', 'kube-node-lease', 'default', 'gke-*', 'gmp-*', LEASES_NAMESPACE];
+export const KEEP_LABEL = 'k8s-claimer.io/keep';
+
+export interface JanitorOptions {
+  cleanup: 'namespaces' | 'none';
+  protectedNamespaces: readonly string[];
+  /** How long a claim holds before another replica may take the cluster over. */
+  claimMs?: number;
+  /** How often to look for dirty clusters, besides whenever the table changes. */
+  pollMs?: number;
+  /** How often to check whether deleted namespaces are gone. */
+  namespacePollMs?: number;
+  /** Clusters cleaned at once by this replica. */
+  concurrency?: number;
+}
+
+export function isProtected(name: string, patterns: readonly string[]): boolean {
+  return patterns.some((pattern) => (pattern.endsWith('*') ? name.startsWith(pattern.slice(0, -1)) : name === pattern));
+}
+
+export interface CleanupReport {
+  cluster: string;
+  ok: boolean;
+  ms: number;
+}
+
+export class Janitor {
+  /** This replica's name in the claims it writes. */
+  readonly owner = `${hostname()}-${randomBytes(4).toString('hex')}`;
+  private readonly working = new Set<string>();
+  private timer?: ReturnType<typeof setInterval>;
+  private stopListening?: () => void;
+  private scheduled = false;
+  private readonly patterns: string[];
+  private readonly listeners = new Set<(report: CleanupReport) => void>();
+
+  constructor(
+    private readonly writePath: WritePath,
+    private readonly access: ClusterAccess,
+    private readonly issuer: CredentialIssuer,
+    private readonly options: JanitorOptions,
+    private readonly logger: Logger,
+  ) {
+    this.patterns = [...BUILT_IN_PROTECTED, ...options.protectedNamespaces];
+  }
+
+  start(): void {
+    this.timer = setInterval(() => this.schedule(), this.options.pollMs ?? 1_000);
+    this.timer.unref?.();
+    this.stopListening = this.writePath.onTable(() => this.schedule());
+    this.schedule();
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.stopListening?.();
+  }
+
+  /** Told of every cleanup's outcome (metrics). */
+  onCleanup(listener: (report: CleanupReport) => void): () => void {
+    this.listeners.add(listener);
+    return () => this.listeners.delete(listener);
+  }
+
+  private schedule(): void {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    queueMicrotask(() => {
+      this.scheduled = false;
+      void this.sweep();
+    });
+  }
+
+  private async sweep(): Promise<void> {
+    let due: Cluster[];
+    try {
+      const { snapshot, context } = await this.writePath.view();
+      due = cleanupDue(snapshot.table, context);
+    } catch (error) {
+      this.logger.warn({ err: error }, 'the janitor could not read the lease table');
+      return;
+    }
+    for (const cluster of due) {
+      if (this.working.has(cluster.id) || this.working.size >= (this.options.concurrency ?? 4)) continue;
+      this.working.add(cluster.id);
+      void this.clean(cluster).finally(() => this.working.delete(cluster.id));
+    }
+  }
+
+  private async clean(cluster: Cluster): Promise<void> {
+    const claimed = await this.writePath
+      .submit(startCleanup(cluster.id, this.owner, this.options.claimMs ?? 10 * 60_000))
+      .catch((error: unknown) => {
+        this.logger.warn({ err: error, cluster: cluster.id }, 'the janitor could not claim a dirty cluster');
+        return false;
+      });
+    if (!claimed) return;
+    const started = performance.now();
+    let step = 'revoking the lease credentials';
+    try {
+      const revoked = await this.issuer.revokeAll(cluster);
+      let deleted: string[] = [];
+      if (this.options.cleanup === 'namespaces') {
+        step = 'deleting namespaces';
+        deleted = await this.deleteNamespaces(cluster);
+      }
+      await this.writePath.submit(finishCleanup(cluster.id, this.owner));
+      const ms = Math.round(performance.now() - started);
+      this.logger.info({ event: 'cluster.cleaned', cluster: cluster.id, credentials_revoked: revoked, namespaces_deleted: deleted, ms }, 'cluster cleaned');
+      this.tell({ cluster: cluster.id, ok: true, ms });
+    } catch (error) {
+      const ms = Math.round(performance.now() - started);
+      // The table says what failed in general terms; the details stay in this replica's log.
+      const status = statusOf(error);
+      const reason = `${step} failed${status ? ` (the cluster's API server answered ${status})` : ''}`;
+      this.logger.warn({ err: error, cluster: cluster.id, step, ms }, 'cluster cleanup failed; it is retried');
+      this.tell({ cluster: cluster.id, ok: false, ms });
+      await this.writePath.submit(failCleanup(cluster.id, this.owner, reason)).catch((failError: unknown) => {
+        this.logger.warn({ err: failError, cluster: cluster.id }, 'could not record a failed cleanup; the claim lapses by itself');
+      });
+    }
+  }
+
+  private tell(report: CleanupReport): void {
+    for (const listener of this.listeners) listener(report);
+  }
+
+  /** Deletes every unprotected namespace and waits until all of them are gone. */
+  private async deleteNamespaces(cluster: Cluster): Promise<string[]> {
+    const { core } = await this.access.clientsFor(cluster);
+    const namespaces = await core.listNamespace();
+    const doomed = namespaces.items.filter((namespace) => {
+      const name = namespace.metadata?.name ?? '';
+      return name !== '' && !isProtected(name, this.patterns) && namespace.metadata?.labels?.[KEEP_LABEL] !== 'true';
+    });
+    const names = doomed.map((namespace) => namespace.metadata?.name as string);
+    for (const namespace of doomed) {
+      if (namespace.status?.phase !== 'Terminating') await ignoreMissing(core.deleteNamespace({ name: namespace.metadata?.name as string }));
+    }
+    const deadline = Date.now() + (this.options.claimMs ?? 10 * 60_000);
+    for (;;) {
+      const left = (await core.listNamespace()).items.filter((namespace) => names.includes(namespace.metadata?.name ?? ''));
+      if (left.length === 0) return names;
+      if (Date.now() >= deadline) throw new Error(`namespaces still terminating: ${left.length}`);
+      await new Promise((resolve) => setTimeout(resolve, this.options.namespacePollMs ?? 1_000));
+    }
+  }
+}

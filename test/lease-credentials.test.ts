@@ -1,0 +1,287 @@
+// Per-lease credentials, hand-off facts and cleanup, against a fake cluster over HTTPS (the fake
+// kube-apiserver with a test CA), reached through the kubeconfigs the claimer builds.
+
+import assert from 'node:assert/strict';
+import { rm } from 'node:fs/promises';
+import { after, afterEach, before, beforeEach, describe, test } from 'node:test';
+import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
+import { parse } from 'yaml';
+import { startFakeKubeApiserver, type FakeKubeApiserver } from './fakes/kube-apiserver.ts';
+import { TEST_TLS_CERT, TEST_TLS_KEY } from './fakes/tls-fixture.ts';
+import { poolOf, startTestApp, tempDir, type PoolCluster, type TestApp } from './support/harness.ts';
+import { seedLeaseService, startKube, writeKubeconfig } from './support/kube.ts';
+
+const POOL_TOKEN = 'pool-admin-token';
+const CA = Buffer.from(TEST_TLS_CERT).toString('base64');
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+let cluster: FakeKubeApiserver;
+let folder: string;
+const apps: TestApp[] = [];
+
+function seedCluster(fake: FakeKubeApiserver): void {
+  for (const name of ['kube-system', 'kube-public', 'kube-node-lease', 'default', 'gke-managed-system', 'ci-tools', 'team-cache']) {
+    fake.putObject('namespaces', { apiVersion: 'v1', kind: 'Namespace', metadata: { name, ...(name === 'team-cache' && { labels: { 'k8s-claimer.io/keep': 'true' } }) } });
+  }
+  fake.putObject('services', {
+    apiVersion: 'v1',
+    kind: 'Service',
+    metadata: { name: 'kube-dns', namespace: 'kube-system' },
+    spec: { clusterIP: '10.96.0.10', ports: [{ name: 'dns', port: 53, protocol: 'UDP' }, { name: 'dns-tcp', port: 53, protocol: 'TCP' }] },
+  });
+}
+
+const labCluster = (): PoolCluster => ({
+  name: 'lab-1',
+  server: cluster.url,
+  certificate_authority_data: CA,
+  token: POOL_TOKEN,
+  gpu: true,
+  cluster_tag: 'lab-7',
+  registry_location: 'registry.lab:5000',
+});
+
+async function claimer(env: Record<string, string> = {}, clusters: PoolCluster[] = [labCluster()]): Promise<TestApp> {
+  const app = await startTestApp({
+    clusters,
+    poolSettings: {},
+    env: { PROTECTED_NAMESPACES: 'ci-*', ...env },
+    janitor: { pollMs: 50, namespacePollMs: 20 },
+  });
+  apps.push(app);
+  return app;
+}
+
+async function call(app: TestApp, method: string, path: string, body?: unknown) {
+  const response = await app.request(method, path, { body });
+  return { status: response.status, body: await response.json() };
+}
+
+/** What the lessee does with the kubeconfig it got: talk to the cluster with the real client. */
+function lesseeApi(kubeconfigBase64: string): CoreV1Api {
+  const kubeConfig = new KubeConfig();
+  kubeConfig.loadFromString(Buffer.from(kubeconfigBase64, 'base64').toString('utf8'));
+  return kubeConfig.makeApiClient(CoreV1Api);
+}
+
+function tokenOf(kubeconfigBase64: string): string {
+  return parse(Buffer.from(kubeconfigBase64, 'base64').toString('utf8')).users[0].user.token;
+}
+
+async function until(condition: () => Promise<boolean> | boolean, what: string, ms = 5_000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!(await condition())) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await sleep(25);
+  }
+}
+
+const stateOf = async (app: TestApp) => (await call(app, 'GET', '/leases')).body.clusters[0];
+
+before(async () => {
+  folder = await tempDir();
+});
+after(async () => {
+  await rm(folder, { recursive: true, force: true });
+});
+beforeEach(async () => {
+  cluster = await startFakeKubeApiserver({
+    tls: { cert: TEST_TLS_CERT, key: TEST_TLS_KEY },
+    requireToken: (token, fake) => token === POOL_TOKEN || fake.isTokenValid(token),
+  });
+  seedCluster(cluster);
+});
+afterEach(async () => {
+  while (apps.length) await apps.pop()?.close();
+  await cluster.close();
+});
+
+describe('per-lease credentials', () => {
+  test('the kubeconfig carries a token minted for this lease, which works against the cluster over TLS', async () => {
+    const app = await claimer();
+    const lease = await call(app, 'POST', '/lease', { max_time: 900 });
+    assert.equal(lease.status, 200);
+    const token = tokenOf(lease.body.kubeconfig);
+    assert.notEqual(token, POOL_TOKEN);
+    const issued = cluster.tokens.find((candidate) => candidate.token === token);
+    assert.ok(issued, 'the token came from the TokenRequest API');
+    assert.equal(issued.namespace, 'k8s-claimer-leases');
+    // expirationSeconds = the lease's remaining time (900 s, above the API's 600 s minimum).
+    assert.equal(Math.round((issued.expirationTimestamp.getTime() - issued.issuedAt.getTime()) / 1000), 900);
+    const binding = cluster.listObjects('clusterrolebindings').find((object) => object.metadata?.labels?.['app.kubernetes.io/managed-by'] === 'k8s-claimer');
+    assert.deepEqual((binding as { roleRef?: unknown }).roleRef, { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'cluster-admin' });
+    const namespaces = await lesseeApi(lease.body.kubeconfig).listNamespace();
+    assert.ok(namespaces.items.some((namespace) => namespace.metadata?.name === 'kube-system'));
+    assert.deepEqual({ user: lease.body.credentials.user, group: lease.body.credentials.group }, { user: 'lessee', group: 'system:masters' });
+    // The API reports the expiry to the second.
+    assert.ok(Math.abs(Date.parse(lease.body.credentials.expires_at) - issued.expirationTimestamp.getTime()) < 1000);
+    assert.equal(app.logs.raw().includes(token), false, 'the minted token reached the log');
+  });
+
+  test('a short lease still gets the API minimum of 600 s; the token dies when the lease ends anyway', async () => {
+    const app = await claimer();
+    const lease = await call(app, 'POST', '/lease', { max_time: 60 });
+    const issued = cluster.tokens.find((candidate) => candidate.token === tokenOf(lease.body.kubeconfig));
+    assert.equal(Math.round(((issued?.expirationTimestamp.getTime() ?? 0) - (issued?.issuedAt.getTime() ?? 0)) / 1000), 600);
+  });
+
+  test("auth {user, group}: the group's ClusterRole is bound; an unmapped group is 400 and nothing is created", async () => {
+    const app = await claimer({ LEASE_GROUP_ROLES: 'system:masters=cluster-admin,developers=edit' });
+    const refused = await call(app, 'POST', '/lease', { max_time: 900, auth: { user: 'ci-bot', group: 'auditors' } });
+    assert.equal(refused.status, 400);
+    assert.deepEqual(refused.body.fields, ['auth.group']);
+    assert.equal(cluster.listObjects('serviceaccounts', 'k8s-claimer-leases').length, 0);
+    const lease = await call(app, 'POST', '/lease', { max_time: 900, auth: { user: 'ci-bot', group: 'developers' } });
+    assert.equal(lease.status, 200);
+    assert.deepEqual({ user: lease.body.credentials.user, group: lease.body.credentials.group }, { user: 'ci-bot', group: 'developers' });
+    const binding = cluster.listObjects('clusterrolebindings')[0] as { roleRef?: { name?: string } };
+    assert.equal(binding.roleRef?.name, 'edit');
+  });
+
+  test('release: the ServiceAccount and its binding are deleted, so the token stops working; the release itself is 200 at once', async () => {
+    const app = await claimer();
+    const lease = await call(app, 'POST', '/lease', { max_time: 900 });
+    const token = tokenOf(lease.body.kubeconfig);
+    assert.equal((await call(app, 'DELETE', `/lease/${lease.body.token}`)).status, 200);
+    await until(async () => (await stateOf(app)).state === 'free', 'the cluster to be cleaned');
+    assert.equal(cluster.listObjects('serviceaccounts', 'k8s-claimer-leases').length, 0);
+    assert.equal(cluster.listObjects('clusterrolebindings').length, 0);
+    assert.equal(cluster.isTokenValid(token), false);
+    await assert.rejects(lesseeApi(lease.body.kubeconfig).listNamespace(), (error: { code?: number }) => error.code === 401);
+  });
+
+  test('expiry found by the reaper revokes the credentials too', async () => {
+    const app = await claimer({ REAP_INTERVAL_SECONDS: '1' });
+    const lease = await call(app, 'POST', '/lease', { max_time: 30 });
+    const token = tokenOf(lease.body.kubeconfig);
+    app.clock.advance(30);
+    await until(() => !cluster.isTokenValid(token), 'the token to be revoked');
+    await until(async () => (await stateOf(app)).state === 'free', 'the cluster to be cleaned');
+  });
+
+  test('a failed revocation is retried until it succeeds, and shows in /leases meanwhile', async () => {
+    const app = await claimer();
+    const lease = await call(app, 'POST', '/lease', { max_time: 900 });
+    const token = tokenOf(lease.body.kubeconfig);
+    cluster.failNext(1, 500, { match: (request) => request.method === 'DELETE' && request.resource === 'clusterrolebindings' });
+    assert.equal((await call(app, 'DELETE', `/lease/${lease.body.token}`)).status, 200);
+    await until(async () => (await stateOf(app)).cleanup?.attempts === 1, 'the failure to be recorded');
+    const failed = await stateOf(app);
+    assert.match(failed.cleanup.last_error, /revoking the lease credentials failed \(the cluster's API server answered 500\)/);
+    assert.ok(failed.state === 'dirty' || failed.state === 'cleaning');
+    assert.equal((await call(app, 'POST', '/lease', { max_time: 60 })).status, 409, 'never leased while dirty');
+    // The retry waits out its backoff on the claimer's clock.
+    app.clock.advance(2);
+    await until(async () => (await stateOf(app)).state === 'free', 'the retry to succeed');
+    assert.equal(cluster.isTokenValid(token), false);
+  });
+
+  test('PATCH past the token\'s life mints a fresh token and returns it; a shorter extension does not', async () => {
+    const app = await claimer();
+    const lease = await call(app, 'POST', '/lease', { max_time: 300 });
+    const first = tokenOf(lease.body.kubeconfig);
+    const within = await call(app, 'PATCH', `/lease/${lease.body.token}`, { max_time: 500 });
+    assert.equal(within.status, 200);
+    assert.equal(within.body.kubeconfig, undefined);
+    const beyond = await call(app, 'PATCH', `/lease/${lease.body.token}`, { max_time: 3000 });
+    assert.equal(beyond.status, 200);
+    const second = tokenOf(beyond.body.kubeconfig);
+    assert.notEqual(second, first);
+    const issued = cluster.tokens.find((candidate) => candidate.token === second);
+    assert.ok(Math.abs(Date.parse(beyond.body.credentials.expires_at) - (issued?.expirationTimestamp.getTime() ?? 0)) < 1000);
+    assert.equal((await lesseeApi(beyond.body.kubeconfig).listNamespace()).items.length > 0, true);
+  });
+
+  test('LEASE_CREDENTIALS=google-token (pool) hands out the pool\'s own credentials and creates nothing', async () => {
+    const app = await claimer({ LEASE_CREDENTIALS: 'google-token', CLEANUP: 'none' });
+    const lease = await call(app, 'POST', '/lease', { max_time: 60 });
+    assert.equal(tokenOf(lease.body.kubeconfig), POOL_TOKEN);
+    assert.equal(lease.body.credentials, null);
+    assert.equal(cluster.listObjects('serviceaccounts').length, 0);
+    assert.equal((await call(app, 'DELETE', `/lease/${lease.body.token}`)).status, 200);
+    assert.equal((await stateOf(app)).state, 'free');
+  });
+});
+
+describe('hand-off facts', () => {
+  test('dns from the cluster, cluster_tag, registry_location and gpu from the pool, in POST and GET', async () => {
+    const app = await claimer({ CLUSTER_DOMAIN: 'ci.internal' });
+    const lease = await call(app, 'POST', '/lease', { max_time: 900 });
+    const facts = { dns: { domain: 'ci.internal', service_ip: '10.96.0.10', port: 53 }, cluster_tag: 'lab-7', registry_location: 'registry.lab:5000', gpu: true };
+    assert.deepEqual({ dns: lease.body.dns, cluster_tag: lease.body.cluster_tag, registry_location: lease.body.registry_location, gpu: lease.body.gpu }, facts);
+    const shown = await call(app, 'GET', `/lease/${lease.body.token}`);
+    assert.deepEqual({ dns: shown.body.dns, cluster_tag: shown.body.cluster_tag, registry_location: shown.body.registry_location, gpu: shown.body.gpu }, facts);
+    assert.equal(shown.body.credentials.group, 'system:masters');
+  });
+
+  test('CoreDNS instead of kube-dns; no DNS Service at all gives dns: null, not a failure', async () => {
+    cluster.deleteObject('services', 'kube-system', 'kube-dns');
+    cluster.putObject('services', { apiVersion: 'v1', kind: 'Service', metadata: { name: 'coredns', namespace: 'kube-system' }, spec: { clusterIP: '10.0.0.10', ports: [{ port: 53 }] } });
+    const app = await claimer();
+    assert.deepEqual((await call(app, 'POST', '/lease', { max_time: 900 })).body.dns, { domain: 'cluster.local', service_ip: '10.0.0.10', port: 53 });
+    cluster.deleteObject('services', 'kube-system', 'coredns');
+    const bare = await claimer({ LEASE_CREDENTIALS: 'pool', CLEANUP: 'none' }, [{ ...labCluster(), name: 'lab-2' }]);
+    const lease = await call(bare, 'POST', '/lease', { max_time: 60 });
+    assert.equal(lease.status, 200);
+    assert.equal(lease.body.dns, null);
+  });
+
+  test('"gpu": true leases only clusters with GPUs', async () => {
+    const app = await startTestApp({ clusters: [...poolOf(2), { name: 'gpu-1', gpu: true }] });
+    apps.push(app);
+    const lease = await call(app, 'POST', '/lease', { max_time: 60, gpu: true });
+    assert.equal(lease.body.cluster_name, 'gpu-1');
+    assert.equal(lease.body.gpu, true);
+    const none = await call(app, 'POST', '/lease', { max_time: 60, gpu: true });
+    assert.equal(none.status, 409);
+    assert.equal(none.body.reason, 'AllLeased');
+    assert.equal((await call(app, 'POST', '/lease', { max_time: 60 })).body.gpu, false);
+  });
+});
+
+describe('cleanup before reuse', () => {
+  test('namespaces made during the lease are deleted, protected ones kept, and the cluster is leasable only after', async () => {
+    cluster.setNamespaceDeletionDelay(300);
+    const app = await claimer();
+    const lease = await call(app, 'POST', '/lease', { max_time: 900 });
+    const lessee = lesseeApi(lease.body.kubeconfig);
+    for (const name of ['e2e-run-1', 'e2e-run-2']) await lessee.createNamespace({ body: { metadata: { name } } });
+    assert.equal((await call(app, 'DELETE', `/lease/${lease.body.token}`)).status, 200);
+    await until(async () => (await stateOf(app)).state === 'cleaning', 'the janitor to claim the cluster');
+    assert.equal((await call(app, 'POST', '/lease', { max_time: 60 })).status, 409);
+    await until(async () => (await stateOf(app)).state === 'free', 'the namespaces to be gone');
+    const left = cluster.listObjects('namespaces').map((namespace) => namespace.metadata?.name).sort();
+    assert.deepEqual(left, ['ci-tools', 'default', 'gke-managed-system', 'k8s-claimer-leases', 'kube-node-lease', 'kube-public', 'kube-system', 'team-cache']);
+    assert.equal((await call(app, 'POST', '/lease', { max_time: 60 })).status, 200);
+    assert.ok(app.logs.lines.some((line) => line.event === 'cluster.cleaned' && (line.namespaces_deleted as string[]).length === 2));
+  });
+
+  test('CLEANUP=none with per-lease credentials: only the credentials are revoked', async () => {
+    const app = await claimer({ CLEANUP: 'none' });
+    const lease = await call(app, 'POST', '/lease', { max_time: 900 });
+    await lesseeApi(lease.body.kubeconfig).createNamespace({ body: { metadata: { name: 'stays' } } });
+    await call(app, 'DELETE', `/lease/${lease.body.token}`);
+    await until(async () => (await stateOf(app)).state === 'free', 'the credentials to be revoked');
+    assert.ok(cluster.getObject('namespaces', undefined, 'stays'));
+    assert.equal(cluster.listObjects('serviceaccounts', 'k8s-claimer-leases').length, 0);
+  });
+
+  test('two replicas: one janitor per cluster, the cleanup runs once', async () => {
+    // The replicas share their lease table through the Kubernetes store of the claimer's own cluster.
+    const home = await startKube();
+    const kubeconfig = await writeKubeconfig(folder, home.url, 'home-kubeconfig');
+    seedLeaseService(home);
+    after(() => home.close());
+    const env = { LEASE_STORE: 'kubernetes', KUBECONFIG: kubeconfig };
+    const first = await claimer(env);
+    const second = await claimer(env);
+    const lease = await call(first, 'POST', '/lease', { max_time: 900 });
+    await lesseeApi(lease.body.kubeconfig).createNamespace({ body: { metadata: { name: 'e2e-run' } } });
+    await call(second, 'DELETE', `/lease/${lease.body.token}`);
+    await until(async () => (await stateOf(first)).state === 'free', 'the cluster to be cleaned');
+    await sleep(200);
+    const cleaned = [...first.logs.lines, ...second.logs.lines].filter((line) => line.event === 'cluster.cleaned');
+    assert.equal(cleaned.length, 1);
+    assert.equal(cluster.countRequests({ method: 'DELETE', resource: 'namespaces' }), 1);
+  });
+});
