@@ -1,0 +1,536 @@
+// Checks k8s/: every manifest parses and fits the Kubernetes schemas, the kustomization builds,
+// the Role grants exactly what services/store/kubernetes.ts calls, and the Deployment,
+// Service and PodDisruptionBudget fit together and with the Dockerfile.
+
+import assert from 'node:assert/strict';
+import { Buffer } from 'node:buffer';
+import { readdir, readFile } from 'node:fs/promises';
+import { join, relative } from 'node:path';
+import { describe, test } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import * as clientNode from '@kubernetes/client-node';
+import { Deployment, type IDeployment } from 'kubernetes-models/apps/v1';
+import { PodDisruptionBudget, type IPodDisruptionBudget } from 'kubernetes-models/policy/v1';
+import { Role, RoleBinding, type IRole, type IRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1';
+import {
+  ConfigMap,
+  Namespace,
+  Secret,
+  Service,
+  ServiceAccount,
+  type IConfigMap,
+  type IContainer,
+  type IPodSpec,
+  type ISecret,
+  type IService,
+} from 'kubernetes-models/v1';
+import { parseAllDocuments } from 'yaml';
+import { loadConfig } from '../services/config.ts';
+
+const ROOT = fileURLToPath(new URL('..', import.meta.url));
+const K8S_DIR = join(ROOT, 'k8s');
+const KUSTOMIZATION = 'kustomization.yaml';
+const SECRET_EXAMPLE = 'secret.example.yaml';
+const STORE_SOURCE = join(ROOT, 'services', 'store', 'kubernetes.ts');
+const APP_LABEL = { 'app.kubernetes.io/name': 'k8s-claimer' };
+
+interface Manifest {
+  apiVersion: string;
+  kind: string;
+  metadata: { name: string; namespace?: string; labels?: Record<string, string>; annotations?: Record<string, string> };
+  [field: string]: unknown;
+}
+
+/** A manifest and where it came from, for messages that point at the file. */
+interface Loaded {
+  file: string;
+  object: Manifest;
+}
+
+interface KindInfo {
+  /** kubernetes-models' class: its validate() checks types, formats and required fields. */
+  model: new (data: never) => { validate(): void };
+  /** @kubernetes/client-node's model of the same kind: its attribute map names every field. */
+  clientType: string;
+  namespaced: boolean;
+}
+
+/** The kinds k8s/ may hold; anything else fails the test until it is added here. */
+const KINDS: Record<string, KindInfo> = {
+  'v1/Namespace': { model: Namespace, clientType: 'V1Namespace', namespaced: false },
+  'v1/ServiceAccount': { model: ServiceAccount, clientType: 'V1ServiceAccount', namespaced: true },
+  'v1/ConfigMap': { model: ConfigMap, clientType: 'V1ConfigMap', namespaced: true },
+  'v1/Secret': { model: Secret, clientType: 'V1Secret', namespaced: true },
+  'v1/Service': { model: Service, clientType: 'V1Service', namespaced: true },
+  'apps/v1/Deployment': { model: Deployment, clientType: 'V1Deployment', namespaced: true },
+  'policy/v1/PodDisruptionBudget': { model: PodDisruptionBudget, clientType: 'V1PodDisruptionBudget', namespaced: true },
+  'rbac.authorization.k8s.io/v1/Role': { model: Role, clientType: 'V1Role', namespaced: true },
+  'rbac.authorization.k8s.io/v1/RoleBinding': { model: RoleBinding, clientType: 'V1RoleBinding', namespaced: true },
+};
+
+function kindOf(object: Manifest): KindInfo {
+  const info = KINDS[`${object.apiVersion}/${object.kind}`];
+  assert.ok(info, `${object.apiVersion} ${object.kind} is not a kind this test knows; add it to KINDS`);
+  return info;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Loading and building
+
+async function yamlFilesUnder(dir: string): Promise<string[]> {
+  const entries = await readdir(dir, { recursive: true, withFileTypes: true });
+  return entries
+    .filter((entry) => entry.isFile() && /\.ya?ml$/.test(entry.name))
+    .map((entry) => relative(dir, join(entry.parentPath, entry.name)))
+    .sort();
+}
+
+/** Every document of a file; YAML 1.1 like kubectl's parser (so `yes` is a boolean there too). */
+async function loadFile(file: string): Promise<Manifest[]> {
+  const text = await readFile(join(K8S_DIR, file), 'utf8');
+  const objects: Manifest[] = [];
+  for (const document of parseAllDocuments(text, { version: '1.1' })) {
+    assert.deepEqual(document.errors.map(String), [], `${file} does not parse`);
+    assert.deepEqual(document.warnings.map(String), [], `${file} parses with warnings`);
+    const value: unknown = document.toJS();
+    if (value === null || value === undefined) continue;
+    assert.ok(typeof value === 'object' && !Array.isArray(value), `${file}: a document is not a mapping`);
+    const object = value as Manifest;
+    assert.equal(typeof object.apiVersion, 'string', `${file}: apiVersion missing`);
+    assert.equal(typeof object.kind, 'string', `${file}: kind missing`);
+    assert.equal(typeof object.metadata?.name, 'string', `${file}: metadata.name missing`);
+    objects.push(object);
+  }
+  return objects;
+}
+
+/** The kustomize fields the builder below implements; any other field fails the build. */
+const IMPLEMENTED_KUSTOMIZE_FIELDS = new Set(['apiVersion', 'kind', 'namespace', 'resources']);
+
+interface Kustomization {
+  namespace: string;
+  resources: string[];
+}
+
+async function readKustomization(): Promise<Kustomization> {
+  const text = await readFile(join(K8S_DIR, KUSTOMIZATION), 'utf8');
+  const document = parseAllDocuments(text, { version: '1.1' });
+  assert.ok(Array.isArray(document) && document.length === 1, `${KUSTOMIZATION} must be one YAML document`);
+  const [only] = document;
+  assert.deepEqual(only.errors.map(String), [], `${KUSTOMIZATION} does not parse`);
+  const value = only.toJS() as Record<string, unknown>;
+  const unimplemented = Object.keys(value).filter((field) => !IMPLEMENTED_KUSTOMIZE_FIELDS.has(field));
+  assert.deepEqual(unimplemented, [], `${KUSTOMIZATION} uses fields this test's builder does not implement: implement them here`);
+  assert.equal(value.apiVersion, 'kustomize.config.k8s.io/v1beta1');
+  assert.equal(value.kind, 'Kustomization');
+  assert.equal(typeof value.namespace, 'string', 'the kustomization sets the namespace');
+  assert.ok(Array.isArray(value.resources) && value.resources.every((entry) => typeof entry === 'string'));
+  return { namespace: value.namespace as string, resources: value.resources as string[] };
+}
+
+/** What `kubectl apply -k k8s/` sends, for the features kustomization.yaml uses. */
+async function build(kustomization: Kustomization): Promise<Loaded[]> {
+  const built: Loaded[] = [];
+  for (const file of kustomization.resources) {
+    // Directories, remote bases and globs are kustomize features this builder lacks.
+    assert.match(file, /^[\w.-]+\.ya?ml$/, `resource ${file}: only plain files in k8s/ are implemented`);
+    for (const object of await loadFile(file)) {
+      const copy = structuredClone(object);
+      // The namespace transform: namespaced objects move; cluster-scoped ones stay as they are.
+      if (kindOf(copy).namespaced) copy.metadata.namespace = kustomization.namespace;
+      built.push({ file, object: copy });
+    }
+  }
+  return built;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Schema checks
+
+interface Attribute {
+  baseName: string;
+  type: string;
+}
+
+const clientModels = clientNode as unknown as Record<string, { getAttributeTypeMap?: () => Attribute[] } | undefined>;
+
+/**
+ * Fields the Kubernetes API does not know, as `kubectl apply` (strict field validation by
+ * default) would refuse them. kubernetes-models' schemas allow unknown fields, so a typo such
+ * as `replica:` would pass validate(); client-node's models list every field of every type.
+ */
+function unknownFields(value: unknown, type: string, path: string): string[] {
+  if (value === null || value === undefined) return [];
+  const array = /^Array<(.+)>$/.exec(type);
+  if (array) {
+    if (!Array.isArray(value)) return [];
+    return value.flatMap((item, index) => unknownFields(item, array[1], `${path}[${index}]`));
+  }
+  const map = /^\{ \[key: string\]: (.+); \}$/.exec(type);
+  if (map) {
+    if (typeof value !== 'object') return [];
+    return Object.entries(value).flatMap(([key, item]) => unknownFields(item, map[1], `${path}.${key}`));
+  }
+  const attributes = clientModels[type]?.getAttributeTypeMap?.();
+  // Scalars, IntOrString, `any`: nothing below them to check.
+  if (!attributes || typeof value !== 'object' || Array.isArray(value)) return [];
+  const problems: string[] = [];
+  for (const [key, item] of Object.entries(value)) {
+    const attribute = attributes.find((candidate) => candidate.baseName === key);
+    if (!attribute) problems.push(`${path}.${key}`);
+    else problems.push(...unknownFields(item, attribute.type, `${path}.${key}`));
+  }
+  return problems;
+}
+
+function validateAgainstSchemas(file: string, object: Manifest): void {
+  const info = kindOf(object);
+  assert.doesNotThrow(() => new info.model(structuredClone(object) as never).validate(), `${file}: ${object.kind} does not fit the schema`);
+  assert.ok(clientModels[info.clientType]?.getAttributeTypeMap, `client-node has no model ${info.clientType}`);
+  assert.deepEqual(unknownFields(object, info.clientType, object.kind), [], `${file}: fields Kubernetes does not know`);
+}
+
+// ---------------------------------------------------------------------------------------------
+// What the code calls
+
+const VERB_OF_METHOD: Record<string, string> = {
+  read: 'get',
+  patch: 'patch',
+  replace: 'update',
+  create: 'create',
+  delete: 'delete',
+  deleteCollection: 'deletecollection',
+  list: 'list',
+};
+
+/** `Service` → `services`, `ServiceStatus` → `services/status`. */
+function resourceOf(kind: string): string {
+  const status = /^(.+)Status$/.exec(kind);
+  const plural = (name: string) => (name.endsWith('s') ? name.toLowerCase() : `${name.toLowerCase()}s`);
+  return status ? `${plural(status[1])}/status` : plural(kind);
+}
+
+/** `resource verb` pairs the store's source calls in its own cluster, found by reading it. */
+function permissionsUsedBy(source: string): { permissions: Set<string>; problems: string[] } {
+  const permissions = new Set<string>();
+  const problems: string[] = [];
+  for (const [, apiClass] of source.matchAll(/makeApiClient\(\s*(\w+)\s*\)/g)) {
+    // Every client-node call is mapped to a resource of the core ("") group below.
+    if (apiClass !== 'CoreV1Api') problems.push(`makeApiClient(${apiClass}): map its calls to their API group in this test`);
+  }
+  for (const [, method, kind] of source.matchAll(/\.(read|patch|replace|create|deleteCollection|delete|list)Namespaced([A-Z]\w*)\s*\(/g)) {
+    permissions.add(`${resourceOf(kind)} ${VERB_OF_METHOD[method]}`);
+  }
+  const watches = [...source.matchAll(/\.watch\(\s*`\/api\/v1\/namespaces\/\$\{[^}]+\}\/([a-z]+)`\s*,\s*\{([^}]*)\}/g)];
+  for (const [, resource, query] of watches) {
+    permissions.add(`${resource} watch`);
+    // resourceNames only authorizes a watch that names its object with this field selector.
+    if (!/fieldSelector:\s*`metadata\.name=\$\{/.test(query)) problems.push(`the watch on ${resource} has no metadata.name field selector`);
+  }
+  const watchCalls = source.match(/\.watch\(\s*`/g)?.length ?? 0;
+  if (source.includes('new Watch(') && watchCalls !== watches.length) problems.push('a Watch whose resource this test cannot read');
+  return { permissions, problems };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers
+
+function only<T extends Manifest>(built: Loaded[], kind: string): T {
+  const matches = built.filter((loaded) => loaded.object.kind === kind);
+  assert.equal(matches.length, 1, `exactly one ${kind} in the build`);
+  return matches[0].object as T;
+}
+
+function selects(selector: Record<string, string> | undefined, labels: Record<string, string> | undefined): boolean {
+  if (!selector || Object.keys(selector).length === 0) return false;
+  return Object.entries(selector).every(([key, value]) => labels?.[key] === value);
+}
+
+const QUANTITY_UNITS: Record<string, number> = { '': 1, m: 1e-3, k: 1e3, M: 1e6, G: 1e9, Ki: 2 ** 10, Mi: 2 ** 20, Gi: 2 ** 30 };
+
+function quantity(value: string | number | undefined): number {
+  assert.ok(value !== undefined, 'a quantity is missing');
+  const match = /^(\d+(?:\.\d+)?)(m|k|M|G|Ki|Mi|Gi)?$/.exec(String(value));
+  assert.ok(match, `quantity ${value}: a form this test does not parse`);
+  return Number(match[1]) * QUANTITY_UNITS[match[2] ?? ''];
+}
+
+function containerPortNumber(container: IContainer, port: string | number | undefined): number | undefined {
+  if (typeof port === 'number') return port;
+  return container.ports?.find((candidate) => candidate.name === port)?.containerPort;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+interface Fixture {
+  files: string[];
+  kustomization: Kustomization;
+  built: Loaded[];
+  deployment: IDeployment;
+  pod: IPodSpec;
+  container: IContainer;
+  service: IService;
+  configMap: IConfigMap;
+  dockerfile: string;
+}
+
+let loading: Promise<Fixture> | undefined;
+
+/** Loaded once, on first use: a broken kustomization fails each test with its own message. */
+function fixture(): Promise<Fixture> {
+  loading ??= (async () => {
+    const files = await yamlFilesUnder(K8S_DIR);
+    const kustomization = await readKustomization();
+    const built = await build(kustomization);
+    const deployment = only<IDeployment & Manifest>(built, 'Deployment');
+    const pod = deployment.spec?.template.spec;
+    assert.ok(pod, 'the Deployment has a pod template');
+    assert.equal(pod.containers.length, 1, 'one container');
+    return {
+      files,
+      kustomization,
+      built,
+      deployment,
+      pod,
+      container: pod.containers[0],
+      service: only<IService & Manifest>(built, 'Service'),
+      configMap: only<IConfigMap & Manifest>(built, 'ConfigMap'),
+      dockerfile: await readFile(join(ROOT, 'Dockerfile'), 'utf8'),
+    };
+  })();
+  return loading;
+}
+
+describe('k8s/ manifests', () => {
+  test('every YAML file under k8s/ parses and fits the Kubernetes schemas, with no unknown fields', async () => {
+    const files = await yamlFilesUnder(K8S_DIR);
+    assert.ok(files.includes(KUSTOMIZATION) && files.includes(SECRET_EXAMPLE));
+    for (const file of files) {
+      if (file === KUSTOMIZATION) continue;
+      const objects = await loadFile(file);
+      assert.ok(objects.length > 0, `${file} holds no object`);
+      for (const object of objects) validateAgainstSchemas(file, object);
+    }
+  });
+
+  test('the schema check itself catches a misspelt field and a wrong type', () => {
+    const sample = (spec: Record<string, unknown>, container: Record<string, unknown>) => ({
+      apiVersion: 'apps/v1',
+      kind: 'Deployment',
+      metadata: { name: 'sample' },
+      spec: { selector: { matchLabels: APP_LABEL }, template: { spec: { containers: [{ name: 'c', image: 'i', ...container }] } }, ...spec },
+    });
+    assert.deepEqual(unknownFields(sample({ replica: 2 }, {}), 'V1Deployment', 'Deployment'), ['Deployment.spec.replica']);
+    assert.deepEqual(unknownFields(sample({}, { securityContext: { readOnlyRootFS: true } }), 'V1Deployment', 'Deployment'), [
+      'Deployment.spec.template.spec.containers[0].securityContext.readOnlyRootFS',
+    ]);
+    assert.doesNotThrow(() => new Deployment(sample({ replicas: 2 }, {}) as never).validate());
+    assert.throws(() => new Deployment(sample({}, { securityContext: { runAsUser: 'node' } }) as never).validate());
+  });
+
+  test('the kustomization lists every manifest but the Secret example, and builds into one namespace', async () => {
+    const { files, kustomization, built } = await fixture();
+    const expected = files.filter((file) => file !== KUSTOMIZATION && file !== SECRET_EXAMPLE);
+    assert.deepEqual([...kustomization.resources].sort(), expected, 'every manifest is applied, and only the example Secret is left out');
+    assert.ok(!kustomization.resources.includes(SECRET_EXAMPLE), 'the Secret example must never be applied');
+    assert.ok(!built.some((loaded) => loaded.object.kind === 'Secret'), 'no Secret in the build: the real one is created by hand');
+
+    const namespace = only(built, 'Namespace');
+    // The Namespace object is the namespace everything moves to (so kustomize need not rename it).
+    assert.equal(namespace.metadata.name, kustomization.namespace);
+    for (const { file, object } of built) {
+      if (kindOf(object).namespaced) assert.equal(object.metadata.namespace, kustomization.namespace, file);
+      for (const [key, value] of Object.entries(APP_LABEL)) assert.equal(object.metadata.labels?.[key], value, `${file}: ${object.kind} carries ${key}`);
+    }
+    const names = built.map(({ object }) => `${object.kind}/${object.metadata.name}`);
+    assert.equal(new Set(names).size, names.length, 'no two objects with the same kind and name');
+  });
+
+  test('the ConfigMap is a configuration main.ts accepts, pointing at the lease Service', async () => {
+    const { kustomization, service, configMap } = await fixture();
+    const data = configMap.data ?? {};
+    assert.equal(data.NAMESPACE, kustomization.namespace);
+    assert.equal(data.SERVICE_NAME, service.metadata?.name);
+    assert.ok(data.GOOGLE_CLOUD_PROJECT_ID, 'GOOGLE_CLOUD_PROJECT_ID (a placeholder to replace)');
+    assert.equal(data.GOOGLE_CLOUD_ZONE, '-');
+    assert.ok(data.LOG_LEVEL);
+    // A misspelt key would be ignored silently by the server: each must be a variable it reads.
+    const configSource = await readFile(join(ROOT, 'services', 'config.ts'), 'utf8');
+    for (const key of Object.keys(data)) assert.match(configSource, new RegExp(`\\b${key}:`), `${key} is not a variable services/config.ts reads`);
+
+    const accountKey = Buffer.from(JSON.stringify({ client_email: 'claimer@example.iam.gserviceaccount.com', private_key: 'test' })).toString('base64');
+    const config = loadConfig(
+      { ...data, AUTH_TOKEN: 'token', GOOGLE_CLOUD_ACCOUNT_FILE_BASE64: accountKey },
+      { staticPoolFile: 'pool/example.yaml' },
+    );
+    assert.equal(config.mode, 'gke');
+    assert.equal(config.leaseStore, 'kubernetes', 'replicas share the lease table on the Service');
+    assert.equal(config.namespace, service.metadata?.namespace);
+    assert.equal(config.serviceName, service.metadata?.name);
+  });
+
+  test('the Role grants exactly what services/store/kubernetes.ts calls, on the lease Service only', async () => {
+    const { built, configMap } = await fixture();
+    const role = only<IRole & Manifest>(built, 'Role');
+    const serviceName = configMap.data?.SERVICE_NAME;
+    assert.equal(role.rules?.length, 1, 'one rule');
+    const [rule] = role.rules ?? [];
+    assert.deepEqual(rule.apiGroups, ['']);
+    assert.deepEqual(rule.resources, ['services']);
+    assert.deepEqual(rule.resourceNames, [serviceName]);
+    assert.deepEqual([...rule.verbs].sort(), ['get', 'patch', 'watch']);
+    assert.equal(rule.nonResourceURLs, undefined);
+
+    const { permissions, problems } = permissionsUsedBy(await readFile(STORE_SOURCE, 'utf8'));
+    assert.deepEqual(problems, []);
+    const granted = new Set(rule.verbs.map((verb) => `services ${verb}`));
+    const missing = [...permissions].filter((permission) => !granted.has(permission));
+    const unused = [...granted].filter((permission) => !permissions.has(permission));
+    assert.deepEqual(missing, [], 'the code makes calls the Role does not allow: grant them in k8s/role.yaml');
+    assert.deepEqual(unused, [], 'the Role allows more than the code uses: remove it from k8s/role.yaml');
+  });
+
+  test('the code scan maps client-node calls to RBAC verbs', () => {
+    const sample = [
+      'api.readNamespacedService({}); api.replaceNamespacedService({}); api.listNamespacedService({});',
+      'api.createNamespacedService({}); api.deleteNamespacedService({}); api.patchNamespacedServiceStatus({});',
+      'api.readNamespacedServiceAccount({}); new Watch(kc); w.watch(`/api/v1/namespaces/${ns}/services`, { labelSelector: "a=b" }, f, g);',
+    ].join('\n');
+    const { permissions, problems } = permissionsUsedBy(sample);
+    assert.deepEqual(
+      [...permissions].sort(),
+      ['serviceaccounts get', 'services create', 'services delete', 'services get', 'services list', 'services update', 'services watch', 'services/status patch'],
+    );
+    assert.deepEqual(problems, ['the watch on services has no metadata.name field selector']);
+  });
+
+  test('the RoleBinding gives the Role to the ServiceAccount the pods run as', async () => {
+    const { kustomization, built, pod } = await fixture();
+    const binding = only<IRoleBinding & Manifest>(built, 'RoleBinding');
+    const role = only(built, 'Role');
+    const account = only(built, 'ServiceAccount');
+    assert.deepEqual(binding.roleRef, { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: role.metadata.name });
+    assert.deepEqual(binding.subjects, [{ kind: 'ServiceAccount', name: account.metadata.name, namespace: kustomization.namespace }]);
+    assert.equal(pod.serviceAccountName, account.metadata.name);
+    assert.notEqual(pod.automountServiceAccountToken, false, 'the in-cluster client needs the token');
+  });
+
+  test('the Deployment runs two locked-down replicas', async () => {
+    const { deployment, pod, container, dockerfile } = await fixture();
+    assert.equal(deployment.spec?.replicas, 2);
+    assert.ok(selects(deployment.spec?.selector.matchLabels, deployment.spec?.template.metadata?.labels), 'the selector matches the pod template');
+    assert.equal(deployment.spec?.selector.matchExpressions, undefined, 'matchLabels only (what this test checks)');
+
+    const podSecurity = pod.securityContext ?? {};
+    const containerSecurity = container.securityContext ?? {};
+    assert.equal(podSecurity.runAsNonRoot, true);
+    assert.equal(containerSecurity.runAsNonRoot ?? podSecurity.runAsNonRoot, true);
+    const uid = containerSecurity.runAsUser ?? podSecurity.runAsUser;
+    assert.ok(uid !== undefined && uid > 0, 'runs as a non-zero uid');
+    assert.equal(containerSecurity.readOnlyRootFilesystem, true);
+    assert.equal(containerSecurity.allowPrivilegeEscalation, false);
+    assert.deepEqual(containerSecurity.capabilities?.drop, ['ALL']);
+    assert.equal(containerSecurity.capabilities?.add, undefined);
+    assert.equal(containerSecurity.privileged ?? false, false);
+    assert.equal((containerSecurity.seccompProfile ?? podSecurity.seccompProfile)?.type, 'RuntimeDefault');
+    assert.equal(pod.hostNetwork ?? false, false);
+
+    // The image's user: the same uid, so that files and runAsNonRoot agree with the image.
+    const user = /^USER\s+(\d+)/m.exec(dockerfile);
+    assert.ok(user, 'the Dockerfile sets a numeric USER');
+    assert.equal(Number(user[1]), uid);
+  });
+
+  test('the container has requests and limits, and a writable /tmp only', async () => {
+    const { pod, container } = await fixture();
+    const { requests, limits } = container.resources ?? {};
+    for (const resource of ['cpu', 'memory']) {
+      const request = quantity(requests?.[resource]);
+      const limit = quantity(limits?.[resource]);
+      assert.ok(request > 0 && request <= limit, `${resource}: request ${requests?.[resource]} within limit ${limits?.[resource]}`);
+    }
+    // GKE mode idles around 260 MB: a smaller request would let the node overcommit it.
+    assert.ok(quantity(requests?.memory) >= 260 * 2 ** 20, 'memory request covers the idle GKE-mode footprint');
+
+    assert.deepEqual(container.volumeMounts?.map((mount) => mount.mountPath), ['/tmp']);
+    const volumeName = container.volumeMounts?.[0].name;
+    const volume = pod.volumes?.find((candidate) => candidate.name === volumeName);
+    assert.ok(volume?.emptyDir, '/tmp is an emptyDir');
+  });
+
+  test('the probes ask /healthz and /readyz on the port the server binds', async () => {
+    const { container, dockerfile } = await fixture();
+    const bindPort = Number(/^ENV\s.*\bBIND_PORT=(\d+)/m.exec(dockerfile)?.[1]);
+    assert.equal(bindPort, 8080, 'the Dockerfile sets BIND_PORT');
+    assert.match(dockerfile, new RegExp(`^EXPOSE\\s+${bindPort}\\b`, 'm'));
+    assert.equal(container.ports?.length, 1);
+    assert.equal(container.ports?.[0].containerPort, bindPort);
+
+    assert.equal(container.livenessProbe?.httpGet?.path, '/healthz');
+    assert.equal(containerPortNumber(container, container.livenessProbe?.httpGet?.port), bindPort);
+    assert.equal(container.readinessProbe?.httpGet?.path, '/readyz');
+    assert.equal(containerPortNumber(container, container.readinessProbe?.httpGet?.port), bindPort);
+    if (container.startupProbe) assert.equal(container.startupProbe.httpGet?.path, '/healthz', 'startup waits for the socket, not for GKE');
+  });
+
+  test('the environment comes from the ConfigMap and the Secret', async () => {
+    const { container, configMap } = await fixture();
+    assert.deepEqual(container.envFrom, [{ configMapRef: { name: configMap.metadata?.name } }]);
+    const fromSecret = Object.fromEntries((container.env ?? []).map((variable) => [variable.name, variable.valueFrom?.secretKeyRef]));
+    assert.deepEqual(Object.keys(fromSecret).sort(), ['AUTH_TOKEN', 'GOOGLE_CLOUD_ACCOUNT_FILE_BASE64']);
+    for (const [name, reference] of Object.entries(fromSecret)) {
+      assert.deepEqual(reference, { name: 'k8s-claimer', key: name }, `${name} comes from the Secret k8s-claimer`);
+    }
+    for (const variable of container.env ?? []) assert.equal(variable.value, undefined, `${variable.name} holds no literal value`);
+  });
+
+  test('the Secret example has what the Deployment reads, under the same name', async () => {
+    const { kustomization, container } = await fixture();
+    const [secret, ...rest] = await loadFile(SECRET_EXAMPLE);
+    assert.equal(rest.length, 0);
+    const example = secret as ISecret & Manifest;
+    assert.equal(example.kind, 'Secret');
+    assert.equal(example.metadata.namespace, kustomization.namespace);
+    const keys = Object.keys({ ...example.data, ...example.stringData }).sort();
+    const referenced = (container.env ?? []).flatMap((variable) => {
+      const reference = variable.valueFrom?.secretKeyRef;
+      return reference && reference.name === example.metadata.name ? [reference.key] : [];
+    });
+    assert.deepEqual(keys, referenced.sort());
+    const text = await readFile(join(K8S_DIR, SECRET_EXAMPLE), 'utf8');
+    assert.match(text, /kubectl -n k8s-claimer create secret generic k8s-claimer/, 'the example says how to create the real Secret');
+  });
+
+  test('shutdown, spreading and disruption: grace period, anti-affinity, PodDisruptionBudget', async () => {
+    const { built, deployment, pod } = await fixture();
+    assert.ok((pod.terminationGracePeriodSeconds ?? 30) >= 60, 'time for requests in flight, including waiters');
+    const preferred = pod.affinity?.podAntiAffinity?.preferredDuringSchedulingIgnoredDuringExecution ?? [];
+    assert.ok(
+      preferred.some(
+        (term) =>
+          term.podAffinityTerm.topologyKey === 'kubernetes.io/hostname' &&
+          selects(term.podAffinityTerm.labelSelector?.matchLabels, deployment.spec?.template.metadata?.labels),
+      ),
+      'the replicas prefer different nodes',
+    );
+
+    const budget = only<IPodDisruptionBudget & Manifest>(built, 'PodDisruptionBudget');
+    assert.equal(budget.spec?.minAvailable, 1);
+    assert.ok(selects(budget.spec?.selector?.matchLabels, deployment.spec?.template.metadata?.labels), 'the budget covers the pods');
+    assert.ok((deployment.spec?.replicas ?? 1) > 1, 'a budget of 1 leaves room to evict one replica');
+  });
+
+  test('the Service exposes the pods on port 80 and holds no lease annotations of its own', async () => {
+    const { deployment, container, service } = await fixture();
+    assert.equal(service.metadata?.name, 'k8s-claimer');
+    assert.equal(service.spec?.type, 'ClusterIP');
+    assert.ok(selects(service.spec?.selector, deployment.spec?.template.metadata?.labels), 'the Service selects the pods');
+    assert.equal(service.spec?.ports?.length, 1);
+    const [port] = service.spec?.ports ?? [];
+    assert.equal(port.port, 80);
+    assert.equal(containerPortNumber(container, port.targetPort), 8080);
+    // kubectl apply would remove such annotations again on the next apply, wiping lease records.
+    const annotations = Object.keys(service.metadata?.annotations ?? {});
+    assert.deepEqual(annotations.filter((key) => key.startsWith('lease.k8s-claimer.io/')), []);
+  });
+});
