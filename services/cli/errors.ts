@@ -1,0 +1,35 @@
+// The CLI's errors and exit codes: each failure class carries the code the process exits with.
+
+export const EXIT_OK = 0;
+export const EXIT_ERROR = 1;
+export const EXIT_USAGE = 2;
+export const EXIT_NO_CLUSTER = 3;
+
+/** Bad flags, a missing server or token: exit 2, with the command's usage on stderr. */
+export class UsageError extends Error {
+  constructor(
+    message: string,
+    /** The usage text of the command that was being parsed. */
+    readonly usage: string,
+  ) {
+    super(message);
+    this.name = 'UsageError';
+  }
+}
+
+/** A failure with a message ready for the one stderr line, and the exit code it means. */
+export class CliError extends Error {
+  constructor(
+    message: string,
+    readonly exitCode: number = EXIT_ERROR,
+  ) {
+    super(message);
+    this.name = 'CliError';
+  }
+}
+
+/** Text from a server or the system, squeezed onto one short line (no newlines, no escapes). */
+export function oneLine(text: string, maxLength = 300): string {
+  const flat = text.replace(/[\u0000-\u001f\u007f]+/g, ' ').trim();
+  return flat.length > maxLength ? `${flat.slice(0, maxLength - 3)}...` : flat;
+}

@@ -1,0 +1,454 @@
+// The k8s-claimer CLI end to end: the real server as a child process, the CLI as a real command
+// (the bin/k8s-claimer.js launcher, started by absolute path from another folder).
+
+import assert from 'node:assert/strict';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { EventEmitter } from 'node:events';
+import { access, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { after, before, describe, test } from 'node:test';
+import { parse as parseYaml } from 'yaml';
+import { formatDuration, formatExpiry, parseDuration } from '../services/cli/durations.ts';
+import { main } from '../services/cli/main.ts';
+import { shellQuote } from '../services/cli/output.ts';
+import { poolOf, tempDir, writePool } from './support/harness.ts';
+import { startServerProcess, type ServerProcess } from './support/server-process.ts';
+
+const CLI = fileURLToPath(new URL('../bin/k8s-claimer.js', import.meta.url));
+const SHARED_TOKEN = 'cli-e2e-shared-token-4242';
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+const POOL_SIZE = 2;
+
+interface CliResult {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+}
+
+interface PoolCluster {
+  name: string;
+  state: string;
+  started_at?: string;
+  expires_at?: string;
+  note?: string | null;
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+describe('k8s-claimer CLI against the real server', () => {
+  let folder: string;
+  let server: ServerProcess;
+  /** Every CLI process still running: killed (with its whole process group) after the tests. */
+  const running = new Set<ChildProcess>();
+
+  before(async () => {
+    folder = await tempDir();
+    server = await startServerProcess(process.execPath, ['--import', 'tsx', 'main.ts'], {
+      AUTH_TOKEN: SHARED_TOKEN,
+      STATIC_POOL_FILE: await writePool(folder, poolOf(POOL_SIZE)),
+      LEASE_STORE_FILE: join(folder, 'leases.json'),
+    });
+  });
+
+  after(async () => {
+    for (const child of running) killGroup(child);
+    await server?.stop();
+    await rm(folder, { recursive: true, force: true });
+  });
+
+  function killGroup(child: ChildProcess): void {
+    try {
+      // Detached: the CLI leads its own process group, so this also takes the command it runs.
+      if (child.pid !== undefined) process.kill(-child.pid, 'SIGKILL');
+    } catch {
+      // Already gone.
+    }
+  }
+
+  function cliEnv(overrides: Record<string, string | undefined> = {}): Record<string, string> {
+    const env: Record<string, string | undefined> = {
+      PATH: process.env.PATH,
+      HOME: process.env.HOME,
+      K8S_CLAIMER_URL: server.url,
+      AUTH_TOKEN: SHARED_TOKEN,
+      ...overrides,
+    };
+    return Object.fromEntries(Object.entries(env).filter((entry): entry is [string, string] => entry[1] !== undefined));
+  }
+
+  /**
+   * Starts the CLI from a folder that is not the project's: `node launcher` by default, or the
+   * launcher itself through its shebang. `result` settles when it exits (killed after 15 s).
+   */
+  function startCli(args: string[], env = cliEnv(), how: 'node' | 'shebang' = 'node') {
+    const [command, commandArgs] = how === 'node' ? [process.execPath, [CLI, ...args]] : [CLI, args];
+    const child = spawn(command, commandArgs, { cwd: folder, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+    running.add(child);
+    let stdout = '';
+    let stderr = '';
+    child.stdout?.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr?.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    const result = new Promise<CliResult>((resolve) => {
+      const timer = setTimeout(() => killGroup(child), 15_000);
+      child.once('close', (code, signal) => {
+        clearTimeout(timer);
+        running.delete(child);
+        resolve({ code, signal, stdout, stderr });
+      });
+    }).then((finished) => {
+      assert.equal(finished.stderr.includes(SHARED_TOKEN), false, 'the shared token reached stderr');
+      assert.equal(/apiVersion|certificate-authority|kind: Config/.test(finished.stderr), false, 'a kubeconfig reached stderr');
+      return finished;
+    });
+    return { child, result };
+  }
+
+  const cli = (args: string[], env?: Record<string, string>) => startCli(args, env).result;
+
+  async function api(method: string, path: string, body?: unknown) {
+    const response = await fetch(`${server.url}${path}`, {
+      method,
+      headers: { authorization: `Bearer ${SHARED_TOKEN}` },
+      ...(body !== undefined && { body: JSON.stringify(body) }),
+    });
+    return { status: response.status, body: await response.json() };
+  }
+
+  async function clusters(): Promise<PoolCluster[]> {
+    const { status, body } = await api('GET', '/leases');
+    assert.equal(status, 200);
+    return body.clusters;
+  }
+
+  async function assertAllFree(): Promise<void> {
+    assert.deepEqual((await clusters()).map((cluster) => cluster.state), Array(POOL_SIZE).fill('free'));
+  }
+
+  /** Releases leases a test took, whatever happened to it, so the next test finds a free pool. */
+  async function releaseAll(tokens: (string | undefined)[]): Promise<void> {
+    for (const token of tokens) if (token) await api('DELETE', `/lease/${token}`);
+  }
+
+  /** `export NAME='value'` lines as a map (the values these tests see hold no quotes); any other line fails. */
+  function exportsOf(stdout: string): Map<string, string> {
+    const exported = new Map<string, string>();
+    for (const line of stdout.split('\n').filter(Boolean)) {
+      const match = /^export ([A-Z_]+)='([^']*)'$/.exec(line);
+      if (match) exported.set(match[1]!, match[2]!);
+      else exported.set('NOT AN EXPORT', line);
+    }
+    return exported;
+  }
+
+  async function exists(path: string): Promise<boolean> {
+    return access(path).then(
+      () => true,
+      () => false,
+    );
+  }
+
+  async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 10_000): Promise<T> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const found = await probe();
+      if (found !== undefined) return found;
+      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+      await sleep(100);
+    }
+  }
+
+  const leasedCluster = async () => (await clusters()).find((cluster) => cluster.state === 'leased');
+
+  test('lease create - prints quoted exports (P_IP, ... with --env-prefix P) and writes the kubeconfig with mode 0600', async () => {
+    const kubeconfigFile = join(folder, 'create.kubeconfig');
+    // A file left over with a loose mode must not keep that mode once it holds a secret.
+    await writeFile(kubeconfigFile, 'stale', { mode: 0o644 });
+    const [{ code, stdout, stderr }, withPrefix] = await Promise.all([
+      cli(['lease', 'create', '--duration', '10m', '--note', "Bob's job", '--kubeconfig-file', kubeconfigFile]),
+      cli(['lease', 'create', '--duration', '90', '--env-prefix', 'CI']),
+    ]);
+    const exported = exportsOf(stdout);
+    const prefixed = exportsOf(withPrefix.stdout);
+    try {
+      assert.equal(code, 0, stderr);
+      assert.equal(withPrefix.code, 0, withPrefix.stderr);
+      assert.deepEqual([...prefixed.keys()], ['CI_IP', 'CI_TOKEN', 'CI_CLUSTER_NAME', 'CI_EXPIRES_AT']);
+      assert.match(prefixed.get('CI_TOKEN')!, UUID);
+
+      assert.deepEqual([...exported.keys()], ['IP', 'TOKEN', 'CLUSTER_NAME', 'EXPIRES_AT', 'KUBECONFIG']);
+      assert.match(exported.get('TOKEN')!, UUID);
+      assert.match(exported.get('CLUSTER_NAME')!, /^pool-\d$/);
+      assert.match(exported.get('IP')!, /^10\.1\.0\.\d$/);
+      assert.equal(exported.get('KUBECONFIG'), kubeconfigFile);
+      assert.ok(Date.parse(exported.get('EXPIRES_AT')!) > Date.now() + 9 * 60_000);
+
+      assert.equal((await stat(kubeconfigFile)).mode & 0o777, 0o600);
+      const kubeconfig = parseYaml(await readFile(kubeconfigFile, 'utf8'));
+      assert.equal(kubeconfig.kind, 'Config');
+      assert.equal(kubeconfig.clusters[0].cluster.server, `https://${exported.get('IP')}:6443`);
+
+      const leased = (await clusters()).find((cluster) => cluster.name === exported.get('CLUSTER_NAME'));
+      assert.equal(leased?.state, 'leased');
+      assert.equal(leased?.note, "Bob's job");
+    } finally {
+      await releaseAll([exported.get('TOKEN'), prefixed.get('CI_TOKEN')]);
+    }
+  });
+
+  test('lease create - exit 3 when every cluster is leased or none matches (--regex, --gpu), and no kubeconfig is written', async () => {
+    const taken = await Promise.all(Array.from({ length: POOL_SIZE }, () => api('POST', '/lease', { max_time: 60 })));
+    try {
+      assert.deepEqual(taken.map((lease) => lease.status), Array(POOL_SIZE).fill(200));
+      const kubeconfigFile = join(folder, 'exhausted.kubeconfig');
+      const [allLeased, noMatch, noGpu] = await Promise.all([
+        cli(['lease', 'create', '--duration', '1m', '--wait', '1', '--kubeconfig-file', kubeconfigFile]),
+        cli(['lease', 'create', '--duration', '1m', '--regex', '^nothing-like-this$', '--kubeconfig-file', kubeconfigFile]),
+        // The pool has no GPU cluster: --gpu reaches the server as a filter.
+        cli(['lease', 'create', '--duration', '1m', '--gpu']),
+      ]);
+      assert.equal(allLeased.code, 3, allLeased.stderr);
+      assert.equal(allLeased.stdout, '');
+      assert.match(allLeased.stderr, /waiting up to 1s for a cluster/);
+      assert.match(allLeased.stderr, /no cluster available: .*AllLeased/);
+      assert.equal(noMatch.code, 3, noMatch.stderr);
+      assert.match(noMatch.stderr, /NoMatchingCluster/);
+      assert.equal(noMatch.stderr.trimEnd().split('\n').length, 1, 'the error is one line');
+      assert.equal(noGpu.code, 3, noGpu.stderr);
+      assert.match(noGpu.stderr, /NoMatchingCluster/);
+      assert.equal(await exists(kubeconfigFile), false);
+    } finally {
+      await releaseAll(taken.map((lease) => lease.body.token));
+    }
+  });
+
+  test('usage errors exit 2 with the usage on stderr (bad duration, missing server, unknown command); --help prints to stdout', async () => {
+    const cases: { args: string[]; env?: Record<string, string>; message: RegExp }[] = [
+      { args: ['lease', 'create', '--duration', '5x'], message: /--duration: '5x' is not a duration/ },
+      { args: ['lease', 'list'], env: cliEnv({ K8S_CLAIMER_URL: undefined }), message: /no server/ },
+      { args: ['frobnicate'], message: /unknown command 'frobnicate'/ },
+    ];
+    // The launcher also runs as a command by its own path (its shebang), from any folder.
+    const launched = startCli(['run', '--help'], cliEnv(), 'shebang').result;
+    const [help, ...results] = await Promise.all([launched, ...cases.map((entry) => cli(entry.args, entry.env))]);
+    results.forEach((result, index) => {
+      const { args, message } = cases[index]!;
+      assert.equal(result.code, 2, `${args.join(' ')}: ${result.stderr}`);
+      assert.match(result.stderr, message, args.join(' '));
+      assert.match(result.stderr, /\nUsage: k8s-claimer /, args.join(' '));
+      assert.equal(result.stdout, '', args.join(' '));
+    });
+    assert.equal(help.code, 0, help.stderr);
+    assert.match(help.stdout, /^Usage: k8s-claimer run /);
+    assert.equal(help.stderr, '');
+  });
+
+  test('lease list, extend and delete - the table, the new expiry, release, and 409 for a dead token', async () => {
+    const created = await api('POST', '/lease', { max_time: 600, note: 'list me' });
+    const token: string | undefined = created.body.token;
+    try {
+      assert.equal(created.status, 200);
+      const listed = await cli(['lease', 'list']);
+      assert.equal(listed.code, 0, listed.stderr);
+      const [header, ...rows] = listed.stdout.trimEnd().split('\n').map((line) => line.split(/\s{2,}/));
+      assert.deepEqual(header, ['NAME', 'LOCATION', 'STATE', 'EXPIRES', 'NOTE']);
+      const [free, leased] = rows.sort((left, right) => left[2]!.localeCompare(right[2]!));
+      assert.deepEqual(free?.slice(1), ['static', 'free', '-', '-']);
+      assert.equal(leased?.[2], 'leased');
+      assert.match(leased?.[3] ?? '', /^in (10m|9m)$/);
+      assert.equal(leased?.[4], 'list me');
+
+      const extended = await cli(['lease', 'extend', token!, '--duration', '2h']);
+      assert.equal(extended.code, 0, extended.stderr);
+      assert.match(extended.stdout, /^expires at \d{4}-\d\d-\d\dT[\d:.]+Z \(in (2h|1h59m)\)\n$/);
+      const lease = await leasedCluster();
+      assert.ok(Date.parse(lease!.expires_at!) > Date.now() + 110 * 60_000, 'the server has the new expiry');
+
+      const deleted = await cli(['lease', 'delete', token!]);
+      assert.equal(deleted.code, 0, deleted.stderr);
+      await assertAllFree();
+
+      const again = await Promise.all([cli(['lease', 'delete', token!]), cli(['lease', 'extend', token!, '--duration', '1m'])]);
+      for (const result of again) {
+        assert.equal(result.code, 1);
+        assert.match(result.stderr, /no live lease has this token/);
+      }
+    } finally {
+      await releaseAll([token]);
+    }
+  });
+
+  test("run - exits with the command's code (127 when it cannot be started) and releases the lease", async () => {
+    const [failed, missing] = await Promise.all([
+      cli(['run', '--duration', '1m', '--', 'sh', '-c', 'exit 7']),
+      cli(['run', '--duration', '1m', '--', join(folder, 'no-such-command')]),
+    ]);
+    assert.equal(failed.code, 7, failed.stderr);
+    assert.equal(failed.stderr, '');
+    assert.equal(missing.code, 127);
+    assert.match(missing.stderr, /^k8s-claimer: cannot run .*no-such-command: ENOENT\n$/);
+    await assertAllFree();
+  });
+
+
+  test('run - the command gets KUBECONFIG (private, removed afterwards), IP, TOKEN, CLUSTER_NAME, EXPIRES_AT, with or without a prefix', async () => {
+    // The command reports what it sees: its environment and the kubeconfig's mode and content.
+    const report = (file: string) => [
+      process.execPath,
+      '-e',
+      `const fs = require('node:fs');
+       const path = process.env.KUBECONFIG;
+       fs.writeFileSync(${JSON.stringify(file)}, JSON.stringify({
+         env: process.env, mode: fs.statSync(path).mode & 0o777, kubeconfig: fs.readFileSync(path, 'utf8'),
+       }));`,
+    ];
+    const plainFile = join(folder, 'run-plain.json');
+    const prefixedFile = join(folder, 'run-prefixed.json');
+    const [plain, prefixed] = await Promise.all([
+      cli(['run', '--duration', '1m', '--', ...report(plainFile)]),
+      cli(['run', '--duration', '1m', '--env-prefix', 'K8S', '--', ...report(prefixedFile)]),
+    ]);
+    assert.equal(plain.code, 0, plain.stderr);
+    assert.equal(prefixed.code, 0, prefixed.stderr);
+
+    const seen = JSON.parse(await readFile(plainFile, 'utf8'));
+    assert.equal(seen.mode, 0o600);
+    assert.equal(parseYaml(seen.kubeconfig).kind, 'Config');
+    assert.match(seen.env.TOKEN, UUID);
+    assert.match(seen.env.CLUSTER_NAME, /^pool-\d$/);
+    assert.match(seen.env.IP, /^10\.1\.0\.\d$/);
+    assert.ok(Date.parse(seen.env.EXPIRES_AT) > Date.now());
+    assert.equal(seen.env.AUTH_TOKEN, undefined, 'the shared token is not passed on to the command');
+    assert.equal(typeof seen.env.PATH, 'string', 'the rest of the environment is passed on');
+    assert.equal(await exists(dirname(seen.env.KUBECONFIG)), false, 'the private temporary folder is removed');
+
+    const seenPrefixed = JSON.parse(await readFile(prefixedFile, 'utf8'));
+    assert.match(seenPrefixed.env.K8S_TOKEN, UUID);
+    assert.match(seenPrefixed.env.K8S_CLUSTER_NAME, /^pool-\d$/);
+    assert.match(seenPrefixed.env.K8S_IP, /^10\.1\.0\.\d$/);
+    assert.ok(seenPrefixed.env.K8S_EXPIRES_AT);
+    assert.equal(seenPrefixed.env.K8S_KUBECONFIG, seenPrefixed.env.KUBECONFIG, 'kubectl still finds KUBECONFIG');
+    assert.equal(seenPrefixed.env.TOKEN, undefined);
+    assert.notEqual(seenPrefixed.env.K8S_TOKEN, seen.env.TOKEN, 'both ran at once, on different clusters');
+    await assertAllFree();
+  });
+
+  test('run - SIGTERM to the CLI is passed to the command, then the lease is released; exit 128+15', async () => {
+    const pidFile = join(folder, 'sleep.pid');
+    const { child, result } = startCli(['run', '--duration', '1m', '--', 'sh', '-c', `echo $$ > '${pidFile}'; exec sleep 30`]);
+    const commandPid = await waitFor('the command to start', async () => {
+      const text = await readFile(pidFile, 'utf8').catch(() => '');
+      return text.trim() ? Number(text) : undefined;
+    });
+    assert.equal((await leasedCluster())?.state, 'leased');
+    child.kill('SIGTERM');
+    const { code, stderr } = await result;
+    assert.equal(code, 143, stderr);
+    assert.throws(() => process.kill(commandPid, 0), /ESRCH/, 'the command is gone');
+    await assertAllFree();
+  });
+
+  test('run - the heartbeat keeps a 3 s lease alive while the command runs for 5 s', async () => {
+    const { result } = startCli(['run', '--duration', '3', '--', 'sleep', '5']);
+    const lease = await waitFor('the lease', leasedCluster);
+    // Past the lease's first end: without heartbeats the cluster would be free by now.
+    await sleep(Date.parse(lease.started_at!) + 4500 - Date.now());
+    const later = (await clusters()).find((cluster) => cluster.name === lease.name);
+    assert.equal(later?.state, 'leased');
+    assert.ok(Date.parse(later!.expires_at!) > Date.parse(lease.started_at!) + 4000, 'the lease was extended');
+    const { code, stderr } = await result;
+    assert.equal(code, 0, stderr);
+    assert.doesNotMatch(stderr, /already ended|cannot be extended|could not release/);
+    await assertAllFree();
+  });
+});
+
+describe('CLI core, in process', () => {
+  /** main() with captured output; usage errors never reach a server, so none is needed. */
+  async function runMain(args: string[], env: Record<string, string | undefined> = { K8S_CLAIMER_URL: 'http://127.0.0.1:9', AUTH_TOKEN: 'secret-shared-token' }) {
+    let stdout = '';
+    let stderr = '';
+    const signals = new EventEmitter();
+    const code = await main(args, env, { stdout: { write: (text: string) => (stdout += text) }, stderr: { write: (text: string) => (stderr += text) }, signals });
+    return { code, stdout, stderr };
+  }
+
+  test('usage errors - exit 2, the problem on the first line of stderr, then the usage', async () => {
+    const cases: { args: string[]; env?: Record<string, string | undefined>; message: RegExp }[] = [
+      { args: ['lease', 'create', '--duration', '1h30'], message: /is not a duration/ },
+      { args: ['lease', 'create', '--duration', '0'], message: /at least 1 second/ },
+      { args: ['lease', 'create'], message: /--duration is required/ },
+      { args: ['lease', 'create', '--duration', '30m', '--wait', '2h'], message: /--wait can be at most 1h/ },
+      { args: ['lease', 'create', '--duration', '30m', '--bogus'], message: /unknown option --bogus/ },
+      { args: ['lease', 'create', '--duration', '30m', '--bogus=secret'], message: /^k8s-claimer: unknown option --bogus\n/ },
+      { args: ['lease', 'create', '--duration', '30m', '--label', 'novalue'], message: /must be KEY=VALUE/ },
+      { args: ['lease', 'create', '--duration', '30m', '--env-prefix', '1X'], message: /--env-prefix must be/ },
+      { args: ['lease', 'create', '--duration'], message: /--duration/ },
+      { args: ['lease', 'list'], env: { K8S_CLAIMER_URL: 'http://127.0.0.1:9' }, message: /AUTH_TOKEN is not set/ },
+      { args: ['lease', 'list'], env: { K8S_CLAIMER_URL: 'ftp://x', AUTH_TOKEN: 't' }, message: /http:\/\/ or https:\/\// },
+      { args: ['--server', 'http://user:pw@127.0.0.1:9', 'lease', 'list'], env: { AUTH_TOKEN: 't' }, message: /must not contain a user name or password/ },
+      { args: ['lease', 'delete', 'not-a-token'], message: /TOKEN must be a lease token/ },
+      { args: ['lease', 'extend', '0b8f6f1c-4a8b-4f7e-9a51-2d7c0c6a9e11'], message: /--duration is required/ },
+      { args: ['lease'], message: /lease needs a command/ },
+      { args: ['lease', 'grab'], message: /unknown command 'lease grab'/ },
+      { args: [], message: /no command given/ },
+      { args: ['--verbose', 'lease', 'list'], message: /unknown option --verbose/ },
+      { args: ['run', '--duration', '1m', 'true'], message: /unexpected argument 'true'/ },
+      { args: ['run', '--duration', '1m', '--'], message: /run needs a command/ },
+    ];
+    for (const { args, env, message } of cases) {
+      const result = await runMain(args, env);
+      assert.equal(result.code, 2, `${args.join(' ')}: ${result.stderr}`);
+      assert.match(result.stderr, message, args.join(' '));
+      assert.match(result.stderr, /^k8s-claimer: [^\n]+\n\nUsage: k8s-claimer /, args.join(' '));
+      assert.equal(result.stdout, '');
+      assert.equal(/secret/.test(result.stderr), false, 'nothing secret is echoed');
+    }
+  });
+
+  test('--server before or after the command; every --help exits 0 on stdout', async () => {
+    for (const args of [['--help'], ['help'], ['lease', '--help'], ['lease', 'create', '--help'], ['lease', 'delete', '-h'], ['lease', 'extend', '--help'], ['lease', 'list', '--help'], ['run', '--help']]) {
+      const result = await runMain(args, {});
+      assert.equal(result.code, 0, args.join(' '));
+      assert.match(result.stdout, /^Usage: k8s-claimer /, args.join(' '));
+      assert.equal(result.stderr, '');
+    }
+    // Port 9 (discard) refuses: a network error is exit 1 with the server's origin, not a usage error.
+    for (const args of [['--server', 'http://127.0.0.1:9', 'lease', 'list'], ['lease', 'list', '--server=http://127.0.0.1:9']]) {
+      const result = await runMain(args, { AUTH_TOKEN: 'secret-shared-token' });
+      assert.equal(result.code, 1, result.stderr);
+      assert.match(result.stderr, /^k8s-claimer: could not list the pool: cannot reach the claimer at http:\/\/127\.0\.0\.1:9: .*\n$/);
+    }
+  });
+
+  test('durations - seconds or h/m/s units; anything else is refused', () => {
+    const cases: [string, number | undefined][] = [
+      ['90', 90],
+      ['30s', 30],
+      ['30m', 1800],
+      ['2h', 7200],
+      ['1h30m', 5400],
+      ['1h0m5s', 3605],
+      ['', undefined],
+      ['1.5h', undefined],
+      ['-5', undefined],
+      ['5 m', undefined],
+      ['30m1h', undefined],
+      ['1d', undefined],
+      ['h', undefined],
+    ];
+    for (const [text, seconds] of cases) assert.equal(parseDuration(text), seconds, JSON.stringify(text));
+    assert.equal(formatDuration(5400), '1h30m');
+    assert.equal(formatDuration(600), '10m');
+    assert.equal(formatExpiry(1799), 'in 29m');
+    assert.equal(formatExpiry(45), 'in 45s');
+    assert.equal(formatExpiry(0), 'expired');
+  });
+
+  test('shellQuote - sh reads back exactly the value, quotes and $ included', () => {
+    const value = `it's "$HOME" \`id\` \\ ; rm -rf /`;
+    const echoed = spawnSync('sh', ['-c', `printf '%s' ${shellQuote(value)}`], { encoding: 'utf8' });
+    assert.equal(echoed.stdout, value);
+  });
+});
