@@ -4,7 +4,7 @@
 
 import type { Logger } from 'pino';
 import { Router, type IRequest } from 'itty-router';
-import { manifest, routePath } from './routes/index.ts';
+import { manifest, pathOf } from './routes/index.ts';
 import type { Authenticator, Principal } from './services/auth.ts';
 import {
   AppError,
@@ -17,15 +17,18 @@ import {
   NotFoundError,
   NotReadyError,
   PayloadTooLargeError,
+  ShuttingDownError,
   UnauthorizedError,
 } from './services/errors.ts';
 import { json } from './services/http.ts';
 import type { LeaseService } from './services/leases.ts';
+import type { Backend, Metrics } from './services/metrics.ts';
 
 export interface AppDeps {
   leases: LeaseService;
   authenticate: Authenticator;
   logger: Logger;
+  metrics: Metrics;
   maxLeaseSeconds: number;
 }
 
@@ -57,6 +60,7 @@ const STATUS_OF: ReadonlyArray<[new (...args: never[]) => AppError, number]> = [
   [PayloadTooLargeError, 413],
   [ContentionError, 503],
   [NotReadyError, 503],
+  [ShuttingDownError, 503],
   // Nobody hears it: the client disconnected while waiting (nginx's "client closed request").
   [ClientGoneError, 499],
 ];
@@ -67,16 +71,28 @@ function headersFor(error: AppError): Record<string, string> {
   if (error instanceof NoClusterAvailableError && error.retryAfterSeconds !== undefined) {
     return { 'retry-after': String(error.retryAfterSeconds) };
   }
-  if (error instanceof ContentionError) return { 'retry-after': '1' };
+  if (error instanceof ContentionError || error instanceof ShuttingDownError) return { 'retry-after': '1' };
   return {};
 }
 
-export function errorToResponse(error: unknown, log: Logger, requestId: string): Response {
+/** Which backend an unexpected error came from, for the metrics. */
+function backendOf(error: unknown): Backend {
+  const { name, code, details } = (error ?? {}) as { name?: string; code?: unknown; details?: unknown };
+  if (name === 'LeaseServiceError' || name === 'TransientStoreError' || name === 'VersionConflictError') return 'kubernetes';
+  // gRPC errors carry a numeric status code and details.
+  if (typeof code === 'number' && typeof details === 'string') return 'gke';
+  if (typeof code === 'number') return 'cluster';
+  if (typeof code === 'string' && code.startsWith('E')) return 'file';
+  return 'other';
+}
+
+export function errorToResponse(error: unknown, log: Logger, requestId: string, metrics?: Metrics): Response {
   const known = error instanceof AppError ? STATUS_OF.find(([type]) => error instanceof type) : undefined;
   if (error instanceof AppError && known) {
     return json({ error: error.message, ...error.details }, known[1], headersFor(error));
   }
   // A backend failure: the cause goes to the log, the client gets nothing of it.
+  metrics?.backendErrors.inc({ backend: backendOf(error) });
   log.error({ err: error }, 'request failed');
   return json({ error: 'internal error', request_id: requestId }, 500);
 }
@@ -96,7 +112,7 @@ export function startingResponse(request: Request): Response {
 export function createApp(deps: AppDeps): App {
   const router = Router<RouteRequest, [RouteContext]>();
   for (const entry of manifest) {
-    const path = routePath(entry.file);
+    const path = pathOf(entry);
     const allow = allowedMethods(entry.module);
     for (const method of allow) {
       const handler = entry.module[method] as Handler;
@@ -124,7 +140,7 @@ export function createApp(deps: AppDeps): App {
       try {
         response = await router.fetch(request, context);
       } catch (error) {
-        response = errorToResponse(error, log, requestId);
+        response = errorToResponse(error, log, requestId, deps.metrics);
       }
       response.headers.set('x-request-id', requestId);
       // The route pattern, never the raw path: a path can carry a lease token.

@@ -68,7 +68,8 @@ let stopping = false;
 async function shutdown(signal: string): Promise<void> {
   if (stopping) return;
   stopping = true;
-  logger.info({ signal }, 'shutting down: finishing requests in flight');
+  logger.info({ signal }, 'shutting down: no new connections, waiters answered 503, finishing requests in flight');
+  services.waiting.shutdown();
   await server.close();
   await services.close();
   logger.info('stopped');

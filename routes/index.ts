@@ -7,11 +7,16 @@ import * as lease from './lease.ts';
 import * as leases from './leases.ts';
 import * as leaseByProviderAndToken from './lease/[provider]/[token].ts';
 import * as leaseByToken from './lease/[token].ts';
+import * as metrics from './metrics.ts';
+import * as openapi from './openapi.json.ts';
 import * as readyz from './readyz.ts';
+import * as status from './status.ts';
 
 export interface RouteEntry {
   /** The module's file under routes/; its path follows from it (`lease/[token].ts` is `/lease/:token`). */
   file: string;
+  /** Only where the file name cannot say it: `/` (index.ts is this manifest). */
+  path?: string;
   module: RouteModule;
   /** Whether callers must authenticate. */
   auth: boolean;
@@ -24,7 +29,15 @@ export const manifest: readonly RouteEntry[] = [
   { file: 'lease/[provider]/[token].ts', module: leaseByProviderAndToken, auth: true },
   { file: 'leases.ts', module: leases, auth: true },
   { file: 'readyz.ts', module: readyz, auth: false },
+  { file: 'metrics.ts', module: metrics, auth: false },
+  { file: 'openapi.json.ts', module: openapi, auth: false },
+  { file: 'status.ts', path: '/', module: status, auth: false },
 ];
+
+/** The path an entry serves. */
+export function pathOf(entry: RouteEntry): string {
+  return entry.path ?? routePath(entry.file);
+}
 
 /** `lease/[provider]/[token].ts` -> `/lease/:provider/:token`; `index.ts` files name their folder. */
 export function routePath(file: string): string {

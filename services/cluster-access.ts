@@ -11,14 +11,24 @@ export interface ClusterClients {
 }
 
 export class ClusterAccess {
-  constructor(private readonly provider: ClusterProvider) {}
+  constructor(
+    private readonly provider: ClusterProvider,
+    /** Deadline of one call to a cluster's API server. */
+    private readonly timeoutMs = 10_000,
+  ) {}
 
   /** Fresh clients each time: GKE tokens expire hourly, and a kubeconfig is cheap to load. */
   async clientsFor(cluster: Cluster): Promise<ClusterClients> {
-    const { KubeConfig, CoreV1Api, RbacAuthorizationV1Api } = await import('@kubernetes/client-node');
+    const [{ KubeConfig, CoreV1Api, RbacAuthorizationV1Api }, { makeClient }] = await Promise.all([
+      import('@kubernetes/client-node'),
+      import('./kube-client.ts'),
+    ]);
     const kubeConfig = new KubeConfig();
     kubeConfig.loadFromString(await this.provider.adminKubeconfigFor(cluster));
-    return { core: kubeConfig.makeApiClient(CoreV1Api), rbac: kubeConfig.makeApiClient(RbacAuthorizationV1Api) };
+    return {
+      core: makeClient(kubeConfig, CoreV1Api, this.timeoutMs),
+      rbac: makeClient(kubeConfig, RbacAuthorizationV1Api, this.timeoutMs),
+    };
   }
 }
 

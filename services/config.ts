@@ -34,6 +34,8 @@ export interface Config {
   clusterCacheSeconds: number;
   /** How often the reaper writes down expired leases. */
   reapIntervalSeconds: number;
+  /** Deadline of one call to a backend (the lease store's apiserver, GKE, a leased cluster). */
+  backendTimeoutSeconds: number;
   /** What a lessee's kubeconfig carries: a per-lease ServiceAccount token, or the pool's own credentials. Unset: the pool file's choice, else serviceaccount. */
   leaseCredentials?: 'serviceaccount' | 'pool';
   /** Which ClusterRole a requested group gets (per-lease credentials). */
@@ -97,6 +99,7 @@ const Environment = v.object({
   LEASE_STORE_FILE: textOr('data/leases.json'),
   CLUSTER_CACHE_SECONDS: integer(0, 86_400, 30),
   REAP_INTERVAL_SECONDS: integer(1, 3_600, 2),
+  BACKEND_TIMEOUT_SECONDS: integer(1, 600, 10),
   LEASE_CREDENTIALS: oneOf(['serviceaccount', 'google-token', 'pool']),
   LEASE_GROUP_ROLES: v.optional(
     v.pipe(
@@ -186,6 +189,7 @@ export function loadConfig(environment: Record<string, string | undefined>, defa
     leaseStoreFile: env.LEASE_STORE_FILE,
     clusterCacheSeconds: env.CLUSTER_CACHE_SECONDS,
     reapIntervalSeconds: env.REAP_INTERVAL_SECONDS,
+    backendTimeoutSeconds: env.BACKEND_TIMEOUT_SECONDS,
     // google-token and pool are one thing: the provider's own credentials for the lessee.
     ...(env.LEASE_CREDENTIALS && { leaseCredentials: env.LEASE_CREDENTIALS === 'serviceaccount' ? 'serviceaccount' : 'pool' }),
     groupRoles: Object.fromEntries(

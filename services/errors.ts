@@ -63,6 +63,13 @@ export class ContentionError extends AppError {
 /** The client went away while it waited; it is given nothing (and hears nothing). */
 export class ClientGoneError extends AppError {}
 
+/** The replica is shutting down: a waiting request should try again (another replica). */
+export class ShuttingDownError extends AppError {
+  constructor() {
+    super('the claimer is shutting down; try again', { reason: 'ShuttingDown' });
+  }
+}
+
 /** The store or the cluster pool cannot be reached: the replica should get no traffic. */
 export class NotReadyError extends AppError {}
 

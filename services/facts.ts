@@ -28,6 +28,8 @@ export class Facts {
     private readonly access: ClusterAccess,
     private readonly domain: string,
     private readonly logger: Logger,
+    /** Off for pools the claimer must not reach into (the example pool's clusters do not exist). */
+    private readonly lookUpDns = true,
   ) {}
 
   async for(cluster: Cluster): Promise<HandOffFacts> {
@@ -36,6 +38,7 @@ export class Facts {
 
   /** The cluster DNS Service's IP from kube-system; null (and a warning) when it cannot be read. */
   private async dns(cluster: Cluster): Promise<Dns | null> {
+    if (!this.lookUpDns) return null;
     const cached = this.dnsCache.get(cluster.id);
     if (cached && cached.until > Date.now()) return cached.dns;
     let dns: Dns | null = null;

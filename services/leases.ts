@@ -7,6 +7,7 @@ import type { ClusterFilter } from './cluster-filter.ts';
 import type { CredentialIssuer } from './credentials.ts';
 import { ClientGoneError, NoClusterAvailableError, NotReadyError } from './errors.ts';
 import type { Facts, HandOffFacts } from './facts.ts';
+import type { Metrics } from './metrics.ts';
 import {
   acquire,
   describeClusters,
@@ -65,6 +66,7 @@ export class LeaseService {
     private readonly waiting: Waiting,
     private readonly options: { maxLeaseSeconds: number; groupRoles: Record<string, string> },
     private readonly logger: Logger,
+    private readonly metrics?: Metrics,
   ) {}
 
   /** Whether `cloud_provider` names the configured provider. */
@@ -78,6 +80,20 @@ export class LeaseService {
   }
 
   async acquire(options: AcquireOptions, log: Logger = this.logger): Promise<GrantedLease> {
+    const stopTimer = this.metrics?.acquireSeconds.startTimer({ waited: options.waitSeconds ? 'yes' : 'no' });
+    try {
+      const granted = await this.acquireNow(options, log);
+      this.metrics?.granted.inc();
+      stopTimer?.({ outcome: 'granted' });
+      return granted;
+    } catch (error) {
+      if (error instanceof NoClusterAvailableError) this.metrics?.refused.inc({ reason: error.reason });
+      stopTimer?.({ outcome: error instanceof NoClusterAvailableError ? 'refused' : 'error' });
+      throw error;
+    }
+  }
+
+  private async acquireNow(options: AcquireOptions, log: Logger): Promise<GrantedLease> {
     const token = newLeaseToken();
     const tokenHash = hashToken(token);
     const request = {
@@ -132,6 +148,7 @@ export class LeaseService {
 
   async release(token: string, log: Logger = this.logger): Promise<void> {
     const { clusterId, note } = await this.writePath.submit(release(hashToken(token)));
+    this.metrics?.released.inc();
     log.info({ event: 'lease.released', cluster: clusterId, note }, 'lease released');
   }
 
@@ -152,6 +169,7 @@ export class LeaseService {
     const { clusterId, lease } = await this.writePath.submit(
       extend(tokenHash, durationSeconds, this.options.maxLeaseSeconds, refreshed?.tokenExpiresAt),
     );
+    this.metrics?.extended.inc();
     log.info(
       { event: 'lease.extended', cluster: clusterId, note: lease.note, expires_at: new Date(lease.expiresAt).toISOString(), new_token: Boolean(refreshed) },
       'lease extended',
@@ -169,6 +187,13 @@ export class LeaseService {
   async list(): Promise<PoolView> {
     const { snapshot, context } = await this.writePath.view();
     return { now: context.now, clusters: describeClusters(snapshot.table, context), waiting: liveWaiters(snapshot.table, context.now) };
+  }
+
+  /** Clusters of the pool by state, for the metrics. */
+  async countStates(): Promise<Record<string, number>> {
+    const counts: Record<string, number> = { free: 0, leased: 0, dirty: 0, cleaning: 0, unavailable: 0, unknown: 0 };
+    for (const view of (await this.list()).clusters) counts[view.state] = (counts[view.state] ?? 0) + 1;
+    return counts;
   }
 
   /** Ready when both the lease store and the cluster pool answer. */

@@ -4,9 +4,10 @@
 
 import type { Logger } from 'pino';
 import { reap } from './lease-table.ts';
+import type { Metrics } from './metrics.ts';
 import type { WritePath } from './write-path.ts';
 
-export function startReaper(writePath: WritePath, logger: Logger, intervalMs: number): () => void {
+export function startReaper(writePath: WritePath, logger: Logger, intervalMs: number, metrics?: Metrics): () => void {
   let running = false;
   const sweep = async () => {
     if (running) return;
@@ -15,6 +16,7 @@ export function startReaper(writePath: WritePath, logger: Logger, intervalMs: nu
       // A sweep that finds nothing on a cached table is fine: another replica reaps what it missed.
       const ended = await writePath.submit(reap(), { staleOk: true });
       for (const lease of ended) {
+        metrics?.expired.inc();
         logger.info(
           { event: 'lease.expired', cluster: lease.clusterId, note: lease.note, holder: lease.holder, expired_at: new Date(lease.expiredAt).toISOString() },
           'lease expired',

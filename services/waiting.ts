@@ -6,7 +6,7 @@
 
 import { randomBytes } from 'node:crypto';
 import type { Logger } from 'pino';
-import { ClientGoneError } from './errors.ts';
+import { ClientGoneError, ShuttingDownError } from './errors.ts';
 import { acquire, dropWaiter, renewWaiters, type AcquireRequest, type AcquireResult } from './lease-table.ts';
 import type { WritePath } from './write-path.ts';
 
@@ -30,6 +30,7 @@ export class Waiting {
   private readonly pollMs: number;
   private timers: ReturnType<typeof setInterval>[] = [];
   private readonly stopListening: () => void;
+  private shuttingDown = false;
 
   constructor(
     private readonly writePath: WritePath,
@@ -68,6 +69,7 @@ export class Waiting {
     }, waitSeconds * 1000);
     const onAbort = () => woken();
     signal?.addEventListener('abort', onAbort);
+    if (this.shuttingDown) throw new ShuttingDownError();
     this.add(waiter);
     try {
       let outcome = await attempt(false);
@@ -78,6 +80,7 @@ export class Waiting {
         });
         wakeRequested = false;
         if (signal?.aborted) throw new ClientGoneError('the client went away while waiting');
+        if (this.shuttingDown) throw new ShuttingDownError();
         outcome = await attempt(deadlinePassed);
       }
       return outcome;
@@ -119,6 +122,12 @@ export class Waiting {
   /** Oldest first: each waiter's next try joins the write path's queue in arrival order. */
   private wakeAll(): void {
     for (const waiter of this.waiters) waiter.wake();
+  }
+
+  /** Graceful shutdown: every waiter leaves the queue now with a 503, so the replica can stop. */
+  shutdown(): void {
+    this.shuttingDown = true;
+    this.wakeAll();
   }
 
   close(): void {

@@ -10,6 +10,7 @@ import { ProviderCredentials, ServiceAccountCredentials } from './credentials.ts
 import { Facts } from './facts.ts';
 import { Janitor, type JanitorOptions } from './janitor.ts';
 import { LeaseService } from './leases.ts';
+import { Metrics } from './metrics.ts';
 import { startReaper } from './reaper.ts';
 import { Waiting, type WaitingOptions } from './waiting.ts';
 import { StaticProvider } from './providers/static.ts';
@@ -37,6 +38,8 @@ export interface BuildOptions {
   waiting?: WaitingOptions;
   /** Tests shorten the janitor's polls. */
   janitor?: Partial<JanitorOptions>;
+  /** Process metrics are registered once per process; apps built in tests may skip them. */
+  processMetrics?: boolean;
 }
 
 interface Closable {
@@ -51,6 +54,7 @@ async function buildProvider(config: Config, logger: Logger, clock: Clock): Prom
     zone: config.gke.zone,
     ...(config.registryLocation && { registryLocation: config.registryLocation }),
     cacheSeconds: config.clusterCacheSeconds,
+    timeoutMs: config.backendTimeoutSeconds * 1000,
     clock,
     logger,
   });
@@ -62,6 +66,7 @@ async function buildStore(config: Config, logger: Logger): Promise<LeaseStore> {
   return KubernetesLeaseStore.fromKubeConfig(kubeConfigFrom(config.kubeconfigPath), {
     namespace: config.namespace,
     serviceName: config.serviceName,
+    timeoutMs: config.backendTimeoutSeconds * 1000,
     logger,
   });
 }
@@ -85,26 +90,39 @@ export async function buildServices(config: Config, logger: Logger, options: Bui
   const policy = lifecyclePolicy(config, provider);
   const writePath = new WritePath(store, () => provider.list(), clock, { endState: policy.endState, ...options.writePath });
   const stopWatching = writePath.watchStore();
-  const access = new ClusterAccess(provider);
+  const access = new ClusterAccess(provider, config.backendTimeoutSeconds * 1000);
   const issuer = policy.perLease ? new ServiceAccountCredentials(access, config.groupRoles) : new ProviderCredentials(provider);
   const waiting = new Waiting(writePath, logger, options.waiting);
+  const metrics = new Metrics({ processMetrics: options.processMetrics ?? true });
   const leases = new LeaseService(
     writePath,
     provider,
     issuer,
-    new Facts(access, config.clusterDomain, logger),
+    // DNS facts are read only where the claimer reaches into the clusters anyway.
+    new Facts(access, config.clusterDomain, logger, policy.endState === 'dirty'),
     waiting,
     { maxLeaseSeconds: config.maxLeaseSeconds, groupRoles: config.groupRoles },
     logger,
+    metrics,
   );
-  const stopReaper = startReaper(writePath, logger, config.reapIntervalSeconds * 1000);
+  metrics.countStates = () => leases.countStates();
+  metrics.waitingDepth = () => waiting.depth;
+  const stopReaper = startReaper(writePath, logger, config.reapIntervalSeconds * 1000, metrics);
   const janitor = new Janitor(writePath, access, issuer, { cleanup: policy.cleanup, protectedNamespaces: config.protectedNamespaces, ...options.janitor }, logger);
+  janitor.onCleanup(({ ok, ms }) => {
+    metrics.cleanupSeconds.observe({ outcome: ok ? 'ok' : 'failed' }, ms / 1000);
+    if (!ok) {
+      metrics.cleanupFailures.inc();
+      metrics.backendErrors.inc({ backend: 'cluster' });
+    }
+  });
   if (policy.endState === 'dirty') janitor.start();
   return {
     deps: {
       leases,
       authenticate: sharedTokenAuthenticator(options.authToken),
       logger,
+      metrics,
       maxLeaseSeconds: config.maxLeaseSeconds,
     },
     writePath,

@@ -76,6 +76,38 @@ describe('the real server, end to end', () => {
   });
 });
 
+describe('graceful shutdown', () => {
+  test('SIGTERM: waiting requests get 503 with Retry-After at once, in-flight ones finish, the process exits 0', async () => {
+    const folder = await tempDir();
+    const pool = await writePool(folder, poolOf(1));
+    const server = await startServerProcess(process.execPath, ['--import', 'tsx', 'main.ts'], {
+      AUTH_TOKEN: TOKEN,
+      STATIC_POOL_FILE: pool,
+      LEASE_STORE_FILE: join(folder, 'leases.json'),
+    });
+    try {
+      assert.equal((await call(server, 'POST', '/lease', { max_time: 600 })).status, 200);
+      const waiting = fetch(`${server.url}/lease`, {
+        method: 'POST',
+        headers: { authorization: TOKEN },
+        body: JSON.stringify({ max_time: 60, wait: 60 }),
+      });
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      const started = Date.now();
+      const exited = server.stop('SIGTERM');
+      const answer = await waiting;
+      assert.equal(answer.status, 503);
+      assert.equal(answer.headers.get('retry-after'), '1');
+      assert.equal((await answer.json()).reason, 'ShuttingDown');
+      assert.equal(await exited, 0);
+      assert.ok(Date.now() - started < 5_000, 'the waiter did not hold the shutdown');
+    } finally {
+      await server.stop();
+      await rm(folder, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('local mode without AUTH_TOKEN', () => {
   test('generates a token into a private file, says where, and accepts only that token', async () => {
     const folder = await tempDir();

@@ -3,7 +3,7 @@ import { readdir } from 'node:fs/promises';
 import { join, relative } from 'node:path';
 import { test } from 'node:test';
 import { allowedMethods } from '../app.ts';
-import { manifest, routePath } from '../routes/index.ts';
+import { manifest, pathOf, routePath } from '../routes/index.ts';
 
 async function routeFiles(folder: string): Promise<string[]> {
   const entries = await readdir(folder, { withFileTypes: true, recursive: true });
@@ -32,6 +32,24 @@ test('route paths follow from file names', () => {
   assert.equal(routePath('index.ts'), '/');
 });
 
-test('every /lease route requires auth, /healthz does not', () => {
-  for (const entry of manifest) assert.equal(entry.auth, routePath(entry.file).startsWith('/lease'), entry.file);
+test('every /lease and /leases route requires auth; health, readiness, metrics, OpenAPI and the status page do not', () => {
+  for (const entry of manifest) assert.equal(entry.auth, pathOf(entry).startsWith('/lease'), entry.file);
+});
+
+test('a path is given explicitly only where the file name cannot say it', () => {
+  for (const entry of manifest) {
+    if (entry.path !== undefined) assert.equal(entry.path, '/', entry.file);
+  }
+});
+
+test('GET /openapi.json lists exactly the routes and methods of the manifest', async () => {
+  const { openApiDocument } = await import('../services/openapi.ts');
+  const documented = Object.entries(openApiDocument.paths)
+    .flatMap(([path, operations]) => Object.keys(operations).map((method) => `${method.toUpperCase()} ${path}`))
+    .sort();
+  const served = manifest
+    .flatMap((entry) => allowedMethods(entry.module).map((method) => `${method} ${pathOf(entry).replace(/:(\w+)/g, '{$1}')}`))
+    .sort();
+  assert.deepEqual(documented, served);
+  assert.equal(openApiDocument.openapi, '3.1.0');
 });

@@ -60,7 +60,10 @@ describe('request tables: statuses of every route', () => {
     { name: 'DELETE /lease/:provider/:token - 409 when no lease has the token', method: 'DELETE', path: `/lease/google/${UNKNOWN_TOKEN}`, status: 409 },
     { name: 'DELETE /lease/:provider/:token - 400 when the token is not a UUID', method: 'DELETE', path: '/lease/google/xyz', status: 400 },
     { name: 'GET /nowhere - 404', method: 'GET', path: '/nowhere', status: 404 },
-    { name: 'GET / - 404 (no such route yet)', method: 'GET', path: '/', auth: null, status: 404 },
+    { name: 'GET /leases - 401 without Authorization', method: 'GET', path: '/leases', auth: null, status: 401 },
+    { name: 'GET /metrics needs no auth', method: 'GET', path: '/metrics', auth: null, status: 200 },
+    { name: 'GET /openapi.json needs no auth', method: 'GET', path: '/openapi.json', auth: null, status: 200 },
+    { name: 'POST /metrics - 405 with Allow', method: 'POST', path: '/metrics', status: 405, headersExpected: { allow: 'GET' } },
   ];
 
   let app: TestApp;
@@ -74,11 +77,11 @@ describe('request tables: statuses of every route', () => {
       const before = await app.services.writePath.view();
       const response = await app.request(item.method, item.path, { body: item.body, auth: item.auth, headers: item.headers });
       assert.equal(response.status, item.status);
-      assert.match(response.headers.get('content-type') ?? '', /^application\/json/);
+      if (item.path !== '/metrics' || item.status !== 200) assert.match(response.headers.get('content-type') ?? '', /^application\/json/);
       for (const [name, value] of Object.entries(item.headersExpected ?? {})) {
         assert.equal(response.headers.get(name), value, `header ${name}`);
       }
-      const body = await response.json();
+      const body = item.path === '/metrics' && item.status === 200 ? await response.text() : await response.json();
       if (item.status >= 400) {
         assert.equal(typeof body.error, 'string');
         if (item.errorMatches) assert.match(body.error, item.errorMatches);

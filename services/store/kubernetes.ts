@@ -12,6 +12,7 @@ import type { Logger } from 'pino';
 import { TransientStoreError, VersionConflictError } from '../errors.ts';
 import type { ClusterEntry, LeaseTable, LegacyLease, Waiter } from '../lease-table.ts';
 import { clusterNamedIn, decodeEntry, decodeLegacy, decodeWaiter, encodeEntry, encodeLegacy, encodeWaiter } from './codec.ts';
+import { makeClient } from '../kube-client.ts';
 import type { LeaseStore, Snapshot } from './types.ts';
 
 export const ANNOTATION_PREFIX = 'lease.k8s-claimer.io/';
@@ -69,8 +70,8 @@ export class KubernetesLeaseStore implements LeaseStore {
     this.where = `${options.namespace}/${options.serviceName}`;
   }
 
-  static fromKubeConfig(kubeConfig: KubeConfig, options: KubernetesStoreOptions): KubernetesLeaseStore {
-    return new KubernetesLeaseStore(kubeConfig.makeApiClient(CoreV1Api), options, new Watch(kubeConfig));
+  static fromKubeConfig(kubeConfig: KubeConfig, options: KubernetesStoreOptions & { timeoutMs?: number }): KubernetesLeaseStore {
+    return new KubernetesLeaseStore(makeClient(kubeConfig, CoreV1Api, options.timeoutMs ?? 10_000), options, new Watch(kubeConfig));
   }
 
   /** Watches the lease Service; each change another writer made is reported as a snapshot. */

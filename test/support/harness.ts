@@ -122,7 +122,7 @@ export async function startTestApp(
   );
   const clock = options.clock ?? new ManualClock();
   const logs = captureLogs();
-  const services = await buildServices(config, logs.logger, { authToken: AUTH_TOKEN, clock, waiting: options.waiting, janitor: options.janitor });
+  const services = await buildServices(config, logs.logger, { authToken: AUTH_TOKEN, clock, waiting: options.waiting, janitor: options.janitor, processMetrics: false });
   const app = createApp(services.deps);
   return {
     app,

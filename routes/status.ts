@@ -1,0 +1,286 @@
+// GET / - no auth. 200 the status page (HTML); it shows nothing until given a token, then polls /leases.
+
+// The page is static apart from a per-response CSP nonce: it embeds no pool data, so serving it
+// without auth leaks nothing. Its script asks for the claimer's token (kept in this tab's
+// sessionStorage only), polls GET /leases with it and renders every value with textContent.
+
+import type { RouteContext, RouteRequest } from '../app.ts';
+
+const STYLE = `
+:root { color-scheme: light dark; --fg: #1f2328; --muted: #59636e; --bg: #fff; --line: #d1d9e0; --head: #f6f8fa; }
+[hidden] { display: none !important; }
+body { margin: 0 auto; padding: 1.5rem; max-width: 72rem; font: 14px/1.5 system-ui, sans-serif; color: var(--fg); background: var(--bg); }
+header { display: flex; flex-wrap: wrap; align-items: baseline; gap: 0 1rem; }
+h1 { font-size: 1.4rem; margin: 0 0 .5rem; }
+#status { color: var(--muted); margin: 0; }
+.banner { margin: 1rem 0; padding: .6rem .9rem; border: 1px solid #d1242f; border-radius: 6px; background: #d1242f1a; }
+form { display: flex; flex-wrap: wrap; align-items: center; gap: .5rem; margin: 1.5rem 0; }
+input, button { font: inherit; padding: .35rem .6rem; border: 1px solid var(--line); border-radius: 6px; background: var(--bg); color: var(--fg); }
+button { cursor: pointer; background: var(--head); }
+.hint, .meta { color: var(--muted); font-size: .9em; width: 100%; margin: 0; }
+.meta { display: flex; justify-content: space-between; align-items: center; margin-top: .75rem; }
+.counts { display: flex; gap: .75rem; margin: 1rem 0; padding: 0; }
+.counts div { border: 1px solid var(--line); border-radius: 6px; padding: .4rem .9rem; min-width: 5rem; }
+.counts dt { color: var(--muted); font-size: .85em; }
+.counts dd { margin: 0; font-size: 1.4rem; font-weight: 600; }
+table { width: 100%; border-collapse: collapse; }
+th, td { text-align: left; padding: .45rem .6rem; border-bottom: 1px solid var(--line); vertical-align: top; }
+thead th { background: var(--head); font-weight: 600; }
+td.expires { white-space: nowrap; font-variant-numeric: tabular-nums; }
+td.note, td.cleanup { overflow-wrap: anywhere; max-width: 22rem; }
+.badge { display: inline-block; padding: 0 .55rem; border-radius: 1rem; font-size: .85em; font-weight: 600; border: 1px solid; }
+.badge-free { color: #1a7f37; background: #1a7f371a; }
+.badge-leased { color: #0969da; background: #0969da1a; }
+.badge-dirty { color: #9a6700; background: #9a67001a; }
+.badge-cleaning { color: #8250df; background: #8250df1a; }
+.badge-unavailable { color: var(--muted); background: #59636e1a; }
+.badge-unknown { color: #d1242f; background: #d1242f1a; }
+@media (prefers-color-scheme: dark) {
+  :root { --fg: #e6edf3; --muted: #9198a1; --bg: #0d1117; --line: #3d444d; --head: #151b23; }
+  .badge-free { color: #3fb950; } .badge-leased { color: #4493f8; } .badge-dirty { color: #d29922; }
+  .badge-cleaning { color: #ab7df8; } .badge-unknown { color: #f85149; }
+}
+`;
+
+// Plain JavaScript for the browser. No template placeholders or backslashes in it: it sits in
+// a TypeScript template literal.
+const SCRIPT = `
+'use strict';
+(function () {
+  var TOKEN_KEY = 'k8s-claimer.token';
+  var STATES = ['free', 'leased', 'dirty', 'cleaning', 'unavailable', 'unknown'];
+  var asked = Number(new URLSearchParams(location.search).get('refresh'));
+  var refreshSeconds = asked >= 1 ? Math.min(asked, 300) : 5;
+  var byId = function (id) { return document.getElementById(id); };
+  var form = byId('login'), tokenInput = byId('token'), statusLine = byId('status');
+  var banner = byId('banner'), board = byId('board'), rows = byId('rows'), updated = byId('updated');
+  var timer = 0;
+  // Each start bumps the run; answers of an older run (before a new token) are dropped.
+  var run = 0;
+
+  function say(text) { if (statusLine.textContent !== text) statusLine.textContent = text; }
+  function cell(tag, className, text) {
+    var element = document.createElement(tag);
+    if (className) element.className = className;
+    if (text !== undefined && text !== null) element.textContent = String(text);
+    return element;
+  }
+
+  function askForToken(message) {
+    run++;
+    clearTimeout(timer);
+    sessionStorage.removeItem(TOKEN_KEY);
+    board.hidden = true;
+    banner.hidden = true;
+    rows.replaceChildren();
+    form.hidden = false;
+    say(message);
+    tokenInput.focus();
+  }
+
+  function start() {
+    run++;
+    clearTimeout(timer);
+    form.hidden = true;
+    say('Loading the pool…');
+    poll(run);
+  }
+
+  function schedule(current) {
+    if (current === run) timer = setTimeout(function () { poll(current); }, refreshSeconds * 1000);
+  }
+
+  function trouble(message) {
+    banner.textContent = message + ' Retrying every ' + refreshSeconds + ' s.';
+    banner.hidden = false;
+  }
+
+  async function poll(current) {
+    var token = sessionStorage.getItem(TOKEN_KEY);
+    if (!token) return askForToken('Enter the claimer token to see the pool.');
+    var body;
+    try {
+      var response = await fetch('leases', {
+        headers: { authorization: 'Bearer ' + token },
+        cache: 'no-store',
+        signal: AbortSignal.timeout(10000),
+      });
+      if (current !== run) return;
+      if (response.status === 401) return askForToken('Wrong token: enter the claimer token again.');
+      if (!response.ok) {
+        trouble('The claimer answered ' + response.status + '.');
+        return schedule(current);
+      }
+      body = await response.json();
+    } catch (error) {
+      if (current !== run) return;
+      trouble('Cannot reach the claimer.');
+      return schedule(current);
+    }
+    if (current !== run) return;
+    banner.hidden = true;
+    render(body);
+    schedule(current);
+  }
+
+  // A note is text; only an http(s) URL becomes a link, so a javascript: note never runs.
+  function noteContent(note) {
+    var url = null;
+    try { url = new URL(note); } catch (error) { url = null; }
+    if (!url || (url.protocol !== 'https:' && url.protocol !== 'http:')) return document.createTextNode(note);
+    var link = cell('a', '', note);
+    link.href = url.href;
+    link.rel = 'noopener noreferrer';
+    link.target = '_blank';
+    return link;
+  }
+
+  function row(cluster, now) {
+    var state = STATES.indexOf(cluster.state) >= 0 ? cluster.state : 'unknown';
+    var tr = document.createElement('tr');
+    var name = cell('th', '', cluster.name);
+    name.scope = 'row';
+    var stateCell = cell('td', 'state');
+    stateCell.append(cell('span', 'badge badge-' + state, state));
+    var expires = cell('td', 'expires');
+    if (state === 'leased' && typeof cluster.seconds_left === 'number') {
+      // From seconds_left rather than expires_at alone: the browser's clock may differ from the server's.
+      var countdown = cell('span', 'countdown');
+      countdown.dataset.deadline = String(now + cluster.seconds_left * 1000);
+      if (cluster.expires_at) countdown.title = 'Expires ' + new Date(cluster.expires_at).toLocaleString();
+      expires.append(countdown);
+    }
+    var note = cell('td', 'note');
+    if (cluster.note) note.append(noteContent(String(cluster.note)));
+    var cleanup = cell('td', 'cleanup');
+    if (cluster.cleanup) {
+      var parts = ['attempt ' + cluster.cleanup.attempts];
+      if (cluster.cleanup.last_error) parts.push(cluster.cleanup.last_error);
+      if (cluster.cleanup.retry_at) parts.push('retry at ' + new Date(cluster.cleanup.retry_at).toLocaleTimeString());
+      cleanup.textContent = parts.join(' · ');
+    }
+    tr.append(name, cell('td', '', cluster.location), cell('td', '', cluster.version), stateCell, expires, note,
+      cell('td', 'holder', cluster.holder), cleanup);
+    return tr;
+  }
+
+  function render(body) {
+    var clusters = Array.isArray(body.clusters) ? body.clusters.slice() : [];
+    clusters.sort(function (a, b) { return String(a.name).localeCompare(String(b.name)); });
+    var count = function (states) { return clusters.filter(function (c) { return states.indexOf(c.state) >= 0; }).length; };
+    byId('n-free').textContent = count(['free']);
+    byId('n-leased').textContent = count(['leased']);
+    byId('n-cleaning').textContent = count(['dirty', 'cleaning']);
+    byId('n-waiting').textContent = Number(body.waiting) || 0;
+    var now = Date.now();
+    rows.replaceChildren(...clusters.map(function (cluster) { return row(cluster, now); }));
+    if (clusters.length === 0) {
+      var empty = cell('td', '', 'The pool has no clusters.');
+      empty.colSpan = 8;
+      var emptyRow = cell('tr');
+      emptyRow.append(empty);
+      rows.append(emptyRow);
+    }
+    tick();
+    updated.textContent = 'Last updated ' + new Date(now).toLocaleTimeString();
+    updated.dateTime = new Date(now).toISOString();
+    board.hidden = false;
+    say('Watching ' + clusters.length + ' clusters; refreshing every ' + refreshSeconds + ' s.');
+  }
+
+  function left(ms) {
+    var total = Math.max(0, Math.ceil(ms / 1000));
+    if (total === 0) return 'ending…';
+    var hours = Math.floor(total / 3600), minutes = Math.floor((total % 3600) / 60), seconds = total % 60;
+    return (hours ? hours + 'h ' : '') + (hours || minutes ? minutes + 'm ' : '') + seconds + 's left';
+  }
+
+  function tick() {
+    var now = Date.now();
+    rows.querySelectorAll('.countdown').forEach(function (span) {
+      span.textContent = left(Number(span.dataset.deadline) - now);
+    });
+  }
+
+  form.addEventListener('submit', function (event) {
+    event.preventDefault();
+    var token = tokenInput.value.trim();
+    // Out of the DOM at once: the token lives in sessionStorage only.
+    tokenInput.value = '';
+    if (!token) return;
+    sessionStorage.setItem(TOKEN_KEY, token);
+    start();
+  });
+  byId('forget').addEventListener('click', function () { askForToken('Token forgotten. Enter it to see the pool again.'); });
+  setInterval(tick, 1000);
+  if (sessionStorage.getItem(TOKEN_KEY)) start();
+  else askForToken('Enter the claimer token to see the pool.');
+})();
+`;
+
+function page(nonce: string): string {
+  return `<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>k8s-claimer status</title>
+<style nonce="${nonce}">${STYLE}</style>
+</head>
+<body>
+<header>
+<h1>k8s-claimer</h1>
+<p id="status" role="status" aria-live="polite">This page needs JavaScript.</p>
+</header>
+<div id="banner" class="banner" role="alert" hidden></div>
+<!-- Hidden until the script runs; form-action 'none' and POST keep a token out of any URL. -->
+<form id="login" method="post" autocomplete="off" hidden>
+<label for="token">Claimer token</label>
+<input id="token" name="token" type="password" autocomplete="off" spellcheck="false" required>
+<button type="submit">Show pool</button>
+<p class="hint">Kept in this browser tab only (sessionStorage); sent only to this server's /leases.</p>
+</form>
+<main id="board" hidden>
+<dl class="counts">
+<div><dt>Free</dt><dd id="n-free">0</dd></div>
+<div><dt>Leased</dt><dd id="n-leased">0</dd></div>
+<div><dt title="dirty or cleaning">Cleaning</dt><dd id="n-cleaning">0</dd></div>
+<div><dt>Waiting</dt><dd id="n-waiting">0</dd></div>
+</dl>
+<table>
+<thead><tr>
+<th scope="col">Name</th><th scope="col">Location</th><th scope="col">Version</th><th scope="col">State</th>
+<th scope="col">Expires</th><th scope="col">Note</th><th scope="col">Holder</th><th scope="col">Cleanup</th>
+</tr></thead>
+<tbody id="rows"></tbody>
+</table>
+<p class="meta"><time id="updated"></time><button id="forget" type="button">Forget token</button></p>
+</main>
+<script nonce="${nonce}">${SCRIPT}</script>
+</body>
+</html>
+`;
+}
+
+export function GET(_request: RouteRequest, _context: RouteContext): Response {
+  // A fresh nonce per response: only this response's own inline style and script may run.
+  const nonce = crypto.randomUUID().replaceAll('-', '');
+  const policy = [
+    "default-src 'none'",
+    `script-src 'nonce-${nonce}'`,
+    `style-src 'nonce-${nonce}'`,
+    "connect-src 'self'",
+    "base-uri 'none'",
+    "form-action 'none'",
+    "frame-ancestors 'none'",
+  ].join('; ');
+  return new Response(page(nonce), {
+    headers: {
+      'content-type': 'text/html; charset=utf-8',
+      'content-security-policy': policy,
+      'x-content-type-options': 'nosniff',
+      'referrer-policy': 'no-referrer',
+      'cache-control': 'no-store',
+    },
+  });
+}
