@@ -25,7 +25,8 @@ try {
 const logger = createLogger(config.logLevel);
 
 let authToken = config.authToken;
-if (authToken === undefined) {
+// Local mode with neither a shared token nor OIDC: a generated token keeps the API closed.
+if (authToken === undefined && !config.oidc) {
   const local = await ensureLocalAuthToken(config.authTokenFile);
   authToken = local.token;
   logger.warn(

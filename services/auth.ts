@@ -1,6 +1,12 @@
-// Who may call the /lease routes. The shared AUTH_TOKEN is accepted raw (as the original Go CLI
-// sends it) or as `Bearer <token>`, compared in constant time. An empty token never matches.
+// Who may call the /lease routes:
+// - the shared AUTH_TOKEN, raw (as the original Go CLI sends it) or as `Bearer <token>`,
+//   compared in constant time; an empty token never matches;
+// - an OIDC / JWT ID token of a CI system (GitHub Actions, GitLab CI, ...), verified with jose
+//   against the issuer's JWKS: signature (asymmetric algorithms only), issuer, audience, expiry
+//   and not-before, and the subject against AUTH_ALLOWED_SUBJECTS. Its subject holds the lease.
 
+import { createRemoteJWKSet, jwtVerify, type JWTVerifyGetKey } from 'jose';
+import { RE2JS } from 're2js';
 import { UnauthorizedError } from './errors.ts';
 import { secretsEqual } from './tokens.ts';
 
@@ -11,13 +17,61 @@ export interface Principal {
 
 export type Authenticator = (authorization: string | null) => Promise<Principal>;
 
-export function sharedTokenAuthenticator(expected: string): Authenticator {
-  if (expected === '') throw new Error('the shared auth token must not be empty');
+export interface OidcSettings {
+  jwksUrl: string;
+  issuer: string;
+  audience: string;
+  /** Subject patterns; `*` matches any run of characters. None: any subject of the issuer. */
+  allowedSubjects: readonly string[];
+  timeoutMs?: number;
+}
+
+export interface AuthSettings {
+  sharedToken?: string;
+  oidc?: OidcSettings;
+}
+
+/** Never HS*: a symmetric algorithm would let anyone who knows the public key sign tokens. */
+const ASYMMETRIC_ALGORITHMS = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA'];
+const JWT_SHAPE = /^[\w-]+\.[\w-]+\.[\w-]*$/;
+
+function refuse(): never {
+  throw new UnauthorizedError('missing or wrong Authorization header');
+}
+
+/** `repo:my-org/*:ref:refs/heads/main` -> an anchored RE2 pattern. */
+export function subjectPattern(pattern: string): RE2JS {
+  const escaped = pattern.split('*').map((part) => part.replace(/[\\^$.|?+()[\]{}]/g, '\\$&')).join('.*');
+  return RE2JS.compile(`^${escaped}$`);
+}
+
+export function createAuthenticator(settings: AuthSettings): Authenticator {
+  const shared = settings.sharedToken;
+  if (shared === '') throw new Error('the shared auth token must not be empty');
+  if (shared === undefined && !settings.oidc) throw new Error('no way to authenticate: set a shared token or OIDC');
+  let jwks: JWTVerifyGetKey | undefined;
+  const oidc = settings.oidc;
+  const subjects = (oidc?.allowedSubjects ?? []).map(subjectPattern);
   return async (authorization) => {
     const presented = authorization?.replace(/^Bearer\s+/i, '').trim() ?? '';
-    if (presented === '' || !secretsEqual(presented, expected)) {
-      throw new UnauthorizedError('missing or wrong Authorization header');
+    if (presented === '') refuse();
+    if (shared !== undefined && secretsEqual(presented, shared)) return {};
+    if (!oidc || !JWT_SHAPE.test(presented)) refuse();
+    jwks ??= createRemoteJWKSet(new URL(oidc.jwksUrl), { timeoutDuration: oidc.timeoutMs ?? 5_000 });
+    let subject: string | undefined;
+    try {
+      const { payload } = await jwtVerify(presented, jwks, {
+        issuer: oidc.issuer,
+        audience: oidc.audience,
+        algorithms: ASYMMETRIC_ALGORITHMS,
+        requiredClaims: ['sub', 'exp'],
+      });
+      subject = payload.sub;
+    } catch {
+      // Why it failed (expired, wrong audience, unknown key, JWKS down) is not the caller's business.
+      refuse();
     }
-    return {};
+    if (!subject || (subjects.length > 0 && !subjects.some((pattern) => pattern.matcher(subject).matches()))) refuse();
+    return { subject };
   };
 }

@@ -34,6 +34,8 @@ export interface Config {
   clusterCacheSeconds: number;
   /** How often the reaper writes down expired leases. */
   reapIntervalSeconds: number;
+  /** CI systems' ID tokens accepted beside (or instead of) the shared token. */
+  oidc?: { jwksUrl: string; issuer: string; audience: string; allowedSubjects: string[] };
   /** Deadline of one call to a backend (the lease store's apiserver, GKE, a leased cluster). */
   backendTimeoutSeconds: number;
   /** What a lessee's kubeconfig carries: a per-lease ServiceAccount token, or the pool's own credentials. Unset: the pool file's choice, else serviceaccount. */
@@ -100,6 +102,10 @@ const Environment = v.object({
   CLUSTER_CACHE_SECONDS: integer(0, 86_400, 30),
   REAP_INTERVAL_SECONDS: integer(1, 3_600, 2),
   BACKEND_TIMEOUT_SECONDS: integer(1, 600, 10),
+  AUTH_JWKS_URL: v.optional(v.pipe(v.string(), v.url('must be a URL'), v.regex(/^https?:\/\//, 'must be an http(s) URL'))),
+  AUTH_ISSUER: text(),
+  AUTH_AUDIENCE: text(),
+  AUTH_ALLOWED_SUBJECTS: text(),
   LEASE_CREDENTIALS: oneOf(['serviceaccount', 'google-token', 'pool']),
   LEASE_GROUP_ROLES: v.optional(
     v.pipe(
@@ -173,7 +179,20 @@ export function loadConfig(environment: Record<string, string | undefined>, defa
       ...(env.GKE_EMULATOR_HOST && { emulatorHost: env.GKE_EMULATOR_HOST }),
     };
   }
-  if (mode !== 'local' && !env.AUTH_TOKEN) fail('AUTH_TOKEN', 'is required outside local mode');
+  const oidcParts = [env.AUTH_JWKS_URL, env.AUTH_ISSUER, env.AUTH_AUDIENCE];
+  if (oidcParts.some(Boolean) && !oidcParts.every(Boolean)) {
+    fail(!env.AUTH_JWKS_URL ? 'AUTH_JWKS_URL' : !env.AUTH_ISSUER ? 'AUTH_ISSUER' : 'AUTH_AUDIENCE', 'is required with the other AUTH_JWKS_URL, AUTH_ISSUER, AUTH_AUDIENCE settings');
+  }
+  if (env.AUTH_ALLOWED_SUBJECTS && !env.AUTH_JWKS_URL) fail('AUTH_ALLOWED_SUBJECTS', 'needs AUTH_JWKS_URL, AUTH_ISSUER and AUTH_AUDIENCE');
+  const oidc = env.AUTH_JWKS_URL && env.AUTH_ISSUER && env.AUTH_AUDIENCE
+    ? {
+        jwksUrl: env.AUTH_JWKS_URL,
+        issuer: env.AUTH_ISSUER,
+        audience: env.AUTH_AUDIENCE,
+        allowedSubjects: (env.AUTH_ALLOWED_SUBJECTS ?? '').split(',').map((subject) => subject.trim()).filter(Boolean),
+      }
+    : undefined;
+  if (mode !== 'local' && !env.AUTH_TOKEN && !oidc) fail('AUTH_TOKEN', 'is required outside local mode (or configure AUTH_JWKS_URL, AUTH_ISSUER and AUTH_AUDIENCE)');
   return {
     bindHost: env.BIND_HOST,
     bindPort: env.BIND_PORT,
@@ -200,6 +219,7 @@ export function loadConfig(environment: Record<string, string | undefined>, defa
     clusterDomain: env.CLUSTER_DOMAIN,
     ...(env.REGISTRY_LOCATION && { registryLocation: env.REGISTRY_LOCATION }),
     ...(env.KUBECONFIG && { kubeconfigPath: env.KUBECONFIG }),
+    ...(oidc && { oidc }),
     ...(gke && { gke }),
   };
 }

@@ -3,7 +3,7 @@
 
 import type { Logger } from 'pino';
 import type { AppDeps } from '../app.ts';
-import { sharedTokenAuthenticator } from './auth.ts';
+import { createAuthenticator } from './auth.ts';
 import type { Config } from './config.ts';
 import { ClusterAccess } from './cluster-access.ts';
 import { ProviderCredentials, ServiceAccountCredentials } from './credentials.ts';
@@ -30,8 +30,8 @@ export interface Services {
 
 export interface BuildOptions {
   clock?: Clock;
-  /** The shared token; main.ts resolves it (from AUTH_TOKEN or the local token file). */
-  authToken: string;
+  /** The shared token; main.ts resolves it (from AUTH_TOKEN or the local token file). None: OIDC only. */
+  authToken?: string;
   /** Benchmarks switch group commit off to compare with plain retry-on-conflict. */
   writePath?: WritePathOptions;
   /** Tests shorten the waiters' poll and ticket times. */
@@ -120,7 +120,10 @@ export async function buildServices(config: Config, logger: Logger, options: Bui
   return {
     deps: {
       leases,
-      authenticate: sharedTokenAuthenticator(options.authToken),
+      authenticate: createAuthenticator({
+        ...(options.authToken !== undefined && { sharedToken: options.authToken }),
+        ...(config.oidc && { oidc: { ...config.oidc, timeoutMs: config.backendTimeoutSeconds * 1000 } }),
+      }),
       logger,
       metrics,
       maxLeaseSeconds: config.maxLeaseSeconds,

@@ -56,6 +56,11 @@ describe('configuration from the environment', () => {
     ['raw account file not JSON', { GOOGLE_CLOUD_PROJECT_ID: 'p', AUTH_TOKEN: 't', GOOGLE_CLOUD_ACCOUNT_FILE: '{oops' }, /GOOGLE_CLOUD_ACCOUNT_FILE is not/],
     ['account JSON without a key', { GOOGLE_CLOUD_PROJECT_ID: 'p', AUTH_TOKEN: 't', GOOGLE_CLOUD_ACCOUNT_FILE: '{"a":1}' }, /client_email or private_key missing/],
     ['GKE_EMULATOR_HOST not host:port', { GKE_EMULATOR_HOST: 'http://x' }, /GKE_EMULATOR_HOST must be host:port/],
+    ['OIDC without an audience', { AUTH_JWKS_URL: 'https://issuer/jwks', AUTH_ISSUER: 'https://issuer' }, /AUTH_AUDIENCE is required with the other/],
+    ['OIDC JWKS not a URL', { AUTH_JWKS_URL: 'jwks', AUTH_ISSUER: 'i', AUTH_AUDIENCE: 'a' }, /AUTH_JWKS_URL must be a URL/],
+    ['allowed subjects without OIDC', { AUTH_ALLOWED_SUBJECTS: 'repo:*' }, /AUTH_ALLOWED_SUBJECTS needs AUTH_JWKS_URL/],
+    ['BACKEND_TIMEOUT_SECONDS zero', { BACKEND_TIMEOUT_SECONDS: '0' }, /BACKEND_TIMEOUT_SECONDS/],
+    ['LEASE_GROUP_ROLES malformed', { LEASE_GROUP_ROLES: 'admins' }, /LEASE_GROUP_ROLES must be group=ClusterRole pairs/],
   ];
   for (const [name, env, message] of bad) {
     test(`a bad value stops start-up naming the variable: ${name}`, () => {
@@ -82,6 +87,15 @@ describe('configuration from the environment', () => {
     const fromRaw = loadConfig({ GOOGLE_CLOUD_PROJECT_ID: 'proj', AUTH_TOKEN: 't', GOOGLE_CLOUD_ACCOUNT_FILE: account, GOOGLE_CLOUD_ZONE: 'europe-west1-b' }, defaults);
     assert.equal(fromRaw.gke?.zone, 'europe-west1-b');
     assert.equal(fromRaw.gke?.accountJson, account);
+  });
+
+  test('GKE mode with OIDC only: AUTH_TOKEN may be left out', () => {
+    const config = loadConfig(
+      { GOOGLE_CLOUD_PROJECT_ID: 'proj', GKE_EMULATOR_HOST: '127.0.0.1:1', AUTH_JWKS_URL: 'https://token.actions.example/.well-known/jwks', AUTH_ISSUER: 'https://token.actions.example', AUTH_AUDIENCE: 'k8s-claimer', AUTH_ALLOWED_SUBJECTS: 'repo:a/*, repo:b/c:*' },
+      defaults,
+    );
+    assert.equal(config.authToken, undefined);
+    assert.deepEqual(config.oidc?.allowedSubjects, ['repo:a/*', 'repo:b/c:*']);
   });
 
   test('GKE mode with an emulator needs no account file', () => {
