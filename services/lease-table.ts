@@ -240,6 +240,10 @@ export type AcquireResult =
 export function acquire(request: AcquireRequest): Decision<AcquireResult> {
   return (table, context) => {
     const { now, clusters } = context;
+    // Decided again after a write whose answer was lost? If it landed, this is its lease.
+    const already = findLive(table, request.tokenHash, now);
+    const landed = already && clusters.find((cluster) => cluster.id === already.clusterId);
+    if (already && landed) return { table, result: { granted: true, cluster: landed, lease: already.lease } };
     const filter = request.filter ?? {};
     const ticket = request.wait?.ticket;
     const cluster = freeForMe(table, context, ticket).find((candidate) => matches(filter, candidate));

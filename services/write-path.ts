@@ -138,6 +138,8 @@ export class WritePath {
 
   private async commit(batch: Pending[], useCache: boolean): Promise<void> {
     let troubles = 0;
+    /** Earlier writes of this batch whose fate is unknown (no answer): one may still show up. */
+    const unclear: Array<{ base: LeaseTable; next: LeaseTable; settle: Array<() => void>; size: number }> = [];
     for (let attempt = 1; ; attempt++) {
       let base: Snapshot;
       let fresh: boolean;
@@ -154,6 +156,17 @@ export class WritePath {
           continue;
         }
         for (const pending of batch) pending.reject(error);
+        return;
+      }
+      // A fresh table that holds an earlier unclear write: that write landed, its answers stand.
+      const earlier = unclear.find((write) => holdsChanges(write.base, write.next, base.table));
+      if (earlier) {
+        if (useCache) this.cached = base;
+        for (const settle of earlier.settle) settle();
+        // Requests that joined the batch after that write are decided again on their own.
+        const later = batch.slice(earlier.size);
+        if (later.length > 0) this.queue.unshift(...later);
+        this.tell(base.table);
         return;
       }
       const context: DecisionContext = { now: this.clock.now(), clusters, endState: this.endState };
@@ -187,7 +200,10 @@ export class WritePath {
         // Keep a table the watch delivered meanwhile: it is newer than the one that lost.
         if (this.cached?.version === base.version) this.cached = undefined;
         // Anything but a clean refusal may hide a write that landed (a timeout, a reset).
-        if (!(error instanceof VersionConflictError)) written = await this.landed(base.table, table);
+        if (!(error instanceof VersionConflictError)) {
+          written = await this.landed(base.table, table);
+          if (!written) unclear.push({ base: base.table, next: table, settle: outcomes, size: batch.length });
+        }
       }
       if (written) {
         if (useCache) this.cached = written;

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { ContentionError, NoClusterAvailableError } from '../services/errors.ts';
+import { ContentionError, NoClusterAvailableError, TransientStoreError } from '../services/errors.ts';
 import { acquire, release, type AcquireResult, type LeaseTable } from '../services/lease-table.ts';
 import type { Cluster } from '../services/providers/types.ts';
 import { MemoryLeaseStore } from '../services/store/memory.ts';
@@ -118,5 +118,40 @@ describe('write path', () => {
       answers.map((answer) => (answer.status === 'rejected' ? String(answer.reason) : 'granted')),
       ['Error: apiserver down', 'Error: apiserver down', 'Error: apiserver down'],
     );
+  });
+});
+
+describe('writes whose answer is lost', () => {
+  /** Applies a write, then fails as if the connection dropped; the next read fails too. */
+  class LossyStore extends MemoryLeaseStore {
+    losses = 1;
+    failedReads = 0;
+    override async read(): Promise<Snapshot> {
+      if (this.failedReads > 0) {
+        this.failedReads -= 1;
+        throw new TransientStoreError('read failed');
+      }
+      return super.read();
+    }
+    override async write(next: LeaseTable, base: Snapshot): Promise<Snapshot> {
+      const written = await super.write(next, base);
+      if (this.losses > 0) {
+        this.losses -= 1;
+        this.failedReads = 1;
+        throw new TransientStoreError('socket hang up after the write');
+      }
+      return written;
+    }
+  }
+
+  test('a write that landed though its answer was lost is recognised later: one lease, the same answer', async () => {
+    const store = new LossyStore();
+    const path = new WritePath(store, async () => clusters, clock, { ...noPause, transientPauseMs: 0 });
+    const result = await path.submit(acquire({ tokenHash: hashToken('me'), durationSeconds: 60 }));
+    assert.equal(clusterOf(result).id, 'z/c1');
+    const { table } = await store.read();
+    const mine = Object.values(table.clusters).filter((entry) => entry.lease?.tokenHash === hashToken('me'));
+    assert.equal(mine.length, 1, 'the same request leased two clusters');
+    assert.equal(store.writes, 1);
   });
 });
