@@ -151,14 +151,20 @@ export class StaticProvider implements ClusterProvider {
   }
 }
 
-function fromInline(entry: v.InferOutput<typeof InlineCluster>): PoolMember {
+type PoolEntry = Pick<v.InferOutput<typeof InlineCluster>, 'name' | 'location' | 'labels' | 'version' | 'cluster_tag' | 'gpu'>;
+
+/** A pool member from its pool-file entry and how to reach its API server. */
+function poolMember(
+  entry: PoolEntry,
+  access: { server: string; caData?: string; insecureSkipTlsVerify?: boolean; user: Record<string, unknown> },
+): PoolMember {
   const cluster: Cluster = {
     id: `${entry.location}/${entry.name}`,
     name: entry.name,
     location: entry.location,
-    server: entry.server,
-    endpoint: hostOf(entry.server),
-    ...(entry.certificate_authority_data && { caData: entry.certificate_authority_data }),
+    server: access.server,
+    endpoint: hostOf(access.server),
+    ...(access.caData && { caData: access.caData }),
     labels: entry.labels,
     version: entry.version,
     status: 'RUNNING',
@@ -166,14 +172,17 @@ function fromInline(entry: v.InferOutput<typeof InlineCluster>): PoolMember {
     gpu: entry.gpu,
     registryLocation: null,
   };
-  const kubeconfig = buildKubeconfig({
-    contextName: entry.name,
+  const kubeconfig = buildKubeconfig({ contextName: entry.name, ...access });
+  return { cluster, kubeconfig };
+}
+
+function fromInline(entry: v.InferOutput<typeof InlineCluster>): PoolMember {
+  return poolMember(entry, {
     server: entry.server,
     caData: entry.certificate_authority_data,
     insecureSkipTlsVerify: entry.insecure_skip_tls_verify,
     user: entry.token ? { token: entry.token } : {},
   });
-  return { cluster, kubeconfig };
 }
 
 /** File references in a kubeconfig are inlined, so the lessee's copy works anywhere. */
@@ -219,26 +228,5 @@ async function fromKubeconfigFile(entry: v.InferOutput<typeof KubeconfigCluster>
   const user = await inlineFiles(config.users.find((candidate) => candidate.name === context.user)?.user ?? {}, folder);
   const server = clusterSection.server;
   const caData = typeof clusterData['certificate-authority-data'] === 'string' ? clusterData['certificate-authority-data'] : undefined;
-  const cluster: Cluster = {
-    id: `${entry.location}/${entry.name}`,
-    name: entry.name,
-    location: entry.location,
-    server,
-    endpoint: hostOf(server),
-    ...(caData && { caData }),
-    labels: entry.labels,
-    version: entry.version,
-    status: 'RUNNING',
-    tag: entry.cluster_tag ?? `${entry.location}/${entry.name}`,
-    gpu: entry.gpu,
-    registryLocation: null,
-  };
-  const kubeconfig = buildKubeconfig({
-    contextName: entry.name,
-    server,
-    caData,
-    insecureSkipTlsVerify: clusterData['insecure-skip-tls-verify'] === true,
-    user,
-  });
-  return { cluster, kubeconfig };
+  return poolMember(entry, { server, caData, insecureSkipTlsVerify: clusterData['insecure-skip-tls-verify'] === true, user });
 }
