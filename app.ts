@@ -82,6 +82,8 @@ function backendOf(error: unknown): Backend {
   // gRPC errors carry a numeric status code and details.
   if (typeof code === 'number' && typeof details === 'string') return 'gke';
   if (typeof code === 'number') return 'cluster';
+  // No answer from a leased cluster's API server (store calls arrive as TransientStoreError).
+  if (typeof code === 'string' && /^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EHOSTUNREACH|ENOTFOUND|EAI_AGAIN)$/.test(code)) return 'cluster';
   if (typeof code === 'string' && code.startsWith('E')) return 'file';
   return 'other';
 }

@@ -23,6 +23,12 @@ try {
 }
 
 const logger = createLogger(config.logLevel);
+if (config.oidc && config.oidc.allowedSubjects.length === 0) {
+  logger.warn(
+    { issuer: config.oidc.issuer },
+    'AUTH_ALLOWED_SUBJECTS is not set: every subject of this issuer may lease; with a public issuer (GitHub Actions, gitlab.com) that is anyone who can run a job there',
+  );
+}
 
 let authToken = config.authToken;
 // Local mode with neither a shared token nor OIDC: a generated token keeps the API closed.
@@ -71,8 +77,13 @@ async function shutdown(signal: string): Promise<void> {
   stopping = true;
   logger.info({ signal }, 'shutting down: no new connections, waiters answered 503, finishing requests in flight');
   services.waiting.shutdown();
-  await server.close();
-  await services.close();
+  try {
+    await server.close();
+    await services.close();
+  } catch (error) {
+    logger.error({ err: error }, 'error while shutting down');
+    process.exit(1);
+  }
   logger.info('stopped');
   process.exit(0);
 }

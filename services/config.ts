@@ -102,7 +102,10 @@ const Environment = v.object({
   CLUSTER_CACHE_SECONDS: integer(0, 86_400, 30),
   REAP_INTERVAL_SECONDS: integer(1, 3_600, 2),
   BACKEND_TIMEOUT_SECONDS: integer(1, 600, 10),
-  AUTH_JWKS_URL: v.optional(v.pipe(v.string(), v.url('must be a URL'), v.regex(/^https?:\/\//, 'must be an http(s) URL'))),
+  // https only: whoever can change the keys in transit can sign tokens. Plain http for loopback (tests).
+  AUTH_JWKS_URL: v.optional(
+    v.pipe(v.string(), v.url('must be a URL'), v.regex(/^(https:\/\/|http:\/\/(127\.0\.0\.1|localhost|\[::1\])[:/])/, 'must be an https URL')),
+  ),
   AUTH_ISSUER: text(),
   AUTH_AUDIENCE: text(),
   AUTH_ALLOWED_SUBJECTS: text(),

@@ -27,6 +27,8 @@ export interface CredentialIssuer {
   issue(cluster: Cluster, lease: Lease, tokenSeconds: number): Promise<Issued>;
   /** Removes every credential the claimer issued in the cluster (it is between leases). */
   revokeAll(cluster: Cluster): Promise<number>;
+  /** Removes the credentials of one lease (it ended while they were being made). */
+  revokeLease(cluster: Cluster, leaseId: string): Promise<void>;
 }
 
 export class ProviderCredentials implements CredentialIssuer {
@@ -40,6 +42,8 @@ export class ProviderCredentials implements CredentialIssuer {
   async revokeAll(): Promise<number> {
     return 0;
   }
+
+  async revokeLease(): Promise<void> {}
 }
 
 export class ServiceAccountCredentials implements CredentialIssuer {
@@ -87,13 +91,23 @@ export class ServiceAccountCredentials implements CredentialIssuer {
     };
   }
 
-  async revokeAll(cluster: Cluster): Promise<number> {
+  async revokeLease(cluster: Cluster, leaseId: string): Promise<void> {
     const { core, rbac } = await this.access.clientsFor(cluster);
-    const bindings = await rbac.listClusterRoleBinding({ labelSelector: MANAGED_SELECTOR });
+    await ignoreMissing(rbac.deleteClusterRoleBinding({ name: bindingName(leaseId) }));
+    await ignoreMissing(core.deleteNamespacedServiceAccount({ name: serviceAccountName(leaseId), namespace: LEASES_NAMESPACE }));
+  }
+
+  async revokeAll(cluster: Cluster): Promise<number> {
+    return this.revoke(cluster, MANAGED_SELECTOR);
+  }
+
+  private async revoke(cluster: Cluster, labelSelector: string): Promise<number> {
+    const { core, rbac } = await this.access.clientsFor(cluster);
+    const bindings = await rbac.listClusterRoleBinding({ labelSelector });
     for (const binding of bindings.items) {
       if (binding.metadata?.name) await ignoreMissing(rbac.deleteClusterRoleBinding({ name: binding.metadata.name }));
     }
-    const accounts = await ignoreMissing(core.listNamespacedServiceAccount({ namespace: LEASES_NAMESPACE, labelSelector: MANAGED_SELECTOR }));
+    const accounts = await ignoreMissing(core.listNamespacedServiceAccount({ namespace: LEASES_NAMESPACE, labelSelector }));
     for (const account of accounts?.items ?? []) {
       if (account.metadata?.name) {
         await ignoreMissing(core.deleteNamespacedServiceAccount({ name: account.metadata.name, namespace: LEASES_NAMESPACE }));

@@ -11,7 +11,7 @@ import type { Logger } from 'pino';
 import { ClusterAccess, ignoreMissing, statusOf } from './cluster-access.ts';
 import type { CredentialIssuer } from './credentials.ts';
 import { LEASES_NAMESPACE } from './credentials.ts';
-import { cleanupDue, failCleanup, finishCleanup, startCleanup } from './lease-table.ts';
+import { cleanupDue, failCleanup, finishCleanup, startCleanup, type LeaseTable } from './lease-table.ts';
 import type { Cluster } from './providers/types.ts';
 import type { WritePath } from './write-path.ts';
 
@@ -63,9 +63,11 @@ export class Janitor {
   }
 
   start(): void {
-    this.timer = setInterval(() => this.schedule(), this.options.pollMs ?? 1_000);
+    // The poll reads the store: it finds retries that came due and claims that lapsed. Tables
+    // this replica learns of anyway (its commits, the watch) are looked at without a read.
+    this.timer = setInterval(() => this.schedule(), this.options.pollMs ?? 2_000);
     this.timer.unref?.();
-    this.stopListening = this.writePath.onTable(() => this.schedule());
+    this.stopListening = this.writePath.onTable((table) => this.schedule(table));
     this.schedule();
   }
 
@@ -80,20 +82,22 @@ export class Janitor {
     return () => this.listeners.delete(listener);
   }
 
-  private schedule(): void {
+  private schedule(known?: LeaseTable): void {
     if (this.scheduled) return;
     this.scheduled = true;
     queueMicrotask(() => {
       this.scheduled = false;
-      void this.sweep();
+      void this.sweep(known);
     });
   }
 
-  private async sweep(): Promise<void> {
+  private async sweep(known?: LeaseTable): Promise<void> {
     let due: Cluster[];
     try {
-      const { snapshot, context } = await this.writePath.view();
-      due = cleanupDue(snapshot.table, context);
+      const { table, context } = known
+        ? { table: known, context: await this.writePath.context() }
+        : await this.writePath.view().then(({ snapshot, context }) => ({ table: snapshot.table, context }));
+      due = cleanupDue(table, context);
     } catch (error) {
       this.logger.warn({ err: error }, 'the janitor could not read the lease table');
       return;
@@ -122,8 +126,12 @@ export class Janitor {
         step = 'deleting namespaces';
         deleted = await this.deleteNamespaces(cluster);
       }
-      await this.writePath.submit(finishCleanup(cluster.id, this.owner));
+      const finished = await this.writePath.submit(finishCleanup(cluster.id, this.owner));
       const ms = Math.round(performance.now() - started);
+      if (!finished) {
+        this.logger.warn({ cluster: cluster.id, ms }, 'cleanup done, but another janitor had taken the cluster over meanwhile');
+        return;
+      }
       this.logger.info({ event: 'cluster.cleaned', cluster: cluster.id, credentials_revoked: revoked, namespaces_deleted: deleted, ms }, 'cluster cleaned');
       this.tell({ cluster: cluster.id, ok: true, ms });
     } catch (error) {

@@ -437,13 +437,15 @@ export function cleanupBackoffMs(attempts: number): number {
   return Math.min(15_000, 1000 * 2 ** Math.max(0, attempts - 1));
 }
 
-/** Clusters a janitor may take now: dirty and due, or cleaning under a claim that lapsed. */
-export function cleanupDue(table: LeaseTable, { now, clusters, endState }: DecisionContext): Cluster[] {
+/**
+ * Clusters a janitor may take now: dirty and due, or cleaning under a claim that lapsed. An
+ * expired lease the reaper has not written down yet waits for it (so its end is logged).
+ */
+export function cleanupDue(table: LeaseTable, { now, clusters }: DecisionContext): Cluster[] {
   return clusters.filter((cluster) => {
     const entry = table.clusters[cluster.id];
-    const state = effectiveState(table, cluster, now, endState);
-    if (state === 'dirty') return (entry?.cleanup?.retryAt ?? 0) <= now;
-    return state === 'cleaning' && (entry?.cleanup?.deadline ?? 0) <= now;
+    if (entry?.state === 'dirty') return (entry.cleanup?.retryAt ?? 0) <= now;
+    return entry?.state === 'cleaning' && (entry.cleanup?.deadline ?? 0) <= now;
   });
 }
 

@@ -5,7 +5,7 @@ import type { Logger } from 'pino';
 import { randomBytes } from 'node:crypto';
 import type { ClusterFilter } from './cluster-filter.ts';
 import type { CredentialIssuer } from './credentials.ts';
-import { ClientGoneError, NoClusterAvailableError, NotReadyError } from './errors.ts';
+import { ClientGoneError, LeaseNotFoundError, NoClusterAvailableError, NotReadyError } from './errors.ts';
 import type { Facts, HandOffFacts } from './facts.ts';
 import type { Metrics } from './metrics.ts';
 import {
@@ -108,13 +108,20 @@ export class LeaseService {
       ...(options.holder !== undefined && { holder: options.holder }),
     };
     let granted: Granted;
-    if (options.waitSeconds) {
-      granted = await this.waiting.acquire(request, options.waitSeconds, options.signal);
-    } else {
-      const outcome = await this.writePath.submit(acquire(request));
-      // Without a ticket a decision never queues; this only narrows the type.
-      if (!outcome.granted) throw new NoClusterAvailableError('AllLeased', 'every matching cluster is leased', outcome.retryAfterSeconds);
-      granted = outcome;
+    try {
+      if (options.waitSeconds) {
+        granted = await this.waiting.acquire(request, options.waitSeconds, options.signal);
+      } else {
+        const outcome = await this.writePath.submit(acquire(request));
+        // Without a ticket a decision never queues; this only narrows the type.
+        if (!outcome.granted) throw new NoClusterAvailableError('AllLeased', 'every matching cluster is leased', outcome.retryAfterSeconds);
+        granted = outcome;
+      }
+    } catch (error) {
+      // A store failure may hide a write that lands later: undo it then, or its cluster would
+      // stay leased to a token nobody knows. Refusals changed nothing.
+      if (!(error instanceof NoClusterAvailableError || error instanceof ClientGoneError)) this.undoLater(tokenHash, log);
+      throw error;
     }
     const { cluster, lease } = granted;
     let kubeconfig: string;
@@ -132,10 +139,14 @@ export class LeaseService {
       if (lease.credentials && issued.tokenExpiresAt !== undefined) {
         granted = { ...granted, lease: { ...lease, credentials: { ...lease.credentials, tokenExpiresAt: issued.tokenExpiresAt } } };
       }
+      if (options.signal?.aborted) throw new ClientGoneError('the client went away before its lease was handed over');
+      // Minting takes round trips: the lease may have ended meanwhile, and its cluster been
+      // cleaned and leased again. Then the credentials just made must go, and nobody gets them.
+      if (this.issuer.perLease) await this.stillLive(tokenHash, cluster, lease.id);
     } catch (error) {
       // The lessee never learns the token, so hand the cluster back before failing.
       await this.writePath.submit(release(tokenHash)).catch((releaseError: unknown) => {
-        log.error({ err: releaseError, cluster: cluster.id }, 'could not undo a lease that was not handed over');
+        if (!(releaseError instanceof LeaseNotFoundError)) log.error({ err: releaseError, cluster: cluster.id }, 'could not undo a lease that was not handed over');
       });
       throw error;
     }
@@ -144,6 +155,28 @@ export class LeaseService {
       'lease granted',
     );
     return { token, cluster, lease: granted.lease, kubeconfig, facts };
+  }
+
+  /** Throws (after revoking them) when the lease whose credentials were just made has ended. */
+  private async stillLive(tokenHash: string, cluster: Cluster, leaseId: string): Promise<void> {
+    const { snapshot, context } = await this.writePath.view();
+    try {
+      describeLease(snapshot.table, tokenHash, context);
+    } catch (error) {
+      await this.issuer.revokeLease(cluster, leaseId);
+      throw error;
+    }
+  }
+
+  /** Releases a lease whose acquire failed unclearly, now and once more a little later. */
+  private undoLater(tokenHash: string, log: Logger): void {
+    const undo = () =>
+      this.writePath.submit(release(tokenHash)).then(
+        ({ clusterId }) => log.warn({ cluster: clusterId }, 'undid a lease whose acquire had failed'),
+        () => undefined,
+      );
+    void undo();
+    setTimeout(() => void undo(), 5_000).unref?.();
   }
 
   async release(token: string, log: Logger = this.logger): Promise<void> {
@@ -166,9 +199,15 @@ export class LeaseService {
     if (this.issuer.perLease && current.lease && credentials && context.now + durationSeconds * 1000 > credentials.tokenExpiresAt) {
       refreshed = await this.issuer.issue(current.cluster, current.lease, tokenLifetimeSeconds(durationSeconds));
     }
-    const { clusterId, lease } = await this.writePath.submit(
-      extend(tokenHash, durationSeconds, this.options.maxLeaseSeconds, refreshed?.tokenExpiresAt),
-    );
+    let extended;
+    try {
+      extended = await this.writePath.submit(extend(tokenHash, durationSeconds, this.options.maxLeaseSeconds, refreshed?.tokenExpiresAt));
+    } catch (error) {
+      // The lease ended while its fresh token was minted: that token's account must not stay.
+      if (refreshed && current.lease && error instanceof LeaseNotFoundError) await this.issuer.revokeLease(current.cluster, current.lease.id);
+      throw error;
+    }
+    const { clusterId, lease } = extended;
     this.metrics?.extended.inc();
     log.info(
       { event: 'lease.extended', cluster: clusterId, note: lease.note, expires_at: new Date(lease.expiresAt).toISOString(), new_token: Boolean(refreshed) },

@@ -14,7 +14,8 @@ export class Metrics {
     labelNames: ['state'] as const,
     registers: [this.registry],
     collect: async () => {
-      const counts = await this.countStates?.();
+      // A store that does not answer must not fail the whole scrape: the other metrics matter most then.
+      const counts = await this.countStates?.().catch(() => undefined);
       if (!counts) return;
       this.clusters.reset();
       for (const [state, count] of Object.entries(counts)) this.clusters.set({ state }, count);

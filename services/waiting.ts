@@ -49,6 +49,7 @@ export class Waiting {
 
   /** Leases a matching cluster as soon as one is free for this request, or fails at the deadline. */
   async acquire(request: Omit<AcquireRequest, 'wait'>, waitSeconds: number, signal?: AbortSignal): Promise<Granted> {
+    if (this.shuttingDown) throw new ShuttingDownError();
     const ticket = randomBytes(8).toString('hex');
     const attempt = (final: boolean) =>
       this.writePath.submit(acquire({ ...request, wait: { ticket, ttlMs: this.ticketTtlMs, final } }));
@@ -69,7 +70,6 @@ export class Waiting {
     }, waitSeconds * 1000);
     const onAbort = () => woken();
     signal?.addEventListener('abort', onAbort);
-    if (this.shuttingDown) throw new ShuttingDownError();
     this.add(waiter);
     try {
       let outcome = await attempt(false);

@@ -108,7 +108,12 @@ export async function buildServices(config: Config, logger: Logger, options: Bui
   metrics.countStates = () => leases.countStates();
   metrics.waitingDepth = () => waiting.depth;
   const stopReaper = startReaper(writePath, logger, config.reapIntervalSeconds * 1000, metrics);
-  const janitor = new Janitor(writePath, access, issuer, { cleanup: policy.cleanup, protectedNamespaces: config.protectedNamespaces, ...options.janitor }, logger);
+  // The lease store's own namespace is never cleaned, should its cluster be in the pool.
+  const protectedNamespaces = [...config.protectedNamespaces, config.namespace];
+  // Without cleanup work the janitor only frees what an earlier configuration left dirty: a
+  // slow poll will do.
+  const pollMs = policy.endState === 'dirty' ? 2_000 : 30_000;
+  const janitor = new Janitor(writePath, access, issuer, { cleanup: policy.cleanup, protectedNamespaces, pollMs, ...options.janitor }, logger);
   janitor.onCleanup(({ ok, ms }) => {
     metrics.cleanupSeconds.observe({ outcome: ok ? 'ok' : 'failed' }, ms / 1000);
     if (!ok) {
@@ -116,7 +121,8 @@ export async function buildServices(config: Config, logger: Logger, options: Bui
       metrics.backendErrors.inc({ backend: 'cluster' });
     }
   });
-  if (policy.endState === 'dirty') janitor.start();
+  // Always: dirty clusters left by an earlier configuration still need freeing.
+  janitor.start();
   return {
     deps: {
       leases,

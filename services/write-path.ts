@@ -3,7 +3,7 @@
 // compare-and-swap (group commit); each still gets its own answer. A conflict re-reads the
 // table and replays the same decisions, so no answer is ever based on a stale table.
 
-import { ContentionError, TransientStoreError, VersionConflictError } from './errors.ts';
+import { ContentionError, LeaseNotFoundError, TransientStoreError, VersionConflictError } from './errors.ts';
 import { holdsChanges, type Decision, type DecisionContext, type LeaseTable } from './lease-table.ts';
 import type { Cluster } from './providers/types.ts';
 import type { LeaseStore, Snapshot } from './store/types.ts';
@@ -34,6 +34,11 @@ export interface WritePathOptions {
 
 interface Pending {
   decision: Decision<unknown>;
+  /**
+   * What this decision answered in an earlier write whose fate is unknown. If deciding again
+   * finds its lease gone (a release that did land), that earlier answer is the true one.
+   */
+  unclearAnswer?: { value: unknown };
   /** A "nothing to change" answer from the cached table will do (the reaper's sweeps). */
   staleOk: boolean;
   resolve(value: unknown): void;
@@ -89,6 +94,11 @@ export class WritePath {
       this.queue.push(pending);
       if (!this.flushing) void this.flush();
     });
+  }
+
+  /** The pool and the time, without reading the table. */
+  async context(): Promise<DecisionContext> {
+    return { now: this.clock.now(), clusters: await this.listClusters(), endState: this.endState };
   }
 
   /** A fresh read of the table and the pool, for answers that change nothing. */
@@ -171,12 +181,16 @@ export class WritePath {
       }
       const context: DecisionContext = { now: this.clock.now(), clusters, endState: this.endState };
       let table = base.table;
-      const outcomes = batch.map((pending) => {
+      const answers: Array<{ value: unknown } | undefined> = [];
+      const outcomes = batch.map((pending, index) => {
         try {
           const outcome = pending.decision(table, context);
           table = outcome.table;
+          answers[index] = { value: outcome.result };
           return () => pending.resolve(outcome.result);
         } catch (error) {
+          const earlier = pending.unclearAnswer;
+          if (earlier && error instanceof LeaseNotFoundError) return () => pending.resolve(earlier.value);
           return () => pending.reject(error);
         }
       });
@@ -202,7 +216,12 @@ export class WritePath {
         // Anything but a clean refusal may hide a write that landed (a timeout, a reset).
         if (!(error instanceof VersionConflictError)) {
           written = await this.landed(base.table, table);
-          if (!written) unclear.push({ base: base.table, next: table, settle: outcomes, size: batch.length });
+          if (!written) {
+            unclear.push({ base: base.table, next: table, settle: outcomes, size: batch.length });
+            batch.forEach((pending, index) => {
+              if (answers[index]) pending.unclearAnswer = answers[index];
+            });
+          }
         }
       }
       if (written) {

@@ -6,7 +6,7 @@ import { rm } from 'node:fs/promises';
 import { after, afterEach, before, beforeEach, describe, test } from 'node:test';
 import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
 import { parse } from 'yaml';
-import { startFakeKubeApiserver, type FakeKubeApiserver } from './fakes/kube-apiserver.ts';
+import { matchRequest, startFakeKubeApiserver, type FakeKubeApiserver } from './fakes/kube-apiserver.ts';
 import { TEST_TLS_CERT, TEST_TLS_KEY } from './fakes/tls-fixture.ts';
 import { poolOf, startTestApp, tempDir, type PoolCluster, type TestApp } from './support/harness.ts';
 import { seedLeaseService, startKube, writeKubeconfig } from './support/kube.ts';
@@ -150,13 +150,39 @@ describe('per-lease credentials', () => {
     await assert.rejects(lesseeApi(lease.body.kubeconfig).listNamespace(), (error: { code?: number }) => error.code === 401);
   });
 
-  test('expiry found by the reaper revokes the credentials too', async () => {
+  test('expiry found by the reaper revokes the credentials too, and is logged once', async () => {
     const app = await claimer({ REAP_INTERVAL_SECONDS: '1' });
     const lease = await call(app, 'POST', '/lease', { max_time: 30 });
     const token = tokenOf(lease.body.kubeconfig);
     app.clock.advance(30);
     await until(() => !cluster.isTokenValid(token), 'the token to be revoked');
     await until(async () => (await stateOf(app)).state === 'free', 'the cluster to be cleaned');
+    assert.equal(app.logs.lines.filter((line) => line.event === 'lease.expired').length, 1);
+  });
+
+  test('dirty clusters left by an earlier configuration are freed after a switch to pool credentials and no cleanup', async () => {
+    const shared = await tempDir();
+    after(() => rm(shared, { recursive: true, force: true }));
+    const first = await startTestApp({ clusters: [labCluster()], folder: shared, poolSettings: {}, env: { CLEANUP: 'none' }, janitor: { pollMs: 50 } });
+    apps.push(first);
+    const lease = await call(first, 'POST', '/lease', { max_time: 900 });
+    // The cluster's API server is away: the revocation fails and the cluster stays dirty.
+    cluster.failNext(100, 500, { match: (request) => request.method !== 'GET' || request.resource === 'clusterrolebindings' });
+    await call(first, 'DELETE', `/lease/${lease.body.token}`);
+    await until(async () => (await stateOf(first)).cleanup?.attempts === 1, 'a failed cleanup');
+    await first.close();
+    apps.splice(apps.indexOf(first), 1);
+    const second = await startTestApp({
+      clusters: [labCluster()],
+      folder: shared,
+      poolSettings: {},
+      env: { LEASE_CREDENTIALS: 'pool', CLEANUP: 'none' },
+      janitor: { pollMs: 50 },
+      clock: first.clock,
+    });
+    apps.push(second);
+    second.clock.advance(2);
+    await until(async () => (await stateOf(second)).state === 'free', 'the dirty cluster to be freed');
   });
 
   test('a failed revocation is retried until it succeeds, and shows in /leases meanwhile', async () => {
@@ -190,6 +216,36 @@ describe('per-lease credentials', () => {
     const issued = cluster.tokens.find((candidate) => candidate.token === second);
     assert.ok(Math.abs(Date.parse(beyond.body.credentials.expires_at) - (issued?.expirationTimestamp.getTime() ?? 0)) < 1000);
     assert.equal((await lesseeApi(beyond.body.kubeconfig).listNamespace()).items.length > 0, true);
+  });
+
+  test('a lease that ends while its credentials are minted hands out nothing and leaves no account behind', async () => {
+    const app = await claimer({ CLEANUP: 'none', REAP_INTERVAL_SECONDS: '1' });
+    const held = cluster.hang(matchRequest({ method: 'POST', resource: 'serviceaccounts' }));
+    const pending = app.request('POST', '/lease', { body: { max_time: 2 } });
+    await until(() => held.held > 0, 'the account creation to be under way');
+    app.clock.advance(3);
+    // Reaper and janitor end the lease and free the cluster while the account is being made.
+    await until(async () => (await stateOf(app)).state === 'free', 'the lease to end and be cleaned');
+    held.release();
+    const answer = await pending;
+    assert.ok(answer.status >= 400, `answered ${answer.status}`);
+    assert.equal((await answer.json()).kubeconfig, undefined);
+    assert.deepEqual(cluster.listObjects('serviceaccounts', 'k8s-claimer-leases'), []);
+    assert.deepEqual(cluster.listObjects('clusterrolebindings'), []);
+    assert.ok(cluster.tokens.every((issued) => !cluster.isTokenValid(issued.token)));
+  });
+
+  test('a client that goes away while its credentials are minted is given nothing', async () => {
+    const app = await claimer({ CLEANUP: 'none' });
+    const held = cluster.hang(matchRequest({ method: 'POST', resource: 'serviceaccounts' }));
+    const controller = new AbortController();
+    const pending = app.request('POST', '/lease', { body: { max_time: 600 }, signal: controller.signal });
+    await until(() => held.held > 0, 'the account creation to be under way');
+    controller.abort();
+    held.release();
+    assert.equal((await pending).status, 499);
+    await until(async () => (await stateOf(app)).state === 'free', 'the lease to be undone and cleaned');
+    assert.deepEqual(cluster.listObjects('serviceaccounts', 'k8s-claimer-leases'), []);
   });
 
   test('LEASE_CREDENTIALS=google-token (pool) hands out the pool\'s own credentials and creates nothing', async () => {

@@ -33,7 +33,9 @@ export function waiterKeyFor(ticket: string): string {
 const UNREADABLE: ClusterEntry = Object.freeze({ state: 'unknown' });
 
 /** The lease Service is missing, or refused the annotations: a backend failure, logged clearly. */
-export class LeaseServiceError extends Error {}
+export class LeaseServiceError extends Error {
+  override readonly name = 'LeaseServiceError';
+}
 
 function annotationsSize(annotations: Record<string, string>): number {
   let size = 0;
@@ -217,7 +219,8 @@ export class KubernetesLeaseStore implements LeaseStore {
       } else if (ORIGINAL_KEY.test(key)) {
         const decoded = decodeLegacy(parseJson(value));
         if (decoded.ok) legacy[key] = decoded.value;
-        else this.options.logger.warn({ annotation: key, service: this.where, problem: decoded.problem }, 'an annotation keyed like an original k8s-claimer lease does not parse; it is left alone');
+        // The key of such a record is a lease token of the original claimer: only its start is logged.
+        else this.options.logger.warn({ annotation: `${key.slice(0, 8)}...`, service: this.where, problem: decoded.problem }, 'an annotation keyed like an original k8s-claimer lease does not parse; it is left alone');
       }
     }
     this.decoded = decodedNow;
