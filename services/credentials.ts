@@ -98,16 +98,12 @@ export class ServiceAccountCredentials implements CredentialIssuer {
   }
 
   async revokeAll(cluster: Cluster): Promise<number> {
-    return this.revoke(cluster, MANAGED_SELECTOR);
-  }
-
-  private async revoke(cluster: Cluster, labelSelector: string): Promise<number> {
     const { core, rbac } = await this.access.clientsFor(cluster);
-    const bindings = await rbac.listClusterRoleBinding({ labelSelector });
+    const bindings = await rbac.listClusterRoleBinding({ labelSelector: MANAGED_SELECTOR });
     for (const binding of bindings.items) {
       if (binding.metadata?.name) await ignoreMissing(rbac.deleteClusterRoleBinding({ name: binding.metadata.name }));
     }
-    const accounts = await ignoreMissing(core.listNamespacedServiceAccount({ namespace: LEASES_NAMESPACE, labelSelector }));
+    const accounts = await ignoreMissing(core.listNamespacedServiceAccount({ namespace: LEASES_NAMESPACE, labelSelector: MANAGED_SELECTOR }));
     for (const account of accounts?.items ?? []) {
       if (account.metadata?.name) {
         await ignoreMissing(core.deleteNamespacedServiceAccount({ name: account.metadata.name, namespace: LEASES_NAMESPACE }));

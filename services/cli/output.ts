@@ -2,9 +2,7 @@
 // pool as a table, and the kubeconfig as a private file.
 
 import { Buffer } from 'node:buffer';
-import { randomUUID } from 'node:crypto';
-import { open, rename, rm } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { replaceFileAtomically } from '../atomic-file.ts';
 import type { GrantedLease, Pool } from './client.ts';
 import { formatExpiry } from './durations.ts';
 import { CliError, oneLine } from './errors.ts';
@@ -44,25 +42,13 @@ export function decodeKubeconfig(granted: GrantedLease): Buffer {
 }
 
 /**
- * Writes a secret so that it is never readable by others, not even for a moment: a new file is
- * created with mode 0600 next to the target and renamed over it (an existing target keeps
- * whatever mode it had, so writing into it in place could expose the secret).
+ * Writes a secret so that it is never readable by others, not even for a moment (an existing
+ * target keeps whatever mode it had, so writing into it in place could expose the secret).
  */
 export async function writePrivateFile(path: string, content: Buffer): Promise<void> {
-  const temporary = join(dirname(path), `.${basename(path)}.${randomUUID()}.tmp`);
   try {
-    const handle = await open(temporary, 'wx', 0o600);
-    try {
-      // The umask can only take bits away; chmod makes sure the owner can read it.
-      await handle.chmod(0o600);
-      await handle.writeFile(content);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await rename(temporary, path);
+    await replaceFileAtomically(path, content);
   } catch (error) {
-    await rm(temporary, { force: true });
     const reason = error instanceof Error && 'code' in error ? String(error.code) : oneLine(String(error));
     throw new CliError(`cannot write the kubeconfig to ${oneLine(path)}: ${reason}`);
   }

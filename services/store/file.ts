@@ -2,9 +2,10 @@
 // rename, fsync the folder), so a crash at any point leaves either the old or the new table.
 // It serves one claimer process; replicas share the Kubernetes store instead.
 
-import { mkdir, open, readFile, readdir, rename, rm } from 'node:fs/promises';
+import { mkdir, open, readFile, readdir, rm } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import process from 'node:process';
+import { replaceFileAtomically } from '../atomic-file.ts';
 import { VersionConflictError } from '../errors.ts';
 import { emptyTable, type ClusterEntry, type LeaseTable, type LegacyLease, type Waiter } from '../lease-table.ts';
 import { clusterNamedIn, decodeEntry, decodeLegacy, decodeWaiter, encodeEntry, encodeLegacy, encodeWaiter } from './codec.ts';
@@ -207,22 +208,8 @@ async function removeLeftovers(path: string): Promise<void> {
 }
 
 async function replaceFile(path: string, text: string): Promise<void> {
-  const folder = dirname(path);
-  await mkdir(folder, { recursive: true });
-  const temporary = `${path}.${crypto.randomUUID()}.tmp`;
-  try {
-    const file = await open(temporary, 'w', 0o600);
-    try {
-      await file.writeFile(text, 'utf8');
-      await file.sync();
-    } finally {
-      await file.close();
-    }
-    await rename(temporary, path);
-  } catch (error) {
-    await rm(temporary, { force: true });
-    throw error;
-  }
+  await mkdir(dirname(path), { recursive: true });
+  await replaceFileAtomically(path, text);
 }
 
 /** A rename is durable only once the folder itself is synced. */
