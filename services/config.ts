@@ -2,6 +2,7 @@
 // the claimer with a message that names the variable (and never echoes a secret's value).
 
 import { Buffer } from 'node:buffer';
+import { hostname } from 'node:os';
 import * as v from 'valibot';
 
 export type Mode = 'local' | 'gke';
@@ -52,6 +53,11 @@ export interface Config {
   registryLocation?: string;
   /** Where the Kubernetes store finds its cluster; unset: client-node's default loading. */
   kubeconfigPath?: string;
+  /**
+   * This replica's name in the claims and tickets it writes: the same after a restart (the pod
+   * name), so that a restarted replica recognises what it left behind; unique among replicas.
+   */
+  replicaName: string;
   gke?: GkeConfig;
 }
 
@@ -126,6 +132,9 @@ const Environment = v.object({
   GOOGLE_CLOUD_ACCOUNT_FILE_BASE64: text(),
   GOOGLE_CLOUD_ACCOUNT_FILE: text(),
   KUBECONFIG: text(),
+  REPLICA_NAME: v.optional(v.pipe(v.string(), v.regex(/^[\w.-]{1,63}$/, 'must be 1 to 63 letters, digits, _ . or -'))),
+  // Set by the Deployment from the downward API (metadata.name): survives container restarts.
+  POD_NAME: v.optional(v.pipe(v.string(), v.regex(/^[\w.-]{1,253}$/, 'must be a pod name'))),
   GKE_EMULATOR_HOST: v.optional(v.pipe(v.string(), v.regex(/^[^\s/:]+:\d+$/, 'must be host:port'))),
 });
 
@@ -222,6 +231,7 @@ export function loadConfig(environment: Record<string, string | undefined>, defa
     clusterDomain: env.CLUSTER_DOMAIN,
     ...(env.REGISTRY_LOCATION && { registryLocation: env.REGISTRY_LOCATION }),
     ...(env.KUBECONFIG && { kubeconfigPath: env.KUBECONFIG }),
+    replicaName: env.REPLICA_NAME ?? env.POD_NAME?.slice(0, 63) ?? hostname().slice(0, 63),
     ...(oidc && { oidc }),
     ...(gke && { gke }),
   };

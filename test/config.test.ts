@@ -37,6 +37,13 @@ describe('configuration from the environment', () => {
     assert.throws(() => loadConfig({ AUTH_TOKEN: ' \n' }, defaults), /AUTH_TOKEN must not be blank/);
   });
 
+  test('the replica name: REPLICA_NAME, else the pod name, else the host name; it survives restarts', () => {
+    assert.equal(loadConfig({ REPLICA_NAME: 'claimer-a' }, defaults).replicaName, 'claimer-a');
+    assert.equal(loadConfig({ POD_NAME: 'k8s-claimer-7d9f-abcde' }, defaults).replicaName, 'k8s-claimer-7d9f-abcde');
+    assert.equal(loadConfig({}, defaults).replicaName, loadConfig({}, defaults).replicaName);
+    assert.throws(() => loadConfig({ REPLICA_NAME: 'a b' }, defaults), /REPLICA_NAME must be/);
+  });
+
   test('empty variables count as unset', () => {
     assert.equal(loadConfig({ BIND_PORT: '', AUTH_TOKEN: '' }, defaults).bindPort, 8080);
     assert.equal(loadConfig({ AUTH_TOKEN: '' }, defaults).authToken, undefined);
