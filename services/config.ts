@@ -43,6 +43,8 @@ export interface Config {
   leaseCredentials?: 'serviceaccount' | 'pool';
   /** Which ClusterRole a requested group gets (per-lease credentials). */
   groupRoles: Record<string, string>;
+  /** The group of a request that names none; always one of groupRoles' keys. */
+  defaultGroup: string;
   /** What happens to a cluster between leases: its namespaces are deleted, or nothing. Unset: the pool file's choice, else namespaces. */
   cleanup?: 'namespaces' | 'none';
   /** Namespaces cleanup never deletes, beside the built-in ones; `prefix*` patterns allowed. */
@@ -123,6 +125,7 @@ const Environment = v.object({
     ),
     'system:masters=cluster-admin',
   ),
+  LEASE_DEFAULT_GROUP: v.optional(v.pipe(v.string(), v.regex(/^[^=,\s]{1,253}$/, 'must be a group name')), 'system:masters'),
   CLEANUP: oneOf(['namespaces', 'none']),
   PROTECTED_NAMESPACES: v.optional(v.pipe(v.string(), v.regex(/^[a-z0-9*,\s-]*$/, 'must be namespace names or prefix* patterns separated by commas'))),
   CLUSTER_DOMAIN: v.optional(v.pipe(v.string(), v.regex(/^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/, 'must be a DNS domain')), 'cluster.local'),
@@ -204,6 +207,14 @@ export function loadConfig(environment: Record<string, string | undefined>, defa
         allowedSubjects: (env.AUTH_ALLOWED_SUBJECTS ?? '').split(',').map((subject) => subject.trim()).filter(Boolean),
       }
     : undefined;
+  const groupRoles: Record<string, string> = Object.fromEntries(
+    env.LEASE_GROUP_ROLES.split(',').map((pair) => pair.split('=').map((part) => part.trim()) as [string, string]),
+  );
+  // Checked here, not at the first lease: an unmapped default would fail every request without
+  // auth.group, after a grant, a mint and an undo.
+  if (!Object.hasOwn(groupRoles, env.LEASE_DEFAULT_GROUP)) {
+    fail('LEASE_DEFAULT_GROUP', `names a group that LEASE_GROUP_ROLES does not map to a ClusterRole; add ${env.LEASE_DEFAULT_GROUP}=<ClusterRole> to LEASE_GROUP_ROLES or set LEASE_DEFAULT_GROUP to one of its groups`);
+  }
   if (mode !== 'local' && !env.AUTH_TOKEN && !oidc) fail('AUTH_TOKEN', 'is required outside local mode (or configure AUTH_JWKS_URL, AUTH_ISSUER and AUTH_AUDIENCE)');
   return {
     bindHost: env.BIND_HOST,
@@ -223,9 +234,8 @@ export function loadConfig(environment: Record<string, string | undefined>, defa
     backendTimeoutSeconds: env.BACKEND_TIMEOUT_SECONDS,
     // google-token and pool are one thing: the provider's own credentials for the lessee.
     ...(env.LEASE_CREDENTIALS && { leaseCredentials: env.LEASE_CREDENTIALS === 'serviceaccount' ? 'serviceaccount' : 'pool' }),
-    groupRoles: Object.fromEntries(
-      env.LEASE_GROUP_ROLES.split(',').map((pair) => pair.split('=').map((part) => part.trim()) as [string, string]),
-    ),
+    groupRoles,
+    defaultGroup: env.LEASE_DEFAULT_GROUP,
     ...(env.CLEANUP && { cleanup: env.CLEANUP }),
     protectedNamespaces: (env.PROTECTED_NAMESPACES ?? '').split(',').map((name) => name.trim()).filter(Boolean),
     clusterDomain: env.CLUSTER_DOMAIN,

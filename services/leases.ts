@@ -45,7 +45,6 @@ export interface GrantedLease {
   facts: HandOffFacts;
 }
 
-export const DEFAULT_GROUP = 'system:masters';
 export const DEFAULT_USER = 'lessee';
 
 /** A lease as GET /lease/{token} and PATCH show it. */
@@ -64,7 +63,7 @@ export class LeaseService {
     private readonly issuer: CredentialIssuer,
     private readonly facts: Facts,
     private readonly waiting: Waiting,
-    private readonly options: { maxLeaseSeconds: number; groupRoles: Record<string, string> },
+    private readonly options: { maxLeaseSeconds: number; groupRoles: Record<string, string>; defaultGroup: string },
     private readonly logger: Logger,
     private readonly metrics?: Metrics,
   ) {}
@@ -101,7 +100,7 @@ export class LeaseService {
       leaseId: randomBytes(6).toString('hex'),
       durationSeconds: options.durationSeconds,
       ...(this.issuer.perLease && {
-        credentials: { user: options.auth?.user ?? options.holder ?? DEFAULT_USER, group: options.auth?.group ?? DEFAULT_GROUP },
+        credentials: { user: options.auth?.user ?? options.holder ?? DEFAULT_USER, group: options.auth?.group ?? this.options.defaultGroup },
       }),
       ...(options.filter && { filter: options.filter }),
       ...(options.note !== undefined && { note: options.note }),

@@ -101,7 +101,7 @@ export async function buildServices(config: Config, logger: Logger, options: Bui
     // DNS facts are read only where the claimer reaches into the clusters anyway.
     new Facts(access, config.clusterDomain, logger, policy.endState === 'dirty'),
     waiting,
-    { maxLeaseSeconds: config.maxLeaseSeconds, groupRoles: config.groupRoles },
+    { maxLeaseSeconds: config.maxLeaseSeconds, groupRoles: config.groupRoles, defaultGroup: config.defaultGroup },
     logger,
     metrics,
   );

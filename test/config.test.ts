@@ -44,6 +44,14 @@ describe('configuration from the environment', () => {
     assert.throws(() => loadConfig({ REPLICA_NAME: 'a b' }, defaults), /REPLICA_NAME must be/);
   });
 
+  test('the default group must be mapped: the server refuses to start otherwise, naming both variables', () => {
+    assert.equal(loadConfig({}, defaults).defaultGroup, 'system:masters');
+    assert.throws(() => loadConfig({ LEASE_GROUP_ROLES: 'ci=edit' }, defaults), (error: Error) =>
+      error instanceof ConfigError && /LEASE_DEFAULT_GROUP/.test(error.message) && /LEASE_GROUP_ROLES/.test(error.message) && !error.message.includes('\n'));
+    const config = loadConfig({ LEASE_GROUP_ROLES: 'ci=edit', LEASE_DEFAULT_GROUP: 'ci' }, defaults);
+    assert.deepEqual([config.defaultGroup, config.groupRoles], ['ci', { ci: 'edit' }]);
+  });
+
   test('empty variables count as unset', () => {
     assert.equal(loadConfig({ BIND_PORT: '', AUTH_TOKEN: '' }, defaults).bindPort, 8080);
     assert.equal(loadConfig({ AUTH_TOKEN: '' }, defaults).authToken, undefined);
