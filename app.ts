@@ -49,6 +49,18 @@ export function allowedMethods(module: RouteModule): (typeof METHODS)[number][] 
   return METHODS.filter((method) => typeof module[method] === 'function');
 }
 
+/** What the Allow header lists: every GET route answers HEAD too (RFC 9110). */
+function allowHeader(module: RouteModule): string[] {
+  const allow: string[] = allowedMethods(module);
+  if (allow.includes('GET')) allow.splice(allow.indexOf('GET') + 1, 0, 'HEAD');
+  return allow;
+}
+
+/** HEAD answers as GET would, with the same status and headers and no body. */
+function withoutBody(response: Response): Response {
+  return new Response(null, { status: response.status, statusText: response.statusText, headers: response.headers });
+}
+
 /** Each typed error's status: the only place where that mapping lives. */
 const STATUS_OF: ReadonlyArray<[new (...args: never[]) => AppError, number]> = [
   [BadRequestError, 400],
@@ -123,8 +135,16 @@ export function createApp(deps: AppDeps): App {
         return handler(request, context);
       });
     }
+    const get = entry.module.GET;
+    if (get) {
+      router.head(path, async (request: RouteRequest, context: RouteContext) => {
+        if (entry.auth) context.principal = await deps.authenticate(request.headers.get('authorization'));
+        return withoutBody(await get(request, context));
+      });
+    }
+    const allowed = allowHeader(entry.module);
     router.all(path, () => {
-      throw new MethodNotAllowedError(allow);
+      throw new MethodNotAllowedError(allowed);
     });
   }
   router.all('*', () => {
@@ -144,6 +164,7 @@ export function createApp(deps: AppDeps): App {
       } catch (error) {
         response = errorToResponse(error, log, requestId, deps.metrics);
       }
+      if (request.method === 'HEAD' && response.body !== null) response = withoutBody(response);
       response.headers.set('x-request-id', requestId);
       // The route pattern, never the raw path: a path can carry a lease token.
       const route = (request as Partial<RouteRequest>).route ?? '*';

@@ -3,6 +3,33 @@
 import * as v from 'valibot';
 import { BadRequestError } from './errors.ts';
 
+/** The schema of `key` inside an object schema (through optional, nullable and pipe wrappers). */
+function entryOf(schema: unknown, key: string): unknown {
+  let current = schema as { entries?: Record<string, unknown>; wrapped?: unknown; pipe?: unknown[] } | undefined;
+  for (let depth = 0; current && depth < 8; depth++) {
+    if (current.entries) return Object.hasOwn(current.entries, key) ? current.entries[key] : undefined;
+    current = (current.wrapped ?? current.pipe?.[0]) as typeof current;
+  }
+  return undefined;
+}
+
+/**
+ * Where an issue is, as far as the schema names it: the path stops before a key the client
+ * made up (a label key, an unknown field), so that a 400 never echoes the client's input.
+ */
+export function fieldOf(schema: unknown, issue: v.BaseIssue<unknown>): string | undefined {
+  const names: string[] = [];
+  let current = schema;
+  for (const item of issue.path ?? []) {
+    if (typeof item.key !== 'string') break;
+    const next = entryOf(current, item.key);
+    if (next === undefined) break;
+    names.push(item.key);
+    current = next;
+  }
+  return names.length > 0 ? names.join('.') : undefined;
+}
+
 export function parseInput<const TSchema extends v.GenericSchema>(
   schema: TSchema,
   input: unknown,
@@ -11,7 +38,7 @@ export function parseInput<const TSchema extends v.GenericSchema>(
   const parsed = v.safeParse(schema, input);
   if (parsed.success) return parsed.output;
   const problems = parsed.issues.map((issue) => {
-    const field = v.getDotPath(issue);
+    const field = fieldOf(schema, issue);
     // valibot reports a missing key as an issue of the enclosing object, with its message.
     const message = issue.type === 'object' || issue.type === 'loose_object' ? 'is required' : issue.message;
     return { field: field ?? what, message: field ? `${field}: ${message}` : `${what} ${message}` };

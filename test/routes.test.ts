@@ -52,8 +52,8 @@ describe('request tables: statuses of every route', () => {
     { name: 'POST /lease - 400 when the body is a number', method: 'POST', path: '/lease', body: '30', status: 400 },
     { name: 'POST /lease - 413 when the body is over 64 KiB', method: 'POST', path: '/lease', body: JSON.stringify({ max_time: 30, pad: 'x'.repeat(70_000) }), status: 413 },
     { name: 'GET /lease - 405 with Allow', method: 'GET', path: '/lease', status: 405, headersExpected: { allow: 'POST' } },
-    { name: 'PUT /lease/:token - 405 with Allow', method: 'PUT', path: `/lease/${UNKNOWN_TOKEN}`, status: 405, headersExpected: { allow: 'GET, PATCH, DELETE' } },
-    { name: 'POST /healthz - 405 with Allow', method: 'POST', path: '/healthz', status: 405, headersExpected: { allow: 'GET' } },
+    { name: 'PUT /lease/:token - 405 with Allow', method: 'PUT', path: `/lease/${UNKNOWN_TOKEN}`, status: 405, headersExpected: { allow: 'GET, HEAD, PATCH, DELETE' } },
+    { name: 'POST /healthz - 405 with Allow', method: 'POST', path: '/healthz', status: 405, headersExpected: { allow: 'GET, HEAD' } },
     { name: 'DELETE /lease/:token - 401 without Authorization', method: 'DELETE', path: `/lease/${UNKNOWN_TOKEN}`, auth: null, status: 401 },
     { name: 'DELETE /lease/:token - 400 when the token is not a UUID', method: 'DELETE', path: '/lease/not-a-uuid', status: 400, fields: ['token'] },
     { name: 'DELETE /lease/:token - 409 when no lease has the token', method: 'DELETE', path: `/lease/${UNKNOWN_TOKEN}`, status: 409 },
@@ -63,7 +63,8 @@ describe('request tables: statuses of every route', () => {
     { name: 'GET /leases - 401 without Authorization', method: 'GET', path: '/leases', auth: null, status: 401 },
     { name: 'GET /metrics needs no auth', method: 'GET', path: '/metrics', auth: null, status: 200 },
     { name: 'GET /openapi.json needs no auth', method: 'GET', path: '/openapi.json', auth: null, status: 200 },
-    { name: 'POST /metrics - 405 with Allow', method: 'POST', path: '/metrics', status: 405, headersExpected: { allow: 'GET' } },
+    { name: 'POST /metrics - 405 with Allow', method: 'POST', path: '/metrics', status: 405, headersExpected: { allow: 'GET, HEAD' } },
+    { name: 'POST /lease - 400 never echoes a label key', method: 'POST', path: '/lease', body: { max_time: 30, labels: { 'private-key-name-7': 5 } }, status: 400, fields: ['labels'] },
   ];
 
   let app: TestApp;
@@ -90,6 +91,36 @@ describe('request tables: statuses of every route', () => {
         const afterwards = await app.services.writePath.view();
         assert.equal(afterwards.snapshot.version, before.snapshot.version);
       }
+    });
+  }
+});
+
+describe('HEAD on GET routes', () => {
+  let app: TestApp;
+  before(async () => {
+    app = await startTestApp({ clusters: poolOf(2) });
+  });
+  after(() => app.close());
+
+  const cases: Array<{ path: string; auth?: string | null }> = [
+    { path: '/healthz', auth: null },
+    { path: '/readyz', auth: null },
+    { path: '/metrics', auth: null },
+    { path: '/openapi.json', auth: null },
+    { path: '/', auth: null },
+    { path: '/leases' },
+    { path: '/leases', auth: null },
+    { path: `/lease/${UNKNOWN_TOKEN}` },
+    { path: '/lease/not-a-uuid' },
+  ];
+  for (const item of cases) {
+    test(`HEAD ${item.path}${item.auth === null ? ' without auth' : ''} - the status and headers of GET, no body`, async () => {
+      const get = await app.request('GET', item.path, { auth: item.auth });
+      const head = await app.request('HEAD', item.path, { auth: item.auth });
+      assert.equal(head.status, get.status);
+      assert.equal(head.headers.get('content-type'), get.headers.get('content-type'));
+      assert.equal(await head.text(), '');
+      assert.notEqual(await get.text(), '');
     });
   }
 });
