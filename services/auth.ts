@@ -21,8 +21,10 @@ export interface OidcSettings {
   jwksUrl: string;
   issuer: string;
   audience: string;
-  /** Subject patterns; `*` matches any run of characters. None: any subject of the issuer. */
+  /** Subject patterns; `*` matches any run of characters but `:`. None: any subject of the issuer. */
   allowedSubjects: readonly string[];
+  /** The oldest token accepted, by its `iat`, in seconds. */
+  maxTokenAgeSeconds?: number;
   timeoutMs?: number;
 }
 
@@ -39,9 +41,17 @@ function refuse(): never {
   throw new UnauthorizedError('missing or wrong Authorization header');
 }
 
-/** `repo:my-org/*:ref:refs/heads/main` -> an anchored RE2 pattern. */
+/**
+ * `repo:my-org/*:ref:refs/heads/main` -> an anchored RE2 pattern. A `*` stays within one
+ * `:`-separated part of the subject, so `repo:my-org/*` cannot match `repo:my-org/x:environment:prod`
+ * as if `x:environment:prod` were a repository name; `**` spans parts on purpose.
+ */
 export function subjectPattern(pattern: string): RE2JS {
-  const escaped = pattern.split('*').map((part) => part.replace(/[\\^$.|?+()[\]{}]/g, '\\$&')).join('.*');
+  const escape = (part: string) => part.replace(/[\\^$.|?+()[\]{}]/g, '\\$&');
+  const escaped = pattern
+    .split('**')
+    .map((spanning) => spanning.split('*').map(escape).join('[^:]*'))
+    .join('.*');
   return RE2JS.compile(`^${escaped}$`);
 }
 
@@ -64,7 +74,8 @@ export function createAuthenticator(settings: AuthSettings): Authenticator {
         issuer: oidc.issuer,
         audience: oidc.audience,
         algorithms: ASYMMETRIC_ALGORITHMS,
-        requiredClaims: ['sub', 'exp'],
+        requiredClaims: ['sub', 'exp', 'iat'],
+        maxTokenAge: oidc.maxTokenAgeSeconds ?? 3_600,
       });
       subject = payload.sub;
     } catch {

@@ -36,7 +36,7 @@ export interface Config {
   /** How often the reaper writes down expired leases. */
   reapIntervalSeconds: number;
   /** CI systems' ID tokens accepted beside (or instead of) the shared token. */
-  oidc?: { jwksUrl: string; issuer: string; audience: string; allowedSubjects: string[] };
+  oidc?: { jwksUrl: string; issuer: string; audience: string; allowedSubjects: string[]; maxTokenAgeSeconds: number };
   /** Deadline of one call to a backend (the lease store's apiserver, GKE, a leased cluster). */
   backendTimeoutSeconds: number;
   /** What a lessee's kubeconfig carries: a per-lease ServiceAccount token, or the pool's own credentials. Unset: the pool file's choice, else serviceaccount. */
@@ -117,6 +117,8 @@ const Environment = v.object({
   AUTH_ISSUER: text(),
   AUTH_AUDIENCE: text(),
   AUTH_ALLOWED_SUBJECTS: text(),
+  // CI ID tokens live minutes; an old one that leaked (a log, a cache) must not lease.
+  AUTH_MAX_TOKEN_AGE: integer(60, 86_400, 3_600),
   LEASE_CREDENTIALS: oneOf(['serviceaccount', 'google-token', 'pool']),
   LEASE_GROUP_ROLES: v.optional(
     v.pipe(
@@ -205,6 +207,7 @@ export function loadConfig(environment: Record<string, string | undefined>, defa
         issuer: env.AUTH_ISSUER,
         audience: env.AUTH_AUDIENCE,
         allowedSubjects: (env.AUTH_ALLOWED_SUBJECTS ?? '').split(',').map((subject) => subject.trim()).filter(Boolean),
+        maxTokenAgeSeconds: env.AUTH_MAX_TOKEN_AGE,
       }
     : undefined;
   const groupRoles: Record<string, string> = Object.fromEntries(

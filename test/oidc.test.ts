@@ -62,7 +62,7 @@ before(async () => {
   jwksUrl = `http://127.0.0.1:${(jwksServer.address() as { port: number }).port}/.well-known/jwks`;
   app = await startTestApp({
     clusters: poolOf(20),
-    env: { AUTH_JWKS_URL: jwksUrl, AUTH_ISSUER: ISSUER, AUTH_AUDIENCE: AUDIENCE, AUTH_ALLOWED_SUBJECTS: 'repo:my-org/*:ref:refs/heads/main, repo:my-org/tools:*' },
+    env: { AUTH_JWKS_URL: jwksUrl, AUTH_ISSUER: ISSUER, AUTH_AUDIENCE: AUDIENCE, AUTH_ALLOWED_SUBJECTS: 'repo:my-org/*:ref:refs/heads/main, repo:my-org/tools:*, repo:my-org/infra:**' },
   });
 });
 
@@ -80,6 +80,8 @@ describe('OIDC ID tokens', () => {
     const held = listed.clusters.find((cluster: { name: string }) => cluster.name === granted.body.cluster_name);
     assert.equal(held.holder, SUBJECT);
     assert.equal((await lease(await idToken({ sub: 'repo:my-org/tools:pull_request' }))).status, 200);
+    // `**` spans the parts of a subject; `*` does not.
+    assert.equal((await lease(await idToken({ sub: 'repo:my-org/infra:environment:prod' }))).status, 200);
   });
 
   test('the shared token still works beside OIDC', async () => {
@@ -93,6 +95,10 @@ describe('OIDC ID tokens', () => {
     ['wrong audience', () => new SignJWT({ sub: SUBJECT }).setProtectedHeader({ alg: 'RS256', kid: 'key-1' }).setIssuer(ISSUER).setAudience('someone-else').setExpirationTime('10m').sign(signingKey)],
     ['a subject not allowed', () => idToken({ sub: 'repo:other-org/e2e:ref:refs/heads/main' })],
     ['a subject matching only a prefix of a pattern', () => idToken({ sub: 'repo:my-org/e2e:ref:refs/heads/main-evil' })],
+    ['a * stretched over a colon', () => idToken({ sub: 'repo:my-org/x:environment:ref:refs/heads/main' })],
+    ['a * of the last part stretched over a colon', () => idToken({ sub: 'repo:my-org/tools:ref:refs/heads/dev' })],
+    ['issued longer ago than AUTH_MAX_TOKEN_AGE (1 h by default)', () => new SignJWT({ sub: SUBJECT }).setProtectedHeader({ alg: 'RS256', kid: 'key-1' }).setIssuer(ISSUER).setAudience(AUDIENCE).setIssuedAt(now() - 3_700).setExpirationTime(now() + 600).sign(signingKey)],
+    ['no issued-at time', () => new SignJWT({ sub: SUBJECT }).setProtectedHeader({ alg: 'RS256', kid: 'key-1' }).setIssuer(ISSUER).setAudience(AUDIENCE).setExpirationTime('10m').sign(signingKey)],
     ['no expiry', () => new SignJWT({ sub: SUBJECT }).setProtectedHeader({ alg: 'RS256', kid: 'key-1' }).setIssuer(ISSUER).setAudience(AUDIENCE).sign(signingKey)],
     ['alg: none', unsignedToken],
     ['an unknown key id', () => idToken({}, { key: strangerKey, kid: 'key-2' })],
