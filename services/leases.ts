@@ -227,17 +227,19 @@ export class LeaseService {
     return { now: context.now, clusters: describeClusters(snapshot.table, context), waiting: liveWaiters(snapshot.table, context.now) };
   }
 
-  /** Clusters of the pool by state, for the metrics. */
-  async countStates(): Promise<Record<string, number>> {
+  /** Clusters of the pool by state, for the metrics: from the table this replica knows, never a store read. */
+  async countStates(): Promise<Record<string, number> | undefined> {
+    const known = await this.writePath.cachedView();
+    if (!known) return undefined;
     const counts: Record<string, number> = { free: 0, leased: 0, dirty: 0, cleaning: 0, unavailable: 0, unknown: 0 };
-    for (const view of (await this.list()).clusters) counts[view.state] = (counts[view.state] ?? 0) + 1;
+    for (const view of describeClusters(known.table, known.context)) counts[view.state] = (counts[view.state] ?? 0) + 1;
     return counts;
   }
 
-  /** Ready when both the lease store and the cluster pool answer. */
+  /** Ready when the lease store (its watch, or a read) and the cluster pool answer. */
   async checkReady(log: Logger = this.logger): Promise<void> {
     try {
-      await this.writePath.view();
+      await this.writePath.checkReady();
     } catch (error) {
       log.warn({ err: error }, 'not ready: the lease store or the cluster pool does not answer');
       throw new NotReadyError('the lease store or the cluster pool does not answer');

@@ -62,7 +62,7 @@ export class Metrics {
   readonly cleanupFailures = new Counter({ name: 'k8s_claimer_cleanup_failures_total', help: 'Cleanups that failed (they are retried)', registers: [this.registry] });
 
   /** Set by the wiring: how to count clusters by state, and how many wait on this replica. */
-  countStates?: () => Promise<Record<string, number>>;
+  countStates?: () => Promise<Record<string, number> | undefined>;
   waitingDepth?: () => number;
 
   constructor(options: { processMetrics?: boolean } = {}) {

@@ -57,6 +57,10 @@ export class WritePath {
   private flushing = false;
   /** The last table this replica saw, used as the base of the next write without a read. */
   private cached?: Snapshot;
+  /** The newest table seen by any means, kept even when `cached` is dropped: what scrapes show. */
+  private latest?: Snapshot;
+  /** A readiness read in flight or just done, shared by every probe for a moment. */
+  private readinessRead?: { promise: Promise<unknown>; at: number };
   private readonly batch: boolean;
   private readonly maxAttempts: number;
   private readonly jitterMs: number;
@@ -105,7 +109,43 @@ export class WritePath {
   async view(): Promise<{ snapshot: Snapshot; context: DecisionContext }> {
     const [snapshot, clusters] = await Promise.all([this.store.read(), this.listClusters()]);
     this.cached = snapshot;
+    this.remember(snapshot);
     return { snapshot, context: { now: this.clock.now(), clusters, endState: this.endState } };
+  }
+
+  /**
+   * The newest table this replica knows (its own writes, the watch, its reads) and the pool,
+   * without asking the store: what metrics show, so that scrapes cost the store nothing.
+   * Undefined before the first table is known.
+   */
+  async cachedView(): Promise<{ table: LeaseTable; context: DecisionContext } | undefined> {
+    const latest = this.latest;
+    if (!latest) return undefined;
+    return { table: latest.table, context: await this.context() };
+  }
+
+  /**
+   * Throws when the store or the pool does not answer. A store whose watch is live needs no
+   * read; otherwise one read is shared by every probe for two seconds, so that probes (which
+   * need no auth) cannot make the replica hammer its store.
+   */
+  async checkReady(): Promise<void> {
+    await this.listClusters();
+    if (this.store.watchLive?.()) return;
+    const now = performance.now();
+    if (!this.readinessRead || now - this.readinessRead.at > 2_000) {
+      this.readinessRead = { promise: this.view(), at: now };
+    }
+    await this.readinessRead.promise;
+  }
+
+  /** Whether the store's watch is live (readiness without a read). */
+  watchLive(): boolean {
+    return this.store.watchLive?.() ?? false;
+  }
+
+  private remember(snapshot: Snapshot): void {
+    this.latest = snapshot;
   }
 
   /** Reads the table and the pool once, so the first request finds clients connected and caches warm. */
@@ -121,6 +161,7 @@ export class WritePath {
     if (!this.store.watch || !this.batch) return () => undefined;
     return this.store.watch((snapshot) => {
       this.cached = snapshot;
+      this.remember(snapshot);
       this.tell(snapshot.table);
     });
   }
@@ -169,6 +210,7 @@ export class WritePath {
         return;
       }
       // A fresh table that holds an earlier unclear write: that write landed, its answers stand.
+      if (fresh) this.remember(base);
       const earlier = unclear.find((write) => holdsChanges(write.base, write.next, base.table));
       if (earlier) {
         if (useCache) this.cached = base;
@@ -226,6 +268,7 @@ export class WritePath {
       }
       if (written) {
         if (useCache) this.cached = written;
+        this.remember(written);
         for (const settle of outcomes) settle();
         this.tell(written.table);
         return;

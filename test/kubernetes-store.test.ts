@@ -44,6 +44,48 @@ describe('Kubernetes lease store', () => {
     return { status: response.status, body: await response.json() };
   }
 
+  test('unauthenticated reads cost the apiserver nothing: /metrics and /readyz answer from the watch-fed table', async () => {
+    const app = await replica();
+    assert.equal((await lease(app)).status, 200);
+    const deadline = Date.now() + 5_000;
+    while (!app.services.writePath.watchLive() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+    fake.resetCounts();
+    for (let round = 0; round < 200; round++) {
+      assert.equal((await app.request('GET', '/readyz', { auth: null })).status, 200);
+      const metrics = await (await app.request('GET', '/metrics', { auth: null })).text();
+      if (round === 0) assert.match(metrics, /k8s_claimer_clusters\{state="leased"\} 1/);
+    }
+    assert.equal(fake.countRequests((request) => !request.isWatch), 0);
+    // Another replica's lease reaches the metrics through the watch, still without a read.
+    const other = await replica();
+    assert.equal((await lease(other)).status, 200);
+    const seen = Date.now() + 5_000;
+    let text = '';
+    while (!/k8s_claimer_clusters\{state="leased"\} 2/.test(text) && Date.now() < seen) {
+      await new Promise((resolve) => setTimeout(resolve, 20));
+      text = await (await app.request('GET', '/metrics', { auth: null })).text();
+    }
+    assert.match(text, /k8s_claimer_clusters\{state="leased"\} 2/);
+  });
+
+  test('/readyz without a live watch reads the Service, once for all probes of a moment', async () => {
+    const app = await replica();
+    const hung = fake.hang((request) => request.isWatch);
+    fake.closeWatches();
+    try {
+      const deadline = Date.now() + 5_000;
+      while (app.services.writePath.watchLive() && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 20));
+      // The replica's own start-up reads (its janitor's first look) are done by now.
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      fake.resetCounts();
+      const answers = await Promise.all(Array.from({ length: 50 }, () => app.request('GET', '/readyz', { auth: null })));
+      assert.deepEqual([...new Set(answers.map((answer) => answer.status))], [200]);
+      assert.equal(fake.countRequests((request) => !request.isWatch), 1);
+    } finally {
+      hung.release();
+    }
+  });
+
   test('a lease is a merge patch carrying the resourceVersion; the token is stored only as a hash', async () => {
     const app = await replica();
     const granted = await lease(app);

@@ -18,6 +18,10 @@ import type { LeaseStore, Snapshot } from './types.ts';
 export const ANNOTATION_PREFIX = 'lease.k8s-claimer.io/';
 /** Kubernetes refuses an object whose annotations (keys and values) exceed 256 KiB. */
 export const ANNOTATIONS_LIMIT_BYTES = 256 * 1024;
+/** The apiserver ends each watch after this long; the next one starts from the current Service. */
+const WATCH_SECONDS = 240;
+/** A watch silent for longer than its own timeout and a margin is taken for hung. */
+const WATCH_SILENCE_MS = (WATCH_SECONDS + 30) * 1000;
 /** The original k8s-claimer keyed its records by the lease UUID itself. */
 const ORIGINAL_KEY = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
 
@@ -63,6 +67,7 @@ export class KubernetesLeaseStore implements LeaseStore {
   /** Decoded records by annotation value: a write changes a few of hundreds, so decode only those. */
   private decoded = new Map<string, { clusterId: string; entry: ClusterEntry }>();
   private readonly where: string;
+  private watchState = { connected: false, heardAt: 0 };
 
   constructor(
     private readonly api: CoreV1Api,
@@ -76,7 +81,11 @@ export class KubernetesLeaseStore implements LeaseStore {
     return new KubernetesLeaseStore(makeClient(kubeConfig, CoreV1Api, options.timeoutMs ?? 10_000), options, new Watch(kubeConfig));
   }
 
-  /** Watches the lease Service; each change another writer made is reported as a snapshot. */
+  /**
+   * Watches the lease Service; each change another writer made is reported as a snapshot. The
+   * watch asks the apiserver to end it every few minutes and starts again (each start reports
+   * the Service as it is), so that a stream that went silent is noticed and replaced.
+   */
   watch(onChange: (snapshot: Snapshot) => void): () => void {
     const watcher = this.watcher;
     if (!watcher) return () => undefined;
@@ -84,6 +93,7 @@ export class KubernetesLeaseStore implements LeaseStore {
     let controller: AbortController | undefined;
     let failures = 0;
     const restart = (error?: unknown) => {
+      this.watchState.connected = false;
       if (stopped) return;
       if (error) {
         failures += 1;
@@ -93,30 +103,57 @@ export class KubernetesLeaseStore implements LeaseStore {
     };
     const start = () => {
       if (stopped) return;
+      let ended = false;
+      const end = (error?: unknown) => {
+        if (ended) return;
+        ended = true;
+        restart(error);
+      };
       watcher
         .watch(
           `/api/v1/namespaces/${this.options.namespace}/services`,
-          { fieldSelector: `metadata.name=${this.options.serviceName}` },
+          { fieldSelector: `metadata.name=${this.options.serviceName}`, timeoutSeconds: WATCH_SECONDS, allowWatchBookmarks: true },
           (phase: string, service: V1Service) => {
             failures = 0;
+            this.watchState.heardAt = performance.now();
             const version = service?.metadata?.resourceVersion;
             // Versions this replica has already seen (its own writes) would only set it back.
             if ((phase === 'ADDED' || phase === 'MODIFIED') && version && !this.seen.has(version)) {
               onChange(this.snapshotOf(service));
             }
           },
-          restart,
+          end,
         )
         .then((abort) => {
           controller = abort;
-          if (stopped) abort.abort();
-        }, restart);
+          if (stopped) {
+            abort.abort();
+            return;
+          }
+          if (ended) return;
+          this.watchState = { connected: true, heardAt: performance.now() };
+        }, end);
     };
+    // A stream that neither delivers nor ends (a hung connection) is given up and replaced.
+    const watchdog = setInterval(() => {
+      if (this.watchState.connected && performance.now() - this.watchState.heardAt > WATCH_SILENCE_MS) {
+        this.options.logger.warn({ service: this.where }, 'lease Service watch went silent; restarting it');
+        controller?.abort();
+        this.watchState.connected = false;
+      }
+    }, WATCH_SILENCE_MS / 4);
+    watchdog.unref?.();
     start();
     return () => {
       stopped = true;
+      clearInterval(watchdog);
       controller?.abort();
     };
+  }
+
+  /** Whether the watch is connected and was heard from (an event, or its start) lately. */
+  watchLive(): boolean {
+    return this.watchState.connected && performance.now() - this.watchState.heardAt <= WATCH_SILENCE_MS;
   }
 
   async read(): Promise<Snapshot> {

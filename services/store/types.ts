@@ -18,6 +18,8 @@ export interface LeaseStore {
    * next write starts from a fresh table. Returns a function that stops watching.
    */
   watch?(onChange: (snapshot: Snapshot) => void): () => void;
+  /** With a watch: whether it is connected and has been heard from lately (readiness). */
+  watchLive?(): boolean;
   /** Releases what the store holds (the file store's lock). */
   close?(): Promise<void>;
 }
