@@ -56,6 +56,8 @@ export interface ClusterEntry {
   state: ClusterState;
   /** When the cluster last became idle; the cluster idle the longest is leased first. */
   idleSince?: number;
+  /** Since when the cluster has been missing from the pool (a free record is forgotten after a while). */
+  missingSince?: number;
   lease?: Lease;
   cleanup?: Cleanup;
 }
@@ -393,39 +395,130 @@ export interface EndedLease {
   holder?: string;
 }
 
+export interface ReapOptions {
+  /** Free records of clusters missing from the pool this long are removed; 0 keeps them. */
+  forgetDepartedMs?: number;
+  /** The longest lease (MAX_LEASE_SECONDS): a record that claims to last longer is cut to it. */
+  maxLeaseMs?: number;
+  /** The longest a waiter's ticket lives without renewal. */
+  ticketTtlMs?: number;
+}
+
+export interface Reaped {
+  ended: EndedLease[];
+  /** Records of clusters that left the pool, removed. */
+  forgotten: string[];
+  /** Records dated in the future (a replica with a wrong clock wrote them), brought back to now. */
+  clamped: string[];
+}
+
+/** How far ahead of this replica's clock a record may be before it counts as dated in the future. */
+export const CLOCK_SKEW_MS = 60_000;
+const DEFAULT_TICKET_TTL_MS = 30_000;
+
+/**
+ * A record as it would be had its writer's clock been right: nothing starts in the future and
+ * nothing lasts longer than the limits allow, so that no record outlives its purpose because
+ * a replica's clock ran ahead. Returns the same object when nothing needs changing.
+ */
+function clampEntry(entry: ClusterEntry, now: number, maxLeaseMs: number): ClusterEntry {
+  const future = now + CLOCK_SKEW_MS;
+  let clamped = entry;
+  if (entry.idleSince !== undefined && entry.idleSince > future) clamped = { ...clamped, idleSince: now };
+  if (entry.missingSince !== undefined && entry.missingSince > future) clamped = { ...clamped, missingSince: now };
+  const lease = entry.lease;
+  if (lease) {
+    // A lease begun in the future keeps its length but begins now; none outlasts the limit.
+    const startedAt = lease.startedAt > future ? now : lease.startedAt;
+    const length = Math.min(lease.expiresAt - lease.startedAt, maxLeaseMs);
+    const expiresAt = Math.min(startedAt + length, now + maxLeaseMs);
+    if (startedAt !== lease.startedAt || expiresAt !== lease.expiresAt) clamped = { ...clamped, lease: { ...lease, startedAt, expiresAt } };
+  }
+  return clamped;
+}
+
 /**
  * Writes down what time alone has decided: expired leases end (their cluster idle since the
- * expiry), expired records of the original claimer and lapsed waiter tickets go.
+ * expiry), expired records of the original claimer and lapsed waiter tickets go, free records
+ * of clusters long gone from the pool are forgotten, and records dated in the future are
+ * brought back to now.
  */
-export function reap(): Decision<EndedLease[]> {
-  return (table, { now, endState }) => {
-    const endedLeases: EndedLease[] = [];
+export function reap(options: ReapOptions = {}): Decision<Reaped> {
+  const forgetMs = options.forgetDepartedMs ?? 0;
+  const maxLeaseMs = options.maxLeaseMs ?? Number.POSITIVE_INFINITY;
+  const ticketTtlMs = options.ticketTtlMs ?? DEFAULT_TICKET_TTL_MS;
+  return (table, { now, endState, clusters }) => {
+    const result: Reaped = { ended: [], forgotten: [], clamped: [] };
+    const present = new Set<string>();
+    for (const cluster of clusters) present.add(cluster.id);
     let clustersChanged: Record<string, ClusterEntry> | undefined;
-    for (const [clusterId, entry] of Object.entries(table.clusters)) {
+    for (const [clusterId, original] of Object.entries(table.clusters)) {
+      // A record this version cannot read is never rewritten.
+      if (original.state === 'unknown') continue;
+      let entry = clampEntry(original, now, maxLeaseMs);
+      if (entry !== original) result.clamped.push(clusterId);
       const lease = entry.lease;
       if (entry.state === 'leased' && lease && now >= lease.expiresAt) {
-        clustersChanged ??= { ...table.clusters };
-        clustersChanged[clusterId] = ended(lease.expiresAt, endState);
-        endedLeases.push({
+        entry = ended(lease.expiresAt, endState);
+        result.ended.push({
           clusterId,
           expiredAt: lease.expiresAt,
           ...(lease.note !== undefined && { note: lease.note }),
           ...(lease.holder !== undefined && { holder: lease.holder }),
         });
       }
+      let forget = false;
+      if (present.has(clusterId)) {
+        if (entry.missingSince !== undefined) {
+          const { missingSince: _back, ...rest } = entry;
+          entry = rest;
+        }
+      } else if (entry.state === 'free') {
+        // Only free records go: a lease, a cleanup or a claim on a missing cluster is kept until it ends.
+        if (entry.missingSince === undefined) entry = { ...entry, missingSince: now };
+        else if (forgetMs > 0 && now - entry.missingSince >= forgetMs) forget = true;
+      }
+      if (forget) {
+        clustersChanged ??= { ...table.clusters };
+        delete clustersChanged[clusterId];
+        result.forgotten.push(clusterId);
+      } else if (entry !== original) {
+        clustersChanged ??= { ...table.clusters };
+        clustersChanged[clusterId] = entry;
+      }
     }
-    const legacyLeft = Object.entries(table.legacy).filter(([, legacy]) => now < legacy.expiresAt);
-    const waitersLeft = Object.entries(table.waiters).filter(([, waiter]) => now < waiter.expiresAt);
-    const legacyChanged = legacyLeft.length !== Object.keys(table.legacy).length;
-    const waitersChanged = waitersLeft.length !== Object.keys(table.waiters).length;
-    if (!clustersChanged && !legacyChanged && !waitersChanged) return { table, result: endedLeases };
+    let legacyChanged = false;
+    const legacyLeft: Record<string, LegacyLease> = {};
+    for (const [token, legacy] of Object.entries(table.legacy)) {
+      if (now >= legacy.expiresAt) {
+        legacyChanged = true;
+        continue;
+      }
+      const expiresAt = Math.min(legacy.expiresAt, now + maxLeaseMs);
+      if (expiresAt !== legacy.expiresAt) legacyChanged = true;
+      legacyLeft[token] = expiresAt === legacy.expiresAt ? legacy : { ...legacy, expiresAt };
+    }
+    let waitersChanged = false;
+    const waitersLeft: Record<string, Waiter> = {};
+    for (const [ticket, waiter] of Object.entries(table.waiters)) {
+      if (now >= waiter.expiresAt) {
+        waitersChanged = true;
+        continue;
+      }
+      const since = waiter.since > now + CLOCK_SKEW_MS ? now : waiter.since;
+      const expiresAt = Math.min(waiter.expiresAt, now + ticketTtlMs);
+      const same = since === waiter.since && expiresAt === waiter.expiresAt;
+      if (!same) waitersChanged = true;
+      waitersLeft[ticket] = same ? waiter : { ...waiter, since, expiresAt };
+    }
+    if (!clustersChanged && !legacyChanged && !waitersChanged) return { table, result };
     return {
       table: {
         clusters: clustersChanged ?? table.clusters,
-        legacy: legacyChanged ? Object.fromEntries(legacyLeft) : table.legacy,
-        waiters: waitersChanged ? Object.fromEntries(waitersLeft) : table.waiters,
+        legacy: legacyChanged ? legacyLeft : table.legacy,
+        waiters: waitersChanged ? waitersLeft : table.waiters,
       },
-      result: endedLeases,
+      result,
     };
   };
 }

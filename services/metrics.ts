@@ -3,6 +3,7 @@
 // labels are states, reasons, backends and outcomes only.
 
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import type { StoreUsage } from './store/types.ts';
 
 export type Backend = 'kubernetes' | 'gke' | 'cluster' | 'file' | 'other';
 
@@ -59,10 +60,31 @@ export class Metrics {
     buckets: [0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600],
     registers: [this.registry],
   });
+  private readonly storeUsed = new Gauge({
+    name: 'k8s_claimer_lease_store_used_bytes',
+    help: 'Bytes of annotations on each object of the Kubernetes lease store, as this replica last saw it (the limit counts every annotation)',
+    labelNames: ['object'] as const,
+    registers: [this.registry],
+    collect: () => {
+      this.storeUsed.reset();
+      for (const usage of this.storeUsage?.() ?? []) this.storeUsed.set({ object: usage.object }, usage.usedBytes);
+    },
+  });
+  private readonly storeLimit = new Gauge({
+    name: 'k8s_claimer_lease_store_limit_bytes',
+    help: 'What Kubernetes allows for the annotations of each object of the lease store (256 KiB)',
+    labelNames: ['object'] as const,
+    registers: [this.registry],
+    collect: () => {
+      this.storeLimit.reset();
+      for (const usage of this.storeUsage?.() ?? []) this.storeLimit.set({ object: usage.object }, usage.limitBytes);
+    },
+  });
   readonly cleanupFailures = new Counter({ name: 'k8s_claimer_cleanup_failures_total', help: 'Cleanups that failed (they are retried)', registers: [this.registry] });
 
   /** Set by the wiring: how to count clusters by state, and how many wait on this replica. */
   countStates?: () => Promise<Record<string, number> | undefined>;
+  storeUsage?: () => StoreUsage[];
   waitingDepth?: () => number;
 
   constructor(options: { processMetrics?: boolean } = {}) {

@@ -26,7 +26,7 @@ interface LocalWaiter {
 
 export class Waiting {
   private readonly waiters = new Set<LocalWaiter>();
-  private readonly ticketTtlMs: number;
+  readonly ticketTtlMs: number;
   private readonly pollMs: number;
   private timers: ReturnType<typeof setInterval>[] = [];
   private readonly stopListening: () => void;

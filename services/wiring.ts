@@ -106,8 +106,15 @@ export async function buildServices(config: Config, logger: Logger, options: Bui
     metrics,
   );
   metrics.countStates = () => leases.countStates();
+  metrics.storeUsage = () => store.usage?.() ?? [];
   metrics.waitingDepth = () => waiting.depth;
-  const stopReaper = startReaper(writePath, logger, config.reapIntervalSeconds * 1000, metrics);
+  const stopReaper = startReaper(
+    writePath,
+    logger,
+    config.reapIntervalSeconds * 1000,
+    { forgetDepartedMs: config.forgetDepartedSeconds * 1000, maxLeaseMs: config.maxLeaseSeconds * 1000, ticketTtlMs: waiting.ticketTtlMs },
+    metrics,
+  );
   // The lease store's own namespace is never cleaned, should its cluster be in the pool.
   const protectedNamespaces = [...config.protectedNamespaces, config.namespace];
   // Without cleanup work the janitor only frees what an earlier configuration left dirty: a

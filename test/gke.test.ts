@@ -7,7 +7,9 @@ import nock from 'nock';
 import { parse } from 'yaml';
 import { grpc, makeCluster, startFakeGke, type FakeGke } from './fakes/gke.ts';
 import { fakeGoogleTokenEndpoint, testServiceAccount } from './support/google-account.ts';
-import { startTestApp, type TestApp } from './support/harness.ts';
+import { rm } from 'node:fs/promises';
+import { startTestApp, tempDir, type TestApp } from './support/harness.ts';
+import { leaseAnnotations, seedLeaseService, startKube, writeKubeconfig } from './support/kube.ts';
 
 const PROJECT = 'ci-project';
 
@@ -144,6 +146,36 @@ describe('GKE provider', () => {
     }
   });
 
+  test('a zonal outage (missingZones) keeps that zone\'s clusters from the last list: live leases stay, nothing new is leased there', async () => {
+    fake.setClusters([
+      makeCluster({ project: PROJECT, location: 'us-central1-a', name: 'east' }),
+      makeCluster({ project: PROJECT, location: 'europe-west1-b', name: 'west' }),
+    ]);
+    const app = await gkeApp(fake, { CLUSTER_CACHE_SECONDS: '0' });
+    try {
+      const held = await lease(app, 600);
+      assert.equal(held.status, 200);
+      const zone = held.body.location;
+      fake.setMissingZones([zone]);
+      const shown = await app.request('GET', `/lease/${held.body.token}`);
+      assert.equal(shown.status, 200);
+      const listed = await (await app.request('GET', '/leases')).json();
+      assert.deepEqual(
+        listed.clusters.map((cluster: { location: string; state: string; status: string }) => [cluster.location, cluster.state, cluster.status]).sort(),
+        [[zone, 'leased', 'UNREACHABLE'], [zone === 'us-central1-a' ? 'europe-west1-b' : 'us-central1-a', 'free', 'RUNNING']].sort(),
+      );
+      // The other zone's cluster is leased; then nothing, not the unreachable one once released.
+      assert.equal((await lease(app)).status, 200);
+      assert.equal((await app.request('DELETE', `/lease/${held.body.token}`)).status, 200);
+      assert.equal((await lease(app)).status, 409);
+      fake.setMissingZones([]);
+      assert.equal((await lease(app)).status, 200);
+    } finally {
+      fake.setMissingZones([]);
+      await app.close();
+    }
+  });
+
   test('gpu comes from node pools with accelerators; "gpu": true leases only those; cluster_tag is GKE\'s id', async () => {
     fake.setClusters([
       makeCluster({ project: PROJECT, location: 'us-east1-b', name: 'cpu-only' }),
@@ -209,6 +241,56 @@ describe('GKE provider', () => {
       await app.close();
       nock.cleanAll();
       nock.enableNetConnect();
+    }
+  });
+});
+
+describe('a churning GKE pool with the Kubernetes store', () => {
+  test('free records of clusters gone from the pool are removed after FORGET_DEPARTED_SECONDS; leased ones stay; the used bytes show', async () => {
+    const fake = await startFakeGke({ clusters: Array.from({ length: 6 }, (_, index) => makeCluster({ project: PROJECT, location: 'us-central1-a', name: `old-${index}` })) });
+    const kube = await startKube();
+    seedLeaseService(kube, { 'example.com/owner': 'platform' });
+    const folder = await tempDir();
+    const app = await gkeApp(fake, {
+      LEASE_STORE: 'kubernetes',
+      KUBECONFIG: await writeKubeconfig(folder, kube.url),
+      CLUSTER_CACHE_SECONDS: '0',
+      REAP_INTERVAL_SECONDS: '1',
+      FORGET_DEPARTED_SECONDS: '3600',
+    });
+    const records = () => Object.keys(leaseAnnotations(kube)).filter((key) => key.startsWith('lease.k8s-claimer.io/c-')).length;
+    const usedBytes = async () => {
+      const text = await (await app.request('GET', '/metrics', { auth: null })).text();
+      return Number(/k8s_claimer_lease_store_used_bytes\{object="k8s-claimer"\} (\d+)/.exec(text)?.[1]);
+    };
+    const until = async (check: () => boolean | Promise<boolean>) => {
+      const deadline = Date.now() + 5_000;
+      while (!(await check()) && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50));
+      assert.ok(await check(), 'the reaper did not get there in time');
+    };
+    try {
+      const leases = await Promise.all(Array.from({ length: 6 }, () => lease(app, 7200)));
+      for (const held of leases.slice(1)) assert.equal((await app.request('DELETE', `/lease/${held.body.token}`)).status, 200);
+      assert.equal(records(), 6);
+      const before = await usedBytes();
+      assert.ok(before > 0 && /k8s_claimer_lease_store_limit_bytes\{object="k8s-claimer"\} 262144/.test(await (await app.request('GET', '/metrics', { auth: null })).text()));
+      // The pool turns over: every old cluster is deleted, new ones are made.
+      fake.setClusters(Array.from({ length: 2 }, (_, index) => makeCluster({ project: PROJECT, location: 'us-central1-a', name: `new-${index}` })));
+      await until(() => Object.values(leaseAnnotations(kube)).filter((value) => value.includes('missing_since')).length === 5);
+      app.clock.advance(3_599);
+      await new Promise((resolve) => setTimeout(resolve, 1_500));
+      assert.equal(records(), 6);
+      app.clock.advance(2);
+      await until(() => records() === 1);
+      assert.equal(JSON.parse(Object.entries(leaseAnnotations(kube)).find(([key]) => key.startsWith('lease.k8s-claimer.io/c-'))?.[1] ?? '{}').state, 'leased');
+      await until(async () => (await usedBytes()) < before);
+      assert.equal(leaseAnnotations(kube)['example.com/owner'], 'platform');
+      assert.equal((await app.request('DELETE', `/lease/${leases[0].body.token}`)).status, 200);
+    } finally {
+      await app.close();
+      await kube.close();
+      await fake.close();
+      await rm(folder, { recursive: true, force: true });
     }
   });
 });

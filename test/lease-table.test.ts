@@ -8,6 +8,7 @@ import {
   emptyTable,
   failCleanup,
   finishCleanup,
+  reap,
   release,
   startCleanup,
   type AcquireResult,
@@ -159,5 +160,74 @@ describe('the life cycle with cleanup: free -> leased -> dirty -> cleaning -> fr
     assert.deepEqual(failed.clusters['zone-a/c1'].cleanup, { attempts: 1, lastError: 'deleting namespaces failed', retryAt: T0 + 1500 });
     assert.equal(startCleanup('zone-a/c1', 'a', 60_000)(failed, dirtyContext(T0 + 1499)).result, false);
     assert.equal(startCleanup('zone-a/c1', 'a', 60_000)(failed, dirtyContext(T0 + 1500)).result, true);
+  });
+});
+
+describe('the reaper', () => {
+  const HOUR = 3_600_000;
+  const forgetful = reap({ forgetDepartedMs: HOUR, maxLeaseMs: 86_400_000, ticketTtlMs: 30_000 });
+
+  test('a free record of a cluster gone from the pool is forgotten after FORGET_DEPARTED_SECONDS, not before', () => {
+    const gone = cluster('gone');
+    const { table: leased } = acquire({ tokenHash: tokenA, durationSeconds: 10 })(emptyTable, { now: T0, clusters: [gone] });
+    const { table: freed } = release(tokenA)(leased, { now: T0 + 1, clusters: [gone] });
+    const noticed = forgetful(freed, { now: T0 + 2, clusters: [] });
+    assert.equal(noticed.table.clusters['zone-a/gone'].missingSince, T0 + 2);
+    assert.deepEqual(noticed.result.forgotten, []);
+    const early = forgetful(noticed.table, { now: T0 + 2 + HOUR - 1, clusters: [] });
+    assert.equal(early.table, noticed.table);
+    const late = forgetful(noticed.table, { now: T0 + 2 + HOUR, clusters: [] });
+    assert.deepEqual(late.result.forgotten, ['zone-a/gone']);
+    assert.deepEqual(late.table.clusters, {});
+  });
+
+  test('a cluster that comes back is no longer missing; leased, dirty and cleaning records are kept', () => {
+    const back = cluster('back');
+    const { table: leased } = acquire({ tokenHash: tokenA, durationSeconds: 10 })(emptyTable, { now: T0, clusters: [back] });
+    const { table: freed } = release(tokenA)(leased, { now: T0 + 1, clusters: [back] });
+    const missing = forgetful(freed, { now: T0 + 2, clusters: [] }).table;
+    const returned = forgetful(missing, { now: T0 + 3, clusters: [back] }).table;
+    assert.deepEqual(returned.clusters['zone-a/back'], { state: 'free', idleSince: T0 + 1 });
+    const { table: again } = acquire({ tokenHash: tokenB, durationSeconds: 7200 })(returned, { now: T0 + 4, clusters: [back] });
+    const kept = forgetful(again, { now: T0 + 2 * HOUR, clusters: [] });
+    assert.equal(kept.table.clusters['zone-a/back'].state, 'leased');
+    assert.deepEqual(kept.result.forgotten, []);
+    const dirty = forgetful(again, { now: T0 + 3 * HOUR, clusters: [], endState: 'dirty' });
+    assert.equal(dirty.table.clusters['zone-a/back'].state, 'dirty');
+    assert.equal(forgetful(dirty.table, { now: T0 + 9 * HOUR, clusters: [], endState: 'dirty' }).table.clusters['zone-a/back'].state, 'dirty');
+  });
+
+  test('FORGET_DEPARTED_SECONDS=0 keeps every record', () => {
+    const { table } = release(tokenA)(acquire({ tokenHash: tokenA, durationSeconds: 10 })(emptyTable, { now: T0, clusters: [cluster('c')] }).table, { now: T0, clusters: [cluster('c')] });
+    const keeper = reap({ forgetDepartedMs: 0 });
+    const noticed = keeper(table, { now: T0, clusters: [] }).table;
+    assert.ok(keeper(noticed, { now: T0 + 1e12, clusters: [] }).table.clusters['zone-a/c']);
+  });
+
+  test('records dated in the future by a replica with a wrong clock lapse anyway: leases cut to MAX_LEASE_SECONDS, tickets to their TTL', () => {
+    const c = cluster('c');
+    const year = 365 * 24 * HOUR;
+    const future: LeaseTable = {
+      clusters: { 'zone-a/c': { state: 'leased', lease: { id: 'f00d', tokenHash: tokenA, startedAt: T0 + year, expiresAt: T0 + year + HOUR } } },
+      legacy: { '5b0c8d2e-9f1a-4c3b-8e7d-6a5f4e3d2c1b': { clusterName: 'old', expiresAt: T0 + year } },
+      waiters: { aaaaaaaaaaaaaaaa: { since: T0 + year, expiresAt: T0 + year, filter: {} } },
+    };
+    const { table, result } = forgetful(future, { now: T0, clusters: [c] });
+    assert.deepEqual(result.clamped, ['zone-a/c']);
+    assert.deepEqual(table.clusters['zone-a/c'].lease && [table.clusters['zone-a/c'].lease.startedAt, table.clusters['zone-a/c'].lease.expiresAt], [T0, T0 + HOUR]);
+    assert.equal(table.legacy['5b0c8d2e-9f1a-4c3b-8e7d-6a5f4e3d2c1b'].expiresAt, T0 + 24 * HOUR);
+    assert.deepEqual(table.waiters.aaaaaaaaaaaaaaaa, { since: T0, expiresAt: T0 + 30_000, filter: {} });
+    // A day later every one of them has lapsed.
+    const later = forgetful(table, { now: T0 + 24 * HOUR, clusters: [c] });
+    assert.equal(later.table.clusters['zone-a/c'].state, 'free');
+    assert.deepEqual([later.table.legacy, later.table.waiters], [{}, {}]);
+  });
+
+  test('a lease longer than MAX_LEASE_SECONDS from its start is cut; a record within the limits is left as it is', () => {
+    const c = cluster('c');
+    const long: LeaseTable = { ...emptyTable, clusters: { 'zone-a/c': { state: 'leased', lease: { id: 'beef', tokenHash: tokenA, startedAt: T0, expiresAt: T0 + 30 * 24 * HOUR } } } };
+    assert.equal(forgetful(long, { now: T0 + 1, clusters: [c] }).table.clusters['zone-a/c'].lease?.expiresAt, T0 + 24 * HOUR);
+    const fine: LeaseTable = { ...emptyTable, clusters: { 'zone-a/c': { state: 'leased', lease: { id: 'beef', tokenHash: tokenA, startedAt: T0, expiresAt: T0 + HOUR } } } };
+    assert.equal(forgetful(fine, { now: T0 + 1, clusters: [c] }).table, fine);
   });
 });

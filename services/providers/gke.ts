@@ -137,7 +137,8 @@ export class GkeProvider implements ClusterProvider {
     const parent = `projects/${this.options.projectId}/locations/${this.options.zone}`;
     try {
       const [response] = await this.client.listClusters({ parent }, { timeout: this.options.timeoutMs ?? 10_000 });
-      const clusters = (response.clusters ?? []).map((cluster) => toCluster(cluster, this.options.registryLocation ?? null));
+      const listed = (response.clusters ?? []).map((cluster) => toCluster(cluster, this.options.registryLocation ?? null));
+      const clusters = [...listed, ...this.stillInMissingZones(listed, response.missingZones ?? [])];
       const fetchedAt = this.options.clock.now();
       this.cache = { clusters, fetchedAt, refreshAt: fetchedAt + this.options.cacheSeconds * 1000 };
       return clusters;
@@ -151,6 +152,21 @@ export class GkeProvider implements ClusterProvider {
       );
       return this.cache.clusters;
     }
+  }
+
+  /**
+   * Clusters of zones GKE could not reach this time (`missingZones`), as the last list knew
+   * them: a zonal outage must not make their leases vanish. They are not leased meanwhile.
+   */
+  private stillInMissingZones(listed: Cluster[], missingZones: readonly string[]): Cluster[] {
+    if (missingZones.length === 0 || !this.cache) return [];
+    const seen = new Set(listed.map((cluster) => cluster.id));
+    const inMissingZone = (location: string) => missingZones.some((zone) => zone === location || zone.startsWith(`${location}-`));
+    const kept = this.cache.clusters.filter((cluster) => !seen.has(cluster.id) && inMissingZone(cluster.location));
+    if (kept.length > 0) {
+      this.options.logger.warn({ backend: 'gke', missing_zones: missingZones, clusters: kept.length }, 'GKE could not reach some zones; their clusters are kept from the last list and not leased');
+    }
+    return kept.map((cluster) => ({ ...cluster, status: 'UNREACHABLE' }));
   }
 
   async kubeconfigFor(cluster: Cluster): Promise<string> {

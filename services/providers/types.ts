@@ -1,7 +1,11 @@
 // What the lease domain needs to know about a cluster, whatever pool it comes from.
 
-/** GKE's cluster status names; a static pool's clusters are always RUNNING. */
+/**
+ * GKE's cluster status names; a static pool's clusters are always RUNNING. `UNREACHABLE`: the
+ * cluster's zone did not answer the provider's list, so it is known only from an earlier one.
+ */
 export type ClusterStatus =
+  | 'UNREACHABLE'
   | 'RUNNING'
   | 'PROVISIONING'
   | 'RECONCILING'

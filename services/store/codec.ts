@@ -32,6 +32,7 @@ const ClusterRecord = v.object({
   cluster: v.pipe(v.string(), v.nonEmpty()),
   state: v.picklist(['free', 'leased', 'dirty', 'cleaning']),
   idle_since: v.optional(Time),
+  missing_since: v.optional(Time),
   lease: v.optional(LeaseRecord),
   cleanup: v.optional(CleanupRecord),
 });
@@ -47,6 +48,7 @@ export function encodeEntry(clusterId: string, entry: ClusterEntry): ClusterReco
     cluster: clusterId,
     state: entry.state,
     ...(entry.idleSince !== undefined && { idle_since: iso(entry.idleSince) }),
+    ...(entry.missingSince !== undefined && { missing_since: iso(entry.missingSince) }),
     ...(lease && {
       lease: {
         id: lease.id,
@@ -87,11 +89,12 @@ export function clusterNamedIn(record: unknown): string | undefined {
 export function decodeEntry(record: unknown): Decoded<{ clusterId: string; entry: ClusterEntry }> {
   const parsed = v.safeParse(ClusterRecord, record);
   if (!parsed.success) return { ok: false, problem: problemOf(parsed.issues) };
-  const { cluster, state, idle_since, lease, cleanup } = parsed.output;
+  const { cluster, state, idle_since, missing_since, lease, cleanup } = parsed.output;
   if (state === 'leased' && !lease) return { ok: false, problem: 'lease: required when state is leased' };
   const entry: ClusterEntry = {
     state,
     ...(idle_since !== undefined && { idleSince: idle_since }),
+    ...(missing_since !== undefined && { missingSince: missing_since }),
     ...(lease && {
       lease: {
         // Records written before leases had ids get a stable one from their token hash.

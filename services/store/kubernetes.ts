@@ -13,7 +13,7 @@ import { TransientStoreError, VersionConflictError } from '../errors.ts';
 import type { ClusterEntry, LeaseTable, LegacyLease, Waiter } from '../lease-table.ts';
 import { clusterNamedIn, decodeEntry, decodeLegacy, decodeWaiter, encodeEntry, encodeLegacy, encodeWaiter } from './codec.ts';
 import { makeClient } from '../kube-client.ts';
-import type { LeaseStore, Snapshot } from './types.ts';
+import type { LeaseStore, Snapshot, StoreUsage } from './types.ts';
 
 export const ANNOTATION_PREFIX = 'lease.k8s-claimer.io/';
 /** Kubernetes refuses an object whose annotations (keys and values) exceed 256 KiB. */
@@ -68,6 +68,8 @@ export class KubernetesLeaseStore implements LeaseStore {
   private decoded = new Map<string, { clusterId: string; entry: ClusterEntry }>();
   private readonly where: string;
   private watchState = { connected: false, heardAt: 0 };
+  /** Bytes of all the Service's annotations (the limit counts everyone's), as last seen. */
+  private usedBytes = 0;
 
   constructor(
     private readonly api: CoreV1Api,
@@ -149,6 +151,10 @@ export class KubernetesLeaseStore implements LeaseStore {
       clearInterval(watchdog);
       controller?.abort();
     };
+  }
+
+  usage(): StoreUsage[] {
+    return [{ object: this.options.serviceName, usedBytes: this.usedBytes, limitBytes: ANNOTATIONS_LIMIT_BYTES }];
   }
 
   /** Whether the watch is connected and was heard from (an event, or its start) lately. */
@@ -262,6 +268,7 @@ export class KubernetesLeaseStore implements LeaseStore {
     }
     this.decoded = decodedNow;
     this.seen.set(version, annotations);
+    this.usedBytes = annotationsSize(annotations);
     // Only recent versions can be the base of a write; keep the map small.
     for (const old of this.seen.keys()) {
       if (this.seen.size <= 8) break;

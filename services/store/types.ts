@@ -6,6 +6,13 @@ export interface Snapshot {
   version: string;
 }
 
+export interface StoreUsage {
+  /** The object (a Kubernetes Service) that holds records. */
+  object: string;
+  usedBytes: number;
+  limitBytes: number;
+}
+
 export interface LeaseStore {
   read(): Promise<Snapshot>;
   /**
@@ -20,6 +27,8 @@ export interface LeaseStore {
   watch?(onChange: (snapshot: Snapshot) => void): () => void;
   /** With a watch: whether it is connected and has been heard from lately (readiness). */
   watchLive?(): boolean;
+  /** How full each object of the store is, by its name, when objects have a size limit. */
+  usage?(): StoreUsage[];
   /** Releases what the store holds (the file store's lock). */
   close?(): Promise<void>;
 }

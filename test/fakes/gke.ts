@@ -295,6 +295,11 @@ export interface FakeGke {
   /** Live, mutable list of clusters. Mutate it (push/splice) or call setClusters(). */
   readonly clusters: FakeCluster[];
   setClusters(clusters: FakeCluster[]): void;
+  /**
+   * Zones GKE cannot reach (a zonal outage): ListClusters leaves out their clusters (zonal ones,
+   * and regional ones of the zone's region) and names the zones in `missingZones`, as GKE does.
+   */
+  setMissingZones(zones: string[]): void;
   /** Every RPC received, in arrival order (retries show up as separate entries). */
   readonly calls: FakeGkeCall[];
   clearCalls(): void;
@@ -331,6 +336,7 @@ const CLUSTER_NAME_RE = /^projects\/([^/]+)\/locations\/([^/]+)\/clusters\/([^/]
 export async function startFakeGke(options: StartFakeGkeOptions = {}): Promise<FakeGke> {
   const service = clusterManagerService();
   const clusters: FakeCluster[] = [...(options.clusters ?? [])];
+  let missingZones: string[] = [];
   const calls: FakeGkeCall[] = [];
   let failures: Array<{ code: number; message?: string }> = [];
   let latencyMs = 0;
@@ -359,8 +365,11 @@ export async function startFakeGke(options: StartFakeGkeOptions = {}): Promise<F
         throw new GrpcError(grpc.status.INVALID_ARGUMENT, 'parent or project_id and zone must be set');
       }
     }
-    const matches = clusters.filter((c) => projectOf(c) === project && (location === '-' || c.location === location));
-    return { clusters: matches.map(toWire), missingZones: [] };
+    const inScope = (zone: string) => location === '-' || zone === location || zone.startsWith(`${location}-`);
+    const missing = missingZones.filter(inScope);
+    const unreachable = (c: FakeCluster) => missing.some((zone) => zone === c.location || zone.startsWith(`${c.location}-`));
+    const matches = clusters.filter((c) => projectOf(c) === project && (location === '-' || c.location === location) && !unreachable(c));
+    return { clusters: matches.map(toWire), missingZones: missing };
   }
 
   function getCluster(req: Record<string, unknown>): protos.google.container.v1.ICluster {
@@ -476,6 +485,9 @@ export async function startFakeGke(options: StartFakeGkeOptions = {}): Promise<F
     clusters,
     setClusters(next) {
       clusters.splice(0, clusters.length, ...next);
+    },
+    setMissingZones(zones) {
+      missingZones = [...zones];
     },
     calls,
     clearCalls() {
