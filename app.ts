@@ -18,6 +18,8 @@ import {
   NotReadyError,
   PayloadTooLargeError,
   ShuttingDownError,
+  StoreFullError,
+  TooManyWaitersError,
   UnauthorizedError,
 } from './services/errors.ts';
 import { json } from './services/http.ts';
@@ -70,9 +72,11 @@ const STATUS_OF: ReadonlyArray<[new (...args: never[]) => AppError, number]> = [
   [LeaseNotFoundError, 409],
   [NoClusterAvailableError, 409],
   [PayloadTooLargeError, 413],
+  [TooManyWaitersError, 429],
   [ContentionError, 503],
   [NotReadyError, 503],
   [ShuttingDownError, 503],
+  [StoreFullError, 503],
   // Nobody hears it: the client disconnected while waiting (nginx's "client closed request").
   [ClientGoneError, 499],
 ];
@@ -83,6 +87,8 @@ function headersFor(error: AppError): Record<string, string> {
   if (error instanceof NoClusterAvailableError && error.retryAfterSeconds !== undefined) {
     return { 'retry-after': String(error.retryAfterSeconds) };
   }
+  if (error instanceof TooManyWaitersError) return { 'retry-after': String(error.retryAfterSeconds) };
+  if (error instanceof StoreFullError) return { 'retry-after': '30' };
   if (error instanceof ContentionError || error instanceof ShuttingDownError) return { 'retry-after': '1' };
   return {};
 }

@@ -68,6 +68,8 @@ try {
 await services.writePath.warmUp().catch((error: unknown) => {
   logger.warn({ err: error }, 'the lease store or the cluster pool is not reachable yet');
 });
+// Tickets this replica held before a restart would refuse others a free cluster until they lapse.
+void services.waiting.start();
 app = createApp(services.deps);
 logger.info({ url: server.url }, 'ready');
 

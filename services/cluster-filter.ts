@@ -2,6 +2,8 @@
 // the server), a version prefix, and labels. Plain data, so a waiter's filter can be stored
 // with its ticket and evaluated by any replica.
 
+import { createHash } from 'node:crypto';
+import { LRUCache } from 'lru-cache';
 import { RE2JS } from 're2js';
 import type { Cluster } from './providers/types.ts';
 
@@ -21,7 +23,10 @@ export function compilePattern(pattern: string): RE2JS {
   return RE2JS.compile(pattern);
 }
 
-const compiled = new Map<string, RE2JS | null>();
+/** No pattern is absent, so the cache stores this for one that does not compile. */
+const INVALID = Symbol('invalid pattern');
+/** Compiled patterns, the least recently used dropped first: many distinct patterns never mean recompiling the hot ones. */
+const compiled = new LRUCache<string, RE2JS | typeof INVALID>({ max: 4096 });
 
 function patternFor(pattern: string): RE2JS | null {
   let re = compiled.get(pattern);
@@ -30,12 +35,29 @@ function patternFor(pattern: string): RE2JS | null {
       re = compilePattern(pattern);
     } catch {
       // Only a stored ticket can get here (requests are validated): it then matches nothing.
-      re = null;
+      re = INVALID;
     }
-    if (compiled.size > 1000) compiled.clear();
     compiled.set(pattern, re);
   }
-  return re;
+  return re === INVALID ? null : re;
+}
+
+/** The filter in one canonical JSON form: equal filters, equal text. */
+export function canonicalFilter(filter: ClusterFilter): string {
+  const labels = filter.labels && Object.keys(filter.labels).length > 0
+    ? Object.fromEntries(Object.entries(filter.labels).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))
+    : undefined;
+  return JSON.stringify({
+    ...(filter.regex && { regex: filter.regex }),
+    ...(filter.version && { version: filter.version }),
+    ...(labels && { labels }),
+    ...(filter.gpu && { gpu: true }),
+  });
+}
+
+/** A short name of a filter (128 bits of SHA-256, hex): what a waiter's ticket stores instead of the filter. */
+export function filterDigest(filter: ClusterFilter): string {
+  return createHash('sha256').update(canonicalFilter(filter)).digest('hex').slice(0, 32);
 }
 
 export function matches(filter: ClusterFilter, cluster: Cluster): boolean {

@@ -37,6 +37,8 @@ export interface Config {
   reapIntervalSeconds: number;
   /** Free records of clusters missing from the pool this long are removed (0: kept). */
   forgetDepartedSeconds: number;
+  /** Requests that may wait at once, per principal and in all (across replicas). */
+  waitCaps: { perPrincipal: number; total: number };
   /** CI systems' ID tokens accepted beside (or instead of) the shared token. */
   oidc?: { jwksUrl: string; issuer: string; audience: string; allowedSubjects: string[]; maxTokenAgeSeconds: number };
   /** Deadline of one call to a backend (the lease store's apiserver, GKE, a leased cluster). */
@@ -112,6 +114,8 @@ const Environment = v.object({
   CLUSTER_CACHE_SECONDS: integer(0, 86_400, 30),
   REAP_INTERVAL_SECONDS: integer(1, 3_600, 2),
   FORGET_DEPARTED_SECONDS: integer(0, 31_536_000, 3_600),
+  WAIT_MAX_PER_PRINCIPAL: integer(0, 100_000, 50),
+  WAIT_MAX_TOTAL: integer(0, 100_000, 200),
   BACKEND_TIMEOUT_SECONDS: integer(1, 600, 10),
   // https only: whoever can change the keys in transit can sign tokens. Plain http for loopback (tests).
   AUTH_JWKS_URL: v.optional(
@@ -238,6 +242,7 @@ export function loadConfig(environment: Record<string, string | undefined>, defa
     clusterCacheSeconds: env.CLUSTER_CACHE_SECONDS,
     reapIntervalSeconds: env.REAP_INTERVAL_SECONDS,
     forgetDepartedSeconds: env.FORGET_DEPARTED_SECONDS,
+    waitCaps: { perPrincipal: env.WAIT_MAX_PER_PRINCIPAL, total: env.WAIT_MAX_TOTAL },
     backendTimeoutSeconds: env.BACKEND_TIMEOUT_SECONDS,
     // google-token and pool are one thing: the provider's own credentials for the lessee.
     ...(env.LEASE_CREDENTIALS && { leaseCredentials: env.LEASE_CREDENTIALS === 'serviceaccount' ? 'serviceaccount' : 'pool' }),

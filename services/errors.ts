@@ -46,6 +46,27 @@ export class NoClusterAvailableError extends AppError {
   }
 }
 
+/**
+ * A request may not wait: too many wait already, in all or from the same principal. Answered
+ * 429 with Retry-After; nobody else's request is affected.
+ */
+export class TooManyWaitersError extends AppError {
+  readonly retryAfterSeconds = 10;
+  constructor(message: string) {
+    super(message, { reason: 'TooManyWaiters' });
+  }
+}
+
+/**
+ * A write would make an object of the lease store bigger than Kubernetes allows. Answered 503:
+ * what is in the table is safe, and the request may succeed once records are released.
+ */
+export class StoreFullError extends AppError {
+  constructor() {
+    super('the lease table is full; try again later', { reason: 'StoreFull' });
+  }
+}
+
 /** No live lease has the given token (never existed, released, or expired). */
 export class LeaseNotFoundError extends AppError {
   constructor() {

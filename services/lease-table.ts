@@ -4,9 +4,10 @@
 // persists what they return.
 
 import { isDeepStrictEqual } from 'node:util';
-import { matches, type ClusterFilter } from './cluster-filter.ts';
-import { BadRequestError, LeaseNotFoundError, NoClusterAvailableError } from './errors.ts';
+import { canonicalFilter, filterDigest, matches, type ClusterFilter } from './cluster-filter.ts';
+import { BadRequestError, LeaseNotFoundError, NoClusterAvailableError, TooManyWaitersError } from './errors.ts';
 import { isLeasable, type Cluster } from './providers/types.ts';
+import { afterGrant, afterNewcomer, computeQueue, rememberOrder, ticketLive, ticketOrder, type Queue } from './queue.ts';
 import { hashToken, tokenHashesEqual } from './tokens.ts';
 
 /**
@@ -71,13 +72,24 @@ export interface LegacyLease {
 /**
  * A request waiting for a cluster, on some replica. Stored in the shared table so that every
  * replica serves waiters first come, first served: a cluster a waiter can use goes to the
- * oldest such waiter, never to a newer request. The replica renews `expiresAt` while its
- * client waits, so the ticket of a replica that died lapses within seconds.
+ * oldest such waiter, never to a newer request. A ticket is small and of bounded size: it
+ * names its filter by digest (the filter is stored once in `filters`), its principal by digest
+ * (for the caps), and the replica whose heartbeat keeps it alive, so that the tickets of a
+ * replica that died lapse together within seconds, and renewing costs one write per replica.
  */
 export interface Waiter {
   since: number;
+  /** Digest of the replica that holds the ticket (see `replicas`). */
+  replica: string;
+  /** Digest of who asked (the OIDC subject; the shared token's callers are one principal). */
+  principal: string;
+  /** Digest of the filter (a key of `filters`). */
+  filter: string;
+}
+
+/** A replica that holds tickets says it is alive until `expiresAt`, and renews it while its clients wait. */
+export interface ReplicaHeartbeat {
   expiresAt: number;
-  filter: ClusterFilter;
 }
 
 export interface LeaseTable {
@@ -87,9 +99,13 @@ export interface LeaseTable {
   legacy: Readonly<Record<string, LegacyLease>>;
   /** Keyed by ticket id. */
   waiters: Readonly<Record<string, Waiter>>;
+  /** The filters of waiting requests, keyed by digest: once for every ticket that shares one. */
+  filters: Readonly<Record<string, ClusterFilter>>;
+  /** Heartbeats of the replicas that hold tickets, keyed by replica digest. */
+  replicas: Readonly<Record<string, ReplicaHeartbeat>>;
 }
 
-export const emptyTable: LeaseTable = Object.freeze({ clusters: {}, legacy: {}, waiters: {} });
+export const emptyTable: LeaseTable = Object.freeze({ clusters: {}, legacy: {}, waiters: {}, filters: {}, replicas: {} });
 
 export interface DecisionContext {
   now: number;
@@ -190,27 +206,62 @@ export function freeClusters(table: LeaseTable, context: DecisionContext): reado
   return free;
 }
 
-/** Live waiters that came before `ticket` (all of them for a request that has none), oldest first. */
-function waitersBefore(table: LeaseTable, now: number, ticket?: string): Array<[string, Waiter]> {
-  const own = ticket ? table.waiters[ticket] : undefined;
-  const older = (id: string, waiter: Waiter) =>
-    !own || waiter.since < own.since || (waiter.since === own.since && id < (ticket as string));
-  return Object.entries(table.waiters)
-    .filter(([id, waiter]) => id !== ticket && now < waiter.expiresAt && older(id, waiter))
-    .sort(([idA, a], [idB, b]) => a.since - b.since || (idA < idB ? -1 : 1));
+/** The leasable clusters of the pool, per pool list. */
+const leasableMemo = new WeakMap<readonly Cluster[], readonly Cluster[]>();
+
+function leasableClusters(clusters: readonly Cluster[]): readonly Cluster[] {
+  let leasable = leasableMemo.get(clusters);
+  if (!leasable) {
+    leasable = clusters.filter(isLeasable);
+    leasableMemo.set(clusters, leasable);
+  }
+  return leasable;
 }
 
-/** The free clusters left once every older waiter has taken the first free cluster it accepts. */
-function freeForMe(table: LeaseTable, context: DecisionContext, ticket?: string): readonly Cluster[] {
-  const free = freeClusters(table, context);
-  const ahead = Object.keys(table.waiters).length === 0 ? [] : waitersBefore(table, context.now, ticket);
-  if (ahead.length === 0) return free;
-  const left = [...free];
-  for (const [, waiter] of ahead) {
-    const taken = left.findIndex((cluster) => matches(waiter.filter, cluster));
-    if (taken >= 0) left.splice(taken, 1);
+/** The waiting queue of a table, worked out once per table and context (see queue.ts). */
+const queueMemo = new WeakMap<DecisionContext, WeakMap<LeaseTable, Queue>>();
+
+export function queueOf(table: LeaseTable, context: DecisionContext): Queue {
+  let byTable = queueMemo.get(context);
+  if (!byTable) {
+    byTable = new WeakMap();
+    queueMemo.set(context, byTable);
   }
-  return left;
+  let queue = byTable.get(table);
+  if (!queue) {
+    queue = computeQueue(table, context.now, context.clusters, freeClusters(table, context), leasableClusters(context.clusters));
+    byTable.set(table, queue);
+  }
+  return queue;
+}
+
+function rememberQueue(context: DecisionContext, table: LeaseTable, queue: Queue): void {
+  queueOf(table, context);
+  queueMemo.get(context)?.set(table, queue);
+}
+
+/** Live tickets at `now`. */
+export function liveWaiters(table: LeaseTable, now: number): number {
+  let live = 0;
+  for (const ticket in table.waiters) if (ticketLive(table, table.waiters[ticket], now)) live += 1;
+  return live;
+}
+
+/** How many bytes the stored filters take, roughly as the stores write them. */
+function filtersBytes(filters: LeaseTable['filters']): number {
+  let bytes = 0;
+  for (const digest in filters) bytes += digest.length + canonicalFilter(filters[digest]).length + 48;
+  return bytes;
+}
+
+/** Filters of waiting requests may take at most this much of the table, together. */
+export const MAX_FILTER_BYTES = 32 * 1024;
+
+/** The heartbeat of `replica` lasts at least half of `ttlMs` from now (renewed only then: wake-ups cost no write). */
+function withHeartbeat(table: LeaseTable, replica: string, now: number, ttlMs: number): LeaseTable {
+  const beat = table.replicas[replica];
+  if (beat && beat.expiresAt - now > ttlMs / 2) return table;
+  return { ...table, replicas: { ...table.replicas, [replica]: { expiresAt: now + ttlMs } } };
 }
 
 export interface AcquireRequest {
@@ -227,7 +278,19 @@ export interface AcquireRequest {
    * A request that may wait: when nothing is free it is queued under this ticket (or stays
    * queued) instead of failing, until `final`, its last try, which fails as usual.
    */
-  wait?: { ticket: string; ttlMs: number; final?: boolean };
+  wait?: WaitRequest;
+}
+
+export interface WaitRequest {
+  ticket: string;
+  /** Digest of the replica that holds the ticket, and how long its heartbeat lasts. */
+  replica: string;
+  ttlMs: number;
+  /** Digest of who asks, for the per-principal cap. */
+  principal: string;
+  final?: boolean;
+  /** Live tickets allowed per principal and in all. */
+  caps: { perPrincipal: number; total: number };
 }
 
 export type AcquireResult =
@@ -248,7 +311,10 @@ export function acquire(request: AcquireRequest): Decision<AcquireResult> {
     if (already && landed) return { table, result: { granted: true, cluster: landed, lease: already.lease } };
     const filter = request.filter ?? {};
     const ticket = request.wait?.ticket;
-    const cluster = freeForMe(table, context, ticket).find((candidate) => matches(filter, candidate));
+    const queue = queueOf(table, context);
+    const queued = ticket !== undefined && table.waiters[ticket] !== undefined && ticketLive(table, table.waiters[ticket], now) ? table.waiters[ticket] : undefined;
+    // A waiter gets exactly the cluster the queue gives it; anyone else only what no waiter gets.
+    const cluster = queued ? queue.assigned.get(ticket as string) : queue.leftover.find((candidate) => matches(filter, candidate));
     if (cluster !== undefined) {
       const lease: Lease = {
         id: request.leaseId ?? request.tokenHash.slice(0, 16),
@@ -263,7 +329,14 @@ export function acquire(request: AcquireRequest): Decision<AcquireResult> {
       };
       const base = ticket ? withoutWaiter(table, ticket) : table;
       const next = withEntry(base, cluster.id, { state: 'leased', lease });
-      if (base === table) memoFor(context).set(next, freeClusters(table, context).filter((candidate) => candidate !== cluster));
+      // What the next decision of a burst needs follows from this one's: no pass over the pool.
+      memoFor(context).set(next, freeClusters(table, context).filter((candidate) => candidate !== cluster));
+      if (queued && base !== table) {
+        rememberOrder(base.waiters, ticketOrder(table.waiters).filter(([id]) => id !== ticket));
+        rememberQueue(context, next, afterGrant(queue, ticket as string, queued.principal));
+      } else if (!queued && base === table) {
+        rememberQueue(context, next, afterNewcomer(queue, cluster));
+      }
       return { table: next, result: { granted: true, cluster, lease } };
     }
     const matching = clusters.filter((candidate) => isLeasable(candidate) && matches(filter, candidate));
@@ -275,15 +348,30 @@ export function acquire(request: AcquireRequest): Decision<AcquireResult> {
     // cleaned, are a matter of seconds.
     const soonestEnd = busy.length < matching.length ? now : Math.min(...busy.map((candidate) => busyUntil(table, candidate, now)));
     const retryAfterSeconds = Math.max(1, Math.ceil((soonestEnd - now) / 1000));
-    if (!request.wait || request.wait.final) {
+    const wait = request.wait;
+    if (!wait || wait.final) {
       throw new NoClusterAvailableError('AllLeased', 'every matching cluster is leased', retryAfterSeconds);
     }
-    const existing = table.waiters[request.wait.ticket];
-    // Renew only when half the ticket's time is gone: wake-ups then cost no write.
-    if (existing && existing.expiresAt - now > request.wait.ttlMs / 2) return { table, result: { granted: false, retryAfterSeconds } };
-    const waiter: Waiter = { since: existing?.since ?? queueTime(table, now), expiresAt: now + request.wait.ttlMs, filter };
+    if (queued) return { table: withHeartbeat(table, wait.replica, now, wait.ttlMs), result: { granted: false, retryAfterSeconds } };
+    // A new ticket: within the caps, so that waiters never crowd out the lease records.
+    if (queue.order.length >= wait.caps.total) {
+      throw new TooManyWaitersError(`${wait.caps.total} requests are waiting already (WAIT_MAX_TOTAL)`);
+    }
+    if ((queue.byPrincipal.get(wait.principal) ?? 0) >= wait.caps.perPrincipal) {
+      throw new TooManyWaitersError(`you have ${wait.caps.perPrincipal} requests waiting already (WAIT_MAX_PER_PRINCIPAL)`);
+    }
+    const digest = filterDigest(filter);
+    let filters = table.filters;
+    if (!(digest in filters)) {
+      filters = { ...filters, [digest]: filter };
+      if (filtersBytes(filters) > MAX_FILTER_BYTES) throw new TooManyWaitersError('too many different filters are waiting already');
+    }
+    const waiter: Waiter = { since: queueTime(table, now), replica: wait.replica, principal: wait.principal, filter: digest };
+    const waiters = { ...table.waiters, [wait.ticket]: waiter };
+    // The newest ticket comes last: the order follows without sorting.
+    rememberOrder(waiters, [...ticketOrder(table.waiters), [wait.ticket, waiter]]);
     return {
-      table: { ...table, waiters: { ...table.waiters, [request.wait.ticket]: waiter } },
+      table: withHeartbeat({ ...table, waiters, filters }, wait.replica, now, wait.ttlMs),
       result: { granted: false, retryAfterSeconds },
     };
   };
@@ -304,14 +392,33 @@ export function dropWaiter(ticket: string): Decision<void> {
   return (table) => ({ table: withoutWaiter(table, ticket), result: undefined });
 }
 
-/** Keeps the tickets of this replica's waiters alive while their clients wait. */
-export function renewWaiters(tickets: readonly string[], ttlMs: number): Decision<void> {
+/**
+ * A replica's heartbeat: its tickets stay alive. Tickets it holds that none of its waiters has
+ * any more (a drop that failed) go.
+ */
+export function heartbeat(replica: string, ttlMs: number, tickets: ReadonlySet<string>): Decision<void> {
   return (table, { now }) => {
-    const renewed = tickets.filter((ticket) => ticket in table.waiters);
-    if (renewed.length === 0) return { table, result: undefined };
+    const stray = Object.keys(table.waiters).filter((ticket) => table.waiters[ticket].replica === replica && !tickets.has(ticket));
+    let next = table;
+    if (stray.length > 0) {
+      const waiters = { ...table.waiters };
+      for (const ticket of stray) delete waiters[ticket];
+      next = { ...table, waiters };
+    }
+    if (tickets.size === 0) return { table: next, result: undefined };
+    return { table: withHeartbeat(next, replica, now, ttlMs), result: undefined };
+  };
+}
+
+/** At start-up: the tickets of this replica's earlier life, and its heartbeat, go at once. */
+export function forgetReplica(replica: string): Decision<number> {
+  return (table) => {
+    const mine = Object.keys(table.waiters).filter((ticket) => table.waiters[ticket].replica === replica);
+    if (mine.length === 0 && !(replica in table.replicas)) return { table, result: 0 };
     const waiters = { ...table.waiters };
-    for (const ticket of renewed) waiters[ticket] = { ...waiters[ticket], expiresAt: now + ttlMs };
-    return { table: { ...table, waiters }, result: undefined };
+    for (const ticket of mine) delete waiters[ticket];
+    const { [replica]: _gone, ...replicas } = table.replicas;
+    return { table: { ...table, waiters, replicas }, result: mine.length };
   };
 }
 
@@ -498,25 +605,42 @@ export function reap(options: ReapOptions = {}): Decision<Reaped> {
       if (expiresAt !== legacy.expiresAt) legacyChanged = true;
       legacyLeft[token] = expiresAt === legacy.expiresAt ? legacy : { ...legacy, expiresAt };
     }
+    // Heartbeats that lapsed go, with their tickets; none lasts longer than a ticket may.
+    let replicasChanged = false;
+    const replicasLeft: Record<string, ReplicaHeartbeat> = {};
+    for (const [replica, beat] of Object.entries(table.replicas)) {
+      if (now >= beat.expiresAt) {
+        replicasChanged = true;
+        continue;
+      }
+      const expiresAt = Math.min(beat.expiresAt, now + ticketTtlMs);
+      if (expiresAt !== beat.expiresAt) replicasChanged = true;
+      replicasLeft[replica] = expiresAt === beat.expiresAt ? beat : { expiresAt };
+    }
     let waitersChanged = false;
     const waitersLeft: Record<string, Waiter> = {};
+    const referenced = new Set<string>();
     for (const [ticket, waiter] of Object.entries(table.waiters)) {
-      if (now >= waiter.expiresAt) {
+      if (!(waiter.replica in replicasLeft)) {
         waitersChanged = true;
         continue;
       }
+      referenced.add(waiter.filter);
       const since = waiter.since > now + CLOCK_SKEW_MS ? now : waiter.since;
-      const expiresAt = Math.min(waiter.expiresAt, now + ticketTtlMs);
-      const same = since === waiter.since && expiresAt === waiter.expiresAt;
-      if (!same) waitersChanged = true;
-      waitersLeft[ticket] = same ? waiter : { ...waiter, since, expiresAt };
+      if (since !== waiter.since) waitersChanged = true;
+      waitersLeft[ticket] = since === waiter.since ? waiter : { ...waiter, since };
     }
-    if (!clustersChanged && !legacyChanged && !waitersChanged) return { table, result };
+    // A filter no ticket names any more is not kept.
+    const filtersLeft = Object.fromEntries(Object.entries(table.filters).filter(([digest]) => referenced.has(digest)));
+    const filtersChanged = Object.keys(filtersLeft).length !== Object.keys(table.filters).length;
+    if (!clustersChanged && !legacyChanged && !waitersChanged && !replicasChanged && !filtersChanged) return { table, result };
     return {
       table: {
         clusters: clustersChanged ?? table.clusters,
         legacy: legacyChanged ? legacyLeft : table.legacy,
         waiters: waitersChanged ? waitersLeft : table.waiters,
+        filters: filtersChanged ? filtersLeft : table.filters,
+        replicas: replicasChanged ? replicasLeft : table.replicas,
       },
       result,
     };
@@ -616,9 +740,6 @@ export function describeClusters(table: LeaseTable, { now, clusters, endState }:
   });
 }
 
-export function liveWaiters(table: LeaseTable, now: number): number {
-  return Object.values(table.waiters).filter((waiter) => now < waiter.expiresAt).length;
-}
 
 /** The live lease with this token, for GET /lease/{token}. */
 export function describeLease(table: LeaseTable, tokenHash: string, context: DecisionContext): ClusterView {
@@ -642,7 +763,7 @@ export function describeLease(table: LeaseTable, tokenHash: string, context: Dec
  * so nobody else writes the same values.
  */
 export function holdsChanges(base: LeaseTable, next: LeaseTable, fresh: LeaseTable): boolean {
-  const sections = ['clusters', 'legacy', 'waiters'] as const;
+  const sections = ['clusters', 'legacy', 'waiters', 'filters', 'replicas'] as const;
   return sections.every((section) => {
     const before: Readonly<Record<string, unknown>> = base[section];
     const after: Readonly<Record<string, unknown>> = next[section];

@@ -109,7 +109,7 @@ export class LeaseService {
     let granted: Granted;
     try {
       if (options.waitSeconds) {
-        granted = await this.waiting.acquire(request, options.waitSeconds, options.signal);
+        granted = await this.waiting.acquire(request, options.waitSeconds, options.signal, options.holder);
       } else {
         const outcome = await this.writePath.submit(acquire(request));
         // Without a ticket a decision never queues; this only narrows the type.

@@ -92,7 +92,7 @@ export async function buildServices(config: Config, logger: Logger, options: Bui
   const stopWatching = writePath.watchStore();
   const access = new ClusterAccess(provider, config.backendTimeoutSeconds * 1000);
   const issuer = policy.perLease ? new ServiceAccountCredentials(access, config.groupRoles) : new ProviderCredentials(provider);
-  const waiting = new Waiting(writePath, logger, options.waiting);
+  const waiting = new Waiting(writePath, logger, { replicaName: config.replicaName, caps: config.waitCaps, ...options.waiting });
   const metrics = new Metrics({ processMetrics: options.processMetrics ?? true });
   const leases = new LeaseService(
     writePath,

@@ -3,7 +3,7 @@
 // compare-and-swap (group commit); each still gets its own answer. A conflict re-reads the
 // table and replays the same decisions, so no answer is ever based on a stale table.
 
-import { ContentionError, LeaseNotFoundError, TransientStoreError, VersionConflictError } from './errors.ts';
+import { ContentionError, LeaseNotFoundError, StoreFullError, TransientStoreError, VersionConflictError } from './errors.ts';
 import { holdsChanges, type Decision, type DecisionContext, type LeaseTable } from './lease-table.ts';
 import type { Cluster } from './providers/types.ts';
 import type { LeaseStore, Snapshot } from './store/types.ts';
@@ -191,6 +191,8 @@ export class WritePath {
     let troubles = 0;
     /** Earlier writes of this batch whose fate is unknown (no answer): one may still show up. */
     const unclear: Array<{ base: LeaseTable; next: LeaseTable; settle: Array<() => void>; size: number }> = [];
+    /** The batch did not fit the store: from now on each decision is checked, and only those that do not fit are refused. */
+    let full = false;
     for (let attempt = 1; ; attempt++) {
       let base: Snapshot;
       let fresh: boolean;
@@ -222,20 +224,8 @@ export class WritePath {
         return;
       }
       const context: DecisionContext = { now: this.clock.now(), clusters, endState: this.endState };
-      let table = base.table;
-      const answers: Array<{ value: unknown } | undefined> = [];
-      const outcomes = batch.map((pending, index) => {
-        try {
-          const outcome = pending.decision(table, context);
-          table = outcome.table;
-          answers[index] = { value: outcome.result };
-          return () => pending.resolve(outcome.result);
-        } catch (error) {
-          const earlier = pending.unclearAnswer;
-          if (earlier && error instanceof LeaseNotFoundError) return () => pending.resolve(earlier.value);
-          return () => pending.reject(error);
-        }
-      });
+      const wouldFit = this.store.wouldFit?.bind(this.store);
+      const { table, answers, outcomes } = this.decide(batch, base.table, context, full && wouldFit ? (next) => wouldFit(next, base) : undefined);
       if (table === base.table) {
         // Nothing to write. Answers such as "no cluster free" must come from a fresh table,
         // since another replica may have released a cluster since the cached one was read.
@@ -256,7 +246,7 @@ export class WritePath {
         // Keep a table the watch delivered meanwhile: it is newer than the one that lost.
         if (this.cached?.version === base.version) this.cached = undefined;
         // Anything but a clean refusal may hide a write that landed (a timeout, a reset).
-        if (!(error instanceof VersionConflictError)) {
+        if (!(error instanceof VersionConflictError || error instanceof StoreFullError)) {
           written = await this.landed(base.table, table);
           if (!written) {
             unclear.push({ base: base.table, next: table, settle: outcomes, size: batch.length });
@@ -272,6 +262,11 @@ export class WritePath {
         for (const settle of outcomes) settle();
         this.tell(written.table);
         return;
+      }
+      if (failure instanceof StoreFullError && !full && batch.length > 1 && this.store.wouldFit) {
+        // One request's growth must not fail the others of its batch: decide again, one by one.
+        full = true;
+        continue;
       }
       if (failure instanceof VersionConflictError) {
         if (attempt >= this.maxAttempts) {
@@ -289,6 +284,30 @@ export class WritePath {
       // The batch is decided again anyway: take in what arrived meanwhile, for free.
       if (useCache) batch.push(...this.queue.splice(0));
     }
+  }
+
+  /**
+   * Applies the batch's decisions in order, each to the table the previous one left. With
+   * `fits`, a decision whose table would not fit the store is refused on its own (503) and the
+   * rest go on without it.
+   */
+  private decide(batch: Pending[], base: LeaseTable, context: DecisionContext, fits?: (table: LeaseTable) => boolean) {
+    let table = base;
+    const answers: Array<{ value: unknown } | undefined> = [];
+    const outcomes = batch.map((pending, index) => {
+      try {
+        const outcome = pending.decision(table, context);
+        if (fits && outcome.table !== table && !fits(outcome.table)) return () => pending.reject(new StoreFullError());
+        table = outcome.table;
+        answers[index] = { value: outcome.result };
+        return () => pending.resolve(outcome.result);
+      } catch (error) {
+        const earlier = pending.unclearAnswer;
+        if (earlier && error instanceof LeaseNotFoundError) return () => pending.resolve(earlier.value);
+        return () => pending.reject(error);
+      }
+    });
+    return { table, answers, outcomes };
   }
 
   /** The fresh table if it holds exactly what the failed write meant to change, else undefined. */

@@ -36,8 +36,8 @@ describe('file lease store', () => {
       const store = await FileLeaseStore.open(join(folder, 'leases.json'), quiet);
       const base = await store.read();
       const entry = { state: 'leased' as const, lease: { id: 'aaaaaaaaaaaa', tokenHash: hashToken('a'), startedAt: 1, expiresAt: 2 } };
-      await store.write({ clusters: { 'static/a': entry }, legacy: {}, waiters: {} }, base);
-      await assert.rejects(store.write({ clusters: {}, legacy: {}, waiters: {} }, base), VersionConflictError);
+      await store.write({ clusters: { 'static/a': entry }, legacy: {}, waiters: {}, filters: {}, replicas: {} }, base);
+      await assert.rejects(store.write({ clusters: {}, legacy: {}, waiters: {}, filters: {}, replicas: {} }, base), VersionConflictError);
       await store.close();
       const reopened = await FileLeaseStore.open(join(folder, 'leases.json'), quiet);
       assert.deepEqual((await reopened.read()).table.clusters, { 'static/a': entry });
@@ -88,7 +88,7 @@ describe('file lease store', () => {
     try {
       const store = await FileLeaseStore.open(path, quiet);
       const entry = { state: 'free' as const, idleSince: 5 };
-      await store.write({ clusters: { 'static/a': entry }, legacy: {}, waiters: {} }, await store.read());
+      await store.write({ clusters: { 'static/a': entry }, legacy: {}, waiters: {}, filters: {}, replicas: {} }, await store.read());
       await writeFile(`${path}.0f1e2d3c.tmp`, '{"format": "k8s-claimer/lease-table/v1", "vers');
       await store.close();
       const reopened = await FileLeaseStore.open(path, quiet);
@@ -113,7 +113,7 @@ describe('file lease store', () => {
       const clusters = base.table.clusters;
       // It may hold a live lease written by another version: never leased, never rewritten.
       assert.deepEqual({ ...clusters }, { 'static/b': { state: 'unknown' } });
-      await store.write({ clusters: { ...clusters, 'static/a': { state: 'free', idleSince: 1 } }, legacy: {}, waiters: {} }, base);
+      await store.write({ clusters: { ...clusters, 'static/a': { state: 'free', idleSince: 1 } }, legacy: {}, waiters: {}, filters: {}, replicas: {} }, base);
       await store.close();
       const saved = JSON.parse(await readFile(path, 'utf8'));
       assert.deepEqual(saved.clusters.find((record: { cluster: string }) => record.cluster === 'static/b'), broken);

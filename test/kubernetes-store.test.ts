@@ -33,8 +33,8 @@ describe('Kubernetes lease store', () => {
     fake.resetCounts();
   });
 
-  async function replica(clusters = poolOf(3), clock?: ManualClock): Promise<TestApp> {
-    const app = await startTestApp({ clusters, clock, env: { LEASE_STORE: 'kubernetes', KUBECONFIG: kubeconfig } });
+  async function replica(clusters = poolOf(3), clock?: ManualClock, env: Record<string, string> = {}): Promise<TestApp> {
+    const app = await startTestApp({ clusters, clock, env: { LEASE_STORE: 'kubernetes', KUBECONFIG: kubeconfig, ...env } });
     apps.push(app);
     return app;
   }
@@ -250,15 +250,77 @@ describe('Kubernetes lease store', () => {
     assert.equal(fake.countRequests({ method: 'PATCH' }), 0);
   });
 
-  test('annotations that would pass 256 KiB: 500, a clear log line, nothing written', async () => {
+  test('annotations that would pass 256 KiB: 503 with Retry-After, a clear log line, nothing written', async () => {
     seedLeaseService(fake, { 'example.com/huge': 'x'.repeat(256 * 1024 - 100) });
     const app = await replica();
     const before = fake.getObject('services', LEASE_NAMESPACE, LEASE_SERVICE)?.metadata?.resourceVersion;
-    const response = await lease(app);
-    assert.equal(response.status, 500);
+    const response = await app.request('POST', '/lease', { body: { max_time: 600 } });
+    assert.equal(response.status, 503);
+    assert.equal(response.headers.get('retry-after'), '30');
+    assert.equal((await response.json()).reason, 'StoreFull');
     assert.match(app.logs.raw(), /256 KiB annotation limit/);
     assert.equal(fake.getObject('services', LEASE_NAMESPACE, LEASE_SERVICE)?.metadata?.resourceVersion, before);
     assert.equal(fake.countRequests({ method: 'PATCH' }), 0);
+  });
+
+  test('a batch in which one decision would not fit: only that one is refused (503), the others of the batch land', async () => {
+    const app = await replica(poolOf(3));
+    const held = await lease(app);
+    assert.equal(held.status, 200);
+    // Fill the Service to just under the limit: room for a release, not for another lease.
+    const used = Object.entries(leaseAnnotations(fake)).reduce((sum, [key, value]) => sum + Buffer.byteLength(key) + Buffer.byteLength(value), 0);
+    const service = fake.getObject('services', LEASE_NAMESPACE, LEASE_SERVICE);
+    assert.ok(service);
+    service.metadata.annotations = { ...service.metadata.annotations, 'example.com/huge': 'x'.repeat(256 * 1024 - used - 60) };
+    fake.putObject('services', service);
+    await app.services.writePath.view();
+    const [released, refused] = await Promise.all([
+      app.request('DELETE', `/lease/${held.body.token}`),
+      app.request('POST', '/lease', { body: { max_time: 600, note: 'n'.repeat(200) } }),
+    ]);
+    assert.equal(released.status, 200);
+    assert.equal(refused.status, 503);
+    const records = Object.values(leaseAnnotations(fake)).filter((value) => value.includes('"cluster"')).map((value) => JSON.parse(value));
+    assert.deepEqual(records.map((record) => record.state), ['free']);
+  });
+
+  test('waiters cannot fill the table: tickets carry a digest of the filter, the caps answer 429, everyone else still leases', async () => {
+    const app = await replica(poolOf(2), undefined, { WAIT_MAX_TOTAL: '40', WAIT_MAX_PER_PRINCIPAL: '30' });
+    const held = await lease(app);
+    assert.equal(held.status, 200);
+    const gone = new AbortController();
+    const pattern = (index: number) => `^(pool-1|${'\\.'.repeat(500)}x${index})$`;
+    // One client: 60 waiters, each with its own 1 KiB pattern that accepts only the leased cluster.
+    const waiting = Array.from({ length: 60 }, (_, index) =>
+      app.request('POST', '/lease', { body: { max_time: 60, wait: 600, cluster_regex: pattern(index) }, signal: gone.signal }).catch(() => undefined),
+    );
+    const deadline = Date.now() + 5_000;
+    const tickets = () => Object.keys(leaseAnnotations(fake)).filter((key) => key.startsWith('lease.k8s-claimer.io/w-'));
+    let settled: Array<Response | undefined> = [];
+    while (Date.now() < deadline) {
+      settled = await Promise.all(waiting.map((pending) => Promise.race([pending, new Promise<undefined>((resolve) => setTimeout(resolve, 5))])));
+      if (settled.filter(Boolean).length + tickets().length >= 60) break;
+    }
+    const refusedAnswers = settled.filter((answer): answer is Response => answer !== undefined);
+    assert.ok(refusedAnswers.length > 0, 'every waiter was queued: the caps did not apply');
+    for (const answer of refusedAnswers) {
+      assert.equal(answer.status, 429);
+      assert.equal(answer.headers.get('retry-after'), '10');
+    }
+    assert.ok(tickets().length <= 30, `${tickets().length} tickets: the per-principal cap did not hold`);
+    for (const key of tickets()) {
+      const value = leaseAnnotations(fake)[key];
+      assert.ok(value.length < 300, `a ticket of ${value.length} bytes`);
+      assert.doesNotMatch(value, /\\\\\./);
+    }
+    // The filters are kept once each, within their budget: the Service keeps room for lease records.
+    const filterBytes = Object.entries(leaseAnnotations(fake)).filter(([key]) => key.startsWith('lease.k8s-claimer.io/f-')).reduce((sum, [, value]) => sum + value.length, 0);
+    assert.ok(filterBytes <= 32 * 1024, `${filterBytes} bytes of filters`);
+    // Someone else, without waiting, gets the free cluster at once.
+    const other = await lease(app);
+    assert.equal(other.status, 200);
+    gone.abort();
+    await Promise.all(waiting);
   });
 
   test('the apiserver refusing the annotations (422) is a 500, never a retry loop', async () => {

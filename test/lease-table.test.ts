@@ -94,7 +94,7 @@ describe('acquire', () => {
 
   test('a live lease of the original k8s-claimer blocks its cluster by name', () => {
     const clusters = [cluster('old')];
-    const table: LeaseTable = { clusters: {}, legacy: { 'legacy-token': { clusterName: 'old', expiresAt: T0 + 1000 } }, waiters: {} };
+    const table: LeaseTable = { clusters: {}, legacy: { 'legacy-token': { clusterName: 'old', expiresAt: T0 + 1000 } }, waiters: {}, filters: {}, replicas: {} };
     assert.throws(() => acquire({ tokenHash: tokenA, durationSeconds: 1 })(table, { now: T0, clusters }), allLeased);
     assert.equal(clusterOf(acquire({ tokenHash: tokenA, durationSeconds: 1 })(table, { now: T0 + 1000, clusters }).result).name, 'old');
   });
@@ -119,7 +119,7 @@ describe('release', () => {
 
   test('releases a lease of the original k8s-claimer by its plain token', () => {
     const clusters = [cluster('old')];
-    const table: LeaseTable = { clusters: {}, legacy: { 'f00d0000-0000-4000-8000-000000000000': { clusterName: 'old', expiresAt: T0 + 1000 } }, waiters: {} };
+    const table: LeaseTable = { clusters: {}, legacy: { 'f00d0000-0000-4000-8000-000000000000': { clusterName: 'old', expiresAt: T0 + 1000 } }, waiters: {}, filters: {}, replicas: {} };
     const released = release(hashToken('f00d0000-0000-4000-8000-000000000000'))(table, { now: T0, clusters });
     assert.deepEqual(released.table.legacy, {});
     assert.equal(released.result.clusterId, 'zone-a/old');
@@ -210,17 +210,20 @@ describe('the reaper', () => {
     const future: LeaseTable = {
       clusters: { 'zone-a/c': { state: 'leased', lease: { id: 'f00d', tokenHash: tokenA, startedAt: T0 + year, expiresAt: T0 + year + HOUR } } },
       legacy: { '5b0c8d2e-9f1a-4c3b-8e7d-6a5f4e3d2c1b': { clusterName: 'old', expiresAt: T0 + year } },
-      waiters: { aaaaaaaaaaaaaaaa: { since: T0 + year, expiresAt: T0 + year, filter: {} } },
+      waiters: { aaaaaaaaaaaaaaaa: { since: T0 + year, replica: 'r'.repeat(16), principal: 'p'.repeat(32), filter: 'f'.repeat(32) } },
+      filters: { ['f'.repeat(32)]: {} },
+      replicas: { ['r'.repeat(16)]: { expiresAt: T0 + year } },
     };
     const { table, result } = forgetful(future, { now: T0, clusters: [c] });
     assert.deepEqual(result.clamped, ['zone-a/c']);
     assert.deepEqual(table.clusters['zone-a/c'].lease && [table.clusters['zone-a/c'].lease.startedAt, table.clusters['zone-a/c'].lease.expiresAt], [T0, T0 + HOUR]);
     assert.equal(table.legacy['5b0c8d2e-9f1a-4c3b-8e7d-6a5f4e3d2c1b'].expiresAt, T0 + 24 * HOUR);
-    assert.deepEqual(table.waiters.aaaaaaaaaaaaaaaa, { since: T0, expiresAt: T0 + 30_000, filter: {} });
+    assert.deepEqual(table.waiters.aaaaaaaaaaaaaaaa.since, T0);
+    assert.deepEqual(table.replicas['r'.repeat(16)], { expiresAt: T0 + 30_000 });
     // A day later every one of them has lapsed.
     const later = forgetful(table, { now: T0 + 24 * HOUR, clusters: [c] });
     assert.equal(later.table.clusters['zone-a/c'].state, 'free');
-    assert.deepEqual([later.table.legacy, later.table.waiters], [{}, {}]);
+    assert.deepEqual([later.table.legacy, later.table.waiters, later.table.filters, later.table.replicas], [{}, {}, {}, {}]);
   });
 
   test('a lease longer than MAX_LEASE_SECONDS from its start is cut; a record within the limits is left as it is', () => {

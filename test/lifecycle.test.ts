@@ -304,7 +304,11 @@ describe('waiting for a cluster', () => {
       // A ticket as a dead replica leaves it: in the table, never renewed.
       const { acquire } = await import('../services/lease-table.ts');
       await app.services.writePath.submit(
-        acquire({ tokenHash: 'f'.repeat(64), durationSeconds: 60, wait: { ticket: 'deadbeefdeadbeef', ttlMs: 3_000 } }),
+        acquire({
+          tokenHash: 'f'.repeat(64),
+          durationSeconds: 60,
+          wait: { ticket: 'deadbeefdeadbeef', replica: 'dead'.repeat(4), principal: '0'.repeat(32), ttlMs: 3_000, caps: { perPrincipal: 10, total: 10 } },
+        }),
       );
       await call(app, 'DELETE', `/lease/${held.body.token}`);
       assert.equal((await call(app, 'POST', '/lease', { max_time: 60 })).status, 409);

@@ -2,7 +2,8 @@
 // times, shared by the file store and the Kubernetes annotation store.
 
 import * as v from 'valibot';
-import type { ClusterEntry, LegacyLease, Waiter } from '../lease-table.ts';
+import { canonicalFilter, filterDigest, type ClusterFilter } from '../cluster-filter.ts';
+import type { ClusterEntry, LegacyLease, ReplicaHeartbeat, Waiter } from '../lease-table.ts';
 
 const Time = v.pipe(
   v.string(),
@@ -138,30 +139,67 @@ export function encodeLegacy(legacy: LegacyLease): { cluster_name: string; lease
   return { cluster_name: legacy.clusterName, lease_expiration_time: iso(legacy.expiresAt) };
 }
 
+const Hex = (min: number, max: number, what: string) => v.pipe(v.string(), v.regex(new RegExp(`^[0-9a-f]{${min},${max}}$`), `not ${what}`));
+
 const WaiterRecord = v.object({
-  ticket: v.pipe(v.string(), v.regex(/^[0-9a-f]{16,64}$/, 'not a ticket id')),
+  ticket: Hex(16, 64, 'a ticket id'),
   since: Time,
-  expires_at: Time,
-  filter: v.optional(
-    v.object({
-      regex: v.optional(v.string()),
-      version: v.optional(v.string()),
-      labels: v.optional(v.record(v.string(), v.string())),
-      gpu: v.optional(v.boolean()),
-    }),
-    {},
-  ),
+  replica: Hex(12, 64, 'a replica digest'),
+  principal: Hex(16, 64, 'a principal digest'),
+  filter: Hex(32, 32, 'a filter digest'),
 });
 
 export type WaiterRecordJson = v.InferInput<typeof WaiterRecord>;
 
 export function encodeWaiter(ticket: string, waiter: Waiter): WaiterRecordJson {
-  return { ticket, since: iso(waiter.since), expires_at: iso(waiter.expiresAt), filter: waiter.filter };
+  return { ticket, since: iso(waiter.since), replica: waiter.replica, principal: waiter.principal, filter: waiter.filter };
 }
 
 export function decodeWaiter(record: unknown): Decoded<{ ticket: string; waiter: Waiter }> {
   const parsed = v.safeParse(WaiterRecord, record);
   if (!parsed.success) return { ok: false, problem: problemOf(parsed.issues) };
-  const { ticket, since, expires_at, filter } = parsed.output;
-  return { ok: true, value: { ticket, waiter: { since, expiresAt: expires_at, filter } } };
+  const { ticket, since, replica, principal, filter } = parsed.output;
+  return { ok: true, value: { ticket, waiter: { since, replica, principal, filter } } };
+}
+
+const FilterRecord = v.object({
+  digest: Hex(32, 32, 'a filter digest'),
+  filter: v.object({
+    regex: v.optional(v.string()),
+    version: v.optional(v.string()),
+    labels: v.optional(v.record(v.string(), v.string())),
+    gpu: v.optional(v.boolean()),
+  }),
+});
+
+export type FilterRecordJson = v.InferInput<typeof FilterRecord>;
+
+export function encodeFilter(digest: string, filter: ClusterFilter): FilterRecordJson {
+  return { digest, filter: JSON.parse(canonicalFilter(filter)) };
+}
+
+/** A stored filter; one whose digest does not match what it says is refused. */
+export function decodeFilter(record: unknown): Decoded<{ digest: string; filter: ClusterFilter }> {
+  const parsed = v.safeParse(FilterRecord, record);
+  if (!parsed.success) return { ok: false, problem: problemOf(parsed.issues) };
+  const { digest, filter } = parsed.output;
+  if (filterDigest(filter) !== digest) return { ok: false, problem: 'digest: does not match the filter' };
+  return { ok: true, value: { digest, filter } };
+}
+
+const HeartbeatRecord = v.object({
+  replica: Hex(12, 64, 'a replica digest'),
+  expires_at: Time,
+});
+
+export type HeartbeatRecordJson = v.InferInput<typeof HeartbeatRecord>;
+
+export function encodeHeartbeat(replica: string, beat: ReplicaHeartbeat): HeartbeatRecordJson {
+  return { replica, expires_at: iso(beat.expiresAt) };
+}
+
+export function decodeHeartbeat(record: unknown): Decoded<{ replica: string; beat: ReplicaHeartbeat }> {
+  const parsed = v.safeParse(HeartbeatRecord, record);
+  if (!parsed.success) return { ok: false, problem: problemOf(parsed.issues) };
+  return { ok: true, value: { replica: parsed.output.replica, beat: { expiresAt: parsed.output.expires_at } } };
 }

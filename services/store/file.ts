@@ -7,8 +7,21 @@ import { basename, dirname, join } from 'node:path';
 import process from 'node:process';
 import { replaceFileAtomically } from '../atomic-file.ts';
 import { VersionConflictError } from '../errors.ts';
-import { emptyTable, type ClusterEntry, type LeaseTable, type LegacyLease, type Waiter } from '../lease-table.ts';
-import { clusterNamedIn, decodeEntry, decodeLegacy, decodeWaiter, encodeEntry, encodeLegacy, encodeWaiter } from './codec.ts';
+import type { ClusterFilter } from '../cluster-filter.ts';
+import { emptyTable, type ClusterEntry, type LeaseTable, type LegacyLease, type ReplicaHeartbeat, type Waiter } from '../lease-table.ts';
+import {
+  clusterNamedIn,
+  decodeEntry,
+  decodeFilter,
+  decodeHeartbeat,
+  decodeLegacy,
+  decodeWaiter,
+  encodeEntry,
+  encodeFilter,
+  encodeHeartbeat,
+  encodeLegacy,
+  encodeWaiter,
+} from './codec.ts';
 import type { LeaseStore, Snapshot } from './types.ts';
 
 const FORMAT = 'k8s-claimer/lease-table/v1';
@@ -19,6 +32,8 @@ interface FileContent {
   clusters: unknown[];
   legacy: Record<string, unknown>;
   waiters?: unknown[];
+  filters?: unknown[];
+  replicas?: unknown[];
 }
 
 export interface StoreWarnings {
@@ -97,12 +112,23 @@ export class FileLeaseStore implements LeaseStore {
       const decoded = decodeLegacy(record);
       if (decoded.ok) legacy[token] = decoded.value;
     }
+    const records = (section: unknown) => (Array.isArray(section) ? section : []);
     const waiters: Record<string, Waiter> = {};
-    for (const record of Array.isArray(content.waiters) ? content.waiters : []) {
+    for (const record of records(content.waiters)) {
       const decoded = decodeWaiter(record);
       if (decoded.ok) waiters[decoded.value.ticket] = decoded.value.waiter;
     }
-    this.snapshot = { table: { clusters, legacy, waiters }, version: String(content.version) };
+    const filters: Record<string, ClusterFilter> = {};
+    for (const record of records(content.filters)) {
+      const decoded = decodeFilter(record);
+      if (decoded.ok) filters[decoded.value.digest] = decoded.value.filter;
+    }
+    const replicas: Record<string, ReplicaHeartbeat> = {};
+    for (const record of records(content.replicas)) {
+      const decoded = decodeHeartbeat(record);
+      if (decoded.ok) replicas[decoded.value.replica] = decoded.value.beat;
+    }
+    this.snapshot = { table: { clusters, legacy, waiters, filters, replicas }, version: String(content.version) };
   }
 
   async read(): Promise<Snapshot> {
@@ -130,6 +156,8 @@ export class FileLeaseStore implements LeaseStore {
       ],
       legacy: Object.fromEntries(Object.entries(next.legacy).map(([token, lease]) => [token, encodeLegacy(lease)])),
       waiters: Object.entries(next.waiters).map(([ticket, waiter]) => encodeWaiter(ticket, waiter)),
+      filters: Object.entries(next.filters).map(([digest, filter]) => encodeFilter(digest, filter)),
+      replicas: Object.entries(next.replicas).map(([replica, beat]) => encodeHeartbeat(replica, beat)),
     };
     await replaceFile(this.path, `${JSON.stringify(content, null, 2)}\n`);
     // Renamed into place: this is the table now, whatever the folder's sync says below.

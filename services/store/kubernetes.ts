@@ -9,9 +9,23 @@ import { Buffer } from 'node:buffer';
 import { createHash } from 'node:crypto';
 import { ApiException, CoreV1Api, KubeConfig, PatchStrategy, Watch, setHeaderOptions, type V1Service } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
-import { TransientStoreError, VersionConflictError } from '../errors.ts';
-import type { ClusterEntry, LeaseTable, LegacyLease, Waiter } from '../lease-table.ts';
-import { clusterNamedIn, decodeEntry, decodeLegacy, decodeWaiter, encodeEntry, encodeLegacy, encodeWaiter } from './codec.ts';
+import { StoreFullError, TransientStoreError, VersionConflictError } from '../errors.ts';
+import type { ClusterFilter } from '../cluster-filter.ts';
+import type { ClusterEntry, LeaseTable, LegacyLease, ReplicaHeartbeat, Waiter } from '../lease-table.ts';
+import {
+  clusterNamedIn,
+  decodeEntry,
+  decodeFilter,
+  decodeHeartbeat,
+  decodeLegacy,
+  decodeWaiter,
+  encodeEntry,
+  encodeFilter,
+  encodeHeartbeat,
+  encodeLegacy,
+  encodeWaiter,
+  type Decoded,
+} from './codec.ts';
 import { makeClient } from '../kube-client.ts';
 import type { LeaseStore, Snapshot, StoreUsage } from './types.ts';
 
@@ -32,6 +46,32 @@ export function annotationKeyFor(clusterId: string): string {
 /** A waiting request's ticket: `lease.k8s-claimer.io/w-<ticket id>`. */
 export function waiterKeyFor(ticket: string): string {
   return `${ANNOTATION_PREFIX}w-${ticket}`;
+}
+
+/** A filter of waiting requests, shared by their tickets: `lease.k8s-claimer.io/f-<digest>`. */
+export function filterKeyFor(digest: string): string {
+  return `${ANNOTATION_PREFIX}f-${digest}`;
+}
+
+/** A replica's heartbeat, which keeps its tickets alive: `lease.k8s-claimer.io/r-<replica digest>`. */
+export function heartbeatKeyFor(replica: string): string {
+  return `${ANNOTATION_PREFIX}r-${replica}`;
+}
+
+/** The annotation changes of one section of the table: a value for what is new or changed, null for what went. */
+function diffSection<T>(
+  changes: Record<string, string | null>,
+  base: Readonly<Record<string, T>>,
+  next: Readonly<Record<string, T>>,
+  keyFor: (id: string) => string,
+  encode: (id: string, value: T) => unknown,
+): void {
+  for (const [id, value] of Object.entries(next)) {
+    if (base[id] !== value) changes[keyFor(id)] = JSON.stringify(encode(id, value));
+  }
+  for (const id of Object.keys(base)) {
+    if (!(id in next)) changes[keyFor(id)] = null;
+  }
 }
 
 const UNREADABLE: ClusterEntry = Object.freeze({ state: 'unknown' });
@@ -172,20 +212,32 @@ export class KubernetesLeaseStore implements LeaseStore {
     return this.snapshotOf(service);
   }
 
+  /** The size the Service's annotations would have after `changes`, when its base is known. */
+  private sizeAfter(changes: Record<string, string | null>, base: Snapshot): number | undefined {
+    const previous = this.seen.get(base.version);
+    if (!previous) return undefined;
+    let size = annotationsSize(previous);
+    for (const [key, value] of Object.entries(changes)) {
+      const before = previous[key];
+      if (before !== undefined) size -= Buffer.byteLength(key) + Buffer.byteLength(before);
+      if (value !== null) size += Buffer.byteLength(key) + Buffer.byteLength(value);
+    }
+    return size;
+  }
+
+  wouldFit(next: LeaseTable, base: Snapshot): boolean {
+    return (this.sizeAfter(this.changes(base.table, next), base) ?? 0) <= ANNOTATIONS_LIMIT_BYTES;
+  }
+
   async write(next: LeaseTable, base: Snapshot): Promise<Snapshot> {
     const changes = this.changes(base.table, next);
-    const previous = this.seen.get(base.version);
-    if (previous) {
-      const after = { ...previous };
-      for (const [key, value] of Object.entries(changes)) {
-        if (value === null) delete after[key];
-        else after[key] = value;
-      }
-      if (annotationsSize(after) > ANNOTATIONS_LIMIT_BYTES) {
-        throw new LeaseServiceError(
-          `the lease records would exceed Kubernetes' 256 KiB annotation limit on Service ${this.where}; nothing was written`,
-        );
-      }
+    const size = this.sizeAfter(changes, base);
+    if (size !== undefined && size > ANNOTATIONS_LIMIT_BYTES) {
+      this.options.logger.warn(
+        { service: this.where, bytes: size, limit: ANNOTATIONS_LIMIT_BYTES },
+        'the lease records would pass Kubernetes\' 256 KiB annotation limit on the lease Service; the write is refused (503) and nothing changes',
+      );
+      throw new StoreFullError();
     }
     let service: V1Service;
     try {
@@ -215,18 +267,10 @@ export class KubernetesLeaseStore implements LeaseStore {
     for (const clusterId of Object.keys(base.clusters)) {
       if (!(clusterId in next.clusters)) changes[annotationKeyFor(clusterId)] = null;
     }
-    for (const [token, legacy] of Object.entries(next.legacy)) {
-      if (base.legacy[token] !== legacy) changes[token] = JSON.stringify(encodeLegacy(legacy));
-    }
-    for (const token of Object.keys(base.legacy)) {
-      if (!(token in next.legacy)) changes[token] = null;
-    }
-    for (const [ticket, waiter] of Object.entries(next.waiters)) {
-      if (base.waiters[ticket] !== waiter) changes[waiterKeyFor(ticket)] = JSON.stringify(encodeWaiter(ticket, waiter));
-    }
-    for (const ticket of Object.keys(base.waiters)) {
-      if (!(ticket in next.waiters)) changes[waiterKeyFor(ticket)] = null;
-    }
+    diffSection(changes, base.legacy, next.legacy, (token) => token, (_token, legacy) => encodeLegacy(legacy));
+    diffSection(changes, base.waiters, next.waiters, waiterKeyFor, encodeWaiter);
+    diffSection(changes, base.filters, next.filters, filterKeyFor, encodeFilter);
+    diffSection(changes, base.replicas, next.replicas, heartbeatKeyFor, encodeHeartbeat);
     return changes;
   }
 
@@ -237,12 +281,26 @@ export class KubernetesLeaseStore implements LeaseStore {
     const clusters: Record<string, ClusterEntry> = {};
     const legacy: Record<string, LegacyLease> = {};
     const waiters: Record<string, Waiter> = {};
+    const filters: Record<string, ClusterFilter> = {};
+    const replicas: Record<string, ReplicaHeartbeat> = {};
     const decodedNow = new Map<string, { clusterId: string; entry: ClusterEntry }>();
+    /** Waiting records that do not parse are skipped: a ticket without its record lapses, nothing is leased by it. */
+    const waitingRecord = <T>(key: string, value: string, decode: (record: unknown) => Decoded<T>, keyOf: (decoded: T) => string): T | undefined => {
+      const decoded = decode(parseJson(value));
+      if (decoded.ok && keyOf(decoded.value) === key) return decoded.value;
+      this.options.logger.warn({ annotation: key, service: this.where }, 'skipping a waiting record that does not parse');
+      return undefined;
+    };
     for (const [key, value] of Object.entries(annotations)) {
       if (key.startsWith(`${ANNOTATION_PREFIX}w-`)) {
-        const decoded = decodeWaiter(parseJson(value));
-        if (decoded.ok && waiterKeyFor(decoded.value.ticket) === key) waiters[decoded.value.ticket] = decoded.value.waiter;
-        else this.options.logger.warn({ annotation: key, service: this.where }, 'skipping a waiter ticket that does not parse');
+        const decoded = waitingRecord(key, value, decodeWaiter, (record) => waiterKeyFor(record.ticket));
+        if (decoded) waiters[decoded.ticket] = decoded.waiter;
+      } else if (key.startsWith(`${ANNOTATION_PREFIX}f-`)) {
+        const decoded = waitingRecord(key, value, decodeFilter, (record) => filterKeyFor(record.digest));
+        if (decoded) filters[decoded.digest] = decoded.filter;
+      } else if (key.startsWith(`${ANNOTATION_PREFIX}r-`)) {
+        const decoded = waitingRecord(key, value, decodeHeartbeat, (record) => heartbeatKeyFor(record.replica));
+        if (decoded) replicas[decoded.replica] = decoded.beat;
       } else if (key.startsWith(ANNOTATION_PREFIX)) {
         const known = this.decoded.get(value);
         const raw = known ? undefined : parseJson(value);
@@ -274,7 +332,7 @@ export class KubernetesLeaseStore implements LeaseStore {
       if (this.seen.size <= 8) break;
       this.seen.delete(old);
     }
-    return { table: { clusters, legacy, waiters }, version };
+    return { table: { clusters, legacy, waiters, filters, replicas }, version };
   }
 
   private explain(error: unknown): Error {
@@ -282,6 +340,10 @@ export class KubernetesLeaseStore implements LeaseStore {
       if (error.code === 409) return new VersionConflictError();
       if (error.code === 404) {
         return new LeaseServiceError(`lease Service ${this.where} does not exist; create it (see k8s/) before starting`);
+      }
+      if (error.code === 422 && /annotations.*too long|must have at most/i.test(statusMessage(error))) {
+        this.options.logger.warn({ service: this.where, problem: statusMessage(error) }, 'the apiserver refused the lease records as too large; the write is refused (503)');
+        return new StoreFullError();
       }
       if (error.code === 422) return new LeaseServiceError(`the apiserver refused the lease records on Service ${this.where}: ${statusMessage(error)}`);
       if (error.code === 429 || (error.code >= 500 && error.code <= 504)) {

@@ -21,6 +21,11 @@ export interface LeaseStore {
    */
   write(next: LeaseTable, base: Snapshot): Promise<Snapshot>;
   /**
+   * Optional, for stores with a size limit: whether `next` would fit when written over `base`.
+   * `write` throws StoreFullError (and changes nothing) for a table that would not.
+   */
+  wouldFit?(next: LeaseTable, base: Snapshot): boolean;
+  /**
    * Optional: reports tables written by others (other replicas) as they happen, so that the
    * next write starts from a fresh table. Returns a function that stops watching.
    */

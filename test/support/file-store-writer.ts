@@ -13,6 +13,6 @@ for (let round = 0; ; round++) {
       { state: 'leased' as const, lease: { id: 'bbbbbbbbbbbb', tokenHash: hashToken(`${round}-${index}`), startedAt: round, expiresAt: round + 1000, note: 'x'.repeat(200) } },
     ]),
   );
-  const written = await store.write({ clusters, legacy: {}, waiters: {} }, base);
+  const written = await store.write({ clusters, legacy: {}, waiters: {}, filters: {}, replicas: {} }, base);
   process.stdout.write(`${written.version}\n`);
 }
