@@ -10,6 +10,7 @@ import { createApp, type App } from '../../app.ts';
 import { loadConfig, type Config } from '../../services/config.ts';
 import { createLogger } from '../../services/logger.ts';
 import type { JanitorOptions } from '../../services/janitor.ts';
+import type { FileStoreOptions } from '../../services/store/file.ts';
 import type { WaitingOptions } from '../../services/waiting.ts';
 import { buildServices, type Services } from '../../services/wiring.ts';
 
@@ -105,6 +106,8 @@ export async function startTestApp(
     folder?: string;
     waiting?: WaitingOptions;
     janitor?: Partial<JanitorOptions>;
+    /** The file store's lock times (see FileStoreOptions). */
+    fileStore?: FileStoreOptions;
     /** The pool file's own settings; default: pool credentials, no cleanup. */
     poolSettings?: Record<string, unknown>;
   } = {},
@@ -122,7 +125,7 @@ export async function startTestApp(
   );
   const clock = options.clock ?? new ManualClock();
   const logs = captureLogs();
-  const services = await buildServices(config, logs.logger, { authToken: AUTH_TOKEN, clock, waiting: options.waiting, janitor: options.janitor, processMetrics: false });
+  const services = await buildServices(config, logs.logger, { authToken: AUTH_TOKEN, clock, waiting: options.waiting, janitor: options.janitor, fileStore: options.fileStore, processMetrics: false });
   const app = createApp(services.deps);
   return {
     app,
