@@ -1,19 +1,10 @@
 import assert from 'node:assert/strict';
-import { rm, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { parse } from 'yaml';
 import { StaticProvider } from '../services/providers/static.ts';
-import { tempDir } from './support/harness.ts';
-
-async function withFolder(run: (folder: string) => Promise<void>) {
-  const folder = await tempDir();
-  try {
-    await run(folder);
-  } finally {
-    await rm(folder, { recursive: true, force: true });
-  }
-}
+import { withFolder } from './support/harness.ts';
 
 describe('static pool file', () => {
   test('the example pool shipped in the repo has at least 3 clusters', async () => {

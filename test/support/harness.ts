@@ -45,6 +45,16 @@ export async function tempDir(): Promise<string> {
   return mkdtemp(join(tmpdir(), 'k8s-claimer-test-'));
 }
 
+/** Runs `run` in a new temporary folder, removed afterwards whatever happens. */
+export async function withFolder(run: (folder: string) => Promise<void>): Promise<void> {
+  const folder = await tempDir();
+  try {
+    await run(folder);
+  } finally {
+    await rm(folder, { recursive: true, force: true });
+  }
+}
+
 export interface PoolCluster {
   name: string;
   kubeconfig?: string;
