@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { serve } from 'srvx';
 import { createApp, startingResponse, type App } from './app.ts';
 import { ConfigError, loadConfig } from './services/config.ts';
-import { ensureLocalAuthToken } from './services/local-auth.ts';
+import { LocalTokenFileError, ensureLocalAuthToken } from './services/local-auth.ts';
 import { createLogger } from './services/logger.ts';
 import { buildServices, type Services } from './services/wiring.ts';
 
@@ -33,8 +33,13 @@ if (config.oidc && config.oidc.allowedSubjects.length === 0) {
 let authToken = config.authToken;
 // Local mode with neither a shared token nor OIDC: a generated token keeps the API closed.
 if (authToken === undefined && !config.oidc) {
-  const local = await ensureLocalAuthToken(config.authTokenFile);
+  const local = await ensureLocalAuthToken(config.authTokenFile).catch((error: unknown) => {
+    if (!(error instanceof LocalTokenFileError)) throw error;
+    logger.fatal({ file: config.authTokenFile }, error.message);
+    process.exit(1);
+  });
   authToken = local.token;
+  if (local.warning) logger.warn({ file: config.authTokenFile }, local.warning);
   logger.warn(
     { file: config.authTokenFile },
     local.generated

@@ -11,7 +11,12 @@ export function temporaryNameFor(path: string): string {
   return join(dirname(path), `${basename(path)}.${randomUUID()}.tmp`);
 }
 
-export async function replaceFileAtomically(path: string, content: string | Uint8Array): Promise<void> {
+/**
+ * Writes `content` to a new private file next to `path` and syncs it; returns its name. The
+ * caller renames it into place (or links it first, as the file store does) and removes it on
+ * failure.
+ */
+export async function writePrivateTemporary(path: string, content: string | Uint8Array): Promise<string> {
   const temporary = temporaryNameFor(path);
   try {
     const file = await open(temporary, 'wx', 0o600);
@@ -23,6 +28,16 @@ export async function replaceFileAtomically(path: string, content: string | Uint
     } finally {
       await file.close();
     }
+  } catch (error) {
+    await rm(temporary, { force: true });
+    throw error;
+  }
+  return temporary;
+}
+
+export async function replaceFileAtomically(path: string, content: string | Uint8Array): Promise<void> {
+  const temporary = await writePrivateTemporary(path, content);
+  try {
     await rename(temporary, path);
   } catch (error) {
     await rm(temporary, { force: true });

@@ -15,7 +15,7 @@ import { startReaper } from './reaper.ts';
 import { Waiting, type WaitingOptions } from './waiting.ts';
 import { StaticProvider } from './providers/static.ts';
 import type { ClusterProvider } from './providers/types.ts';
-import { FileLeaseStore } from './store/file.ts';
+import { FileLeaseStore, type FileStoreOptions } from './store/file.ts';
 import type { LeaseStore } from './store/types.ts';
 import { WritePath, systemClock, type Clock, type WritePathOptions } from './write-path.ts';
 
@@ -40,6 +40,8 @@ export interface BuildOptions {
   janitor?: Partial<JanitorOptions>;
   /** Process metrics are registered once per process; apps built in tests may skip them. */
   processMetrics?: boolean;
+  /** Tests shorten the file store's lock times. */
+  fileStore?: FileStoreOptions;
 }
 
 interface Closable {
@@ -60,8 +62,8 @@ async function buildProvider(config: Config, logger: Logger, clock: Clock): Prom
   });
 }
 
-async function buildStore(config: Config, logger: Logger): Promise<LeaseStore> {
-  if (config.leaseStore === 'file') return FileLeaseStore.open(config.leaseStoreFile, logger);
+async function buildStore(config: Config, logger: Logger, fileStore?: FileStoreOptions): Promise<LeaseStore> {
+  if (config.leaseStore === 'file') return FileLeaseStore.open(config.leaseStoreFile, logger, fileStore);
   const { KubernetesLeaseStore, kubeConfigFrom } = await import('./store/kubernetes.ts');
   return KubernetesLeaseStore.fromKubeConfig(kubeConfigFrom(config.kubeconfigPath), {
     namespace: config.namespace,
@@ -86,7 +88,7 @@ export function lifecyclePolicy(config: Config, provider: ClusterProvider) {
 export async function buildServices(config: Config, logger: Logger, options: BuildOptions): Promise<Services> {
   const clock = options.clock ?? systemClock;
   const provider = await buildProvider(config, logger, clock);
-  const store = await buildStore(config, logger);
+  const store = await buildStore(config, logger, options.fileStore);
   const policy = lifecyclePolicy(config, provider);
   const writePath = new WritePath(store, () => provider.list(), clock, { endState: policy.endState, ...options.writePath });
   const stopWatching = writePath.watchStore();

@@ -5,6 +5,8 @@
 //   credentials: pool           # optional: lessees get the credentials below, not per-lease ones
 //   cleanup: none               # optional: no namespace cleanup between leases
 //   registry_location: gcr.io/p # optional: every cluster's registry unless it names its own
+//   file_folders: [/etc/kind]   # optional: folders besides this file's own that kubeconfig files,
+//                               # and the files they reference, may be in (relative: to this file)
 //   clusters:
 //     - name: ci-1              # unique per location
 //       location: lab           # optional, default "static"
@@ -18,9 +20,14 @@
 //       registry_location: registry.lab:5000   # optional, default: the pool's
 //     - name: kind-ci
 //       kubeconfig: ./kind.kubeconfig   # relative to this file; `context` picks one (default: current)
+//
+// What a kubeconfig references (certificate-authority, client-certificate, client-key, tokenFile)
+// is inlined into what lessees get, so every file reference must resolve, symlinks followed, to
+// this file's folder or a `file_folders` entry: a pool file cannot hand out any file the server
+// can read.
 
-import { readFile } from 'node:fs/promises';
-import { dirname, resolve } from 'node:path';
+import { readFile, realpath } from 'node:fs/promises';
+import { dirname, isAbsolute, relative, resolve, sep } from 'node:path';
 import * as v from 'valibot';
 import { parse } from 'yaml';
 import { buildKubeconfig, hostOf } from '../kubeconfig.ts';
@@ -61,6 +68,7 @@ const PoolFile = v.object({
   credentials: v.optional(v.picklist(['serviceaccount', 'pool'], 'must be serviceaccount or pool')),
   cleanup: v.optional(v.picklist(['namespaces', 'none'], 'must be namespaces or none')),
   registry_location: v.optional(v.pipe(v.string(), v.nonEmpty())),
+  file_folders: v.optional(v.array(v.pipe(v.string(), v.nonEmpty())), []),
   clusters: v.array(v.union([InlineCluster, KubeconfigCluster])),
 });
 
@@ -72,7 +80,9 @@ const KubeconfigFile = v.object({
   users: v.optional(v.array(v.object({ name: v.string(), user: v.record(v.string(), v.unknown()) })), []),
 });
 
-export class PoolFileError extends Error {}
+export class PoolFileError extends Error {
+  override readonly name = 'PoolFileError';
+}
 
 /**
  * Why a file could not be read or parsed, without quoting it: YAML's own message shows the
@@ -119,11 +129,12 @@ export class StaticProvider implements ClusterProvider {
     }
     const parsed = v.safeParse(PoolFile, document);
     if (!parsed.success) throw new PoolFileError(`static pool file ${path} is invalid: ${describeIssues(parsed.issues)}`);
+    const folders = await allowedFolders(path, parsed.output.file_folders);
     const members: PoolMember[] = [];
     for (const entry of parsed.output.clusters) {
       const member =
         'kubeconfig' in entry
-          ? await fromKubeconfigFile(entry, resolve(dirname(path), entry.kubeconfig))
+          ? await fromKubeconfigFile(entry, resolve(dirname(path), entry.kubeconfig), folders)
           : fromInline(entry);
       member.cluster.registryLocation = entry.registry_location ?? parsed.output.registry_location ?? null;
       if (members.some((other) => other.cluster.id === member.cluster.id)) {
@@ -192,14 +203,51 @@ const INLINED_FILES: Record<string, string> = {
   'client-key': 'client-key-data',
 };
 
-async function inlineFiles(section: Record<string, unknown>, folder: string): Promise<Record<string, unknown>> {
+/** The real paths of the folders a pool file's file references may point into. */
+async function allowedFolders(poolFile: string, fileFolders: string[]): Promise<string[]> {
+  const folders = [dirname(poolFile), ...fileFolders.map((folder) => resolve(dirname(poolFile), folder))];
+  return Promise.all(
+    folders.map((folder, index) =>
+      realpath(folder).catch((error: NodeJS.ErrnoException) => {
+        const which = index === 0 ? 'its folder' : `file_folders entry ${folder}`;
+        throw new PoolFileError(`static pool file ${poolFile}: cannot read ${which}: ${problemOf(error)}`);
+      }),
+    ),
+  );
+}
+
+function isInside(path: string, folder: string): boolean {
+  const rest = relative(folder, path);
+  return rest === '' || (rest !== '..' && !rest.startsWith(`..${sep}`) && !isAbsolute(rest));
+}
+
+/**
+ * Reads a file that a pool file's cluster references (`key` names the reference), after
+ * checking, symlinks resolved, that it lies in an allowed folder. Errors name the cluster, the
+ * key and the path, never what the file holds.
+ */
+async function readReferenced(path: string, folders: string[], cluster: string, key: string): Promise<Buffer> {
+  const unreadable = (error: unknown) => {
+    throw new PoolFileError(`cannot read ${key} ${path} of cluster ${cluster}: ${problemOf(error)}`);
+  };
+  const real = await realpath(path).catch(unreadable);
+  if (!folders.some((folder) => isInside(real, folder))) {
+    throw new PoolFileError(
+      `${key} of cluster ${cluster} (${path}) is outside the pool file's folder and its file_folders; move the file there or name its folder in file_folders`,
+    );
+  }
+  // Read by its resolved path: the path read is the path checked.
+  return readFile(real).catch(unreadable);
+}
+
+async function inlineFiles(section: Record<string, unknown>, folder: string, allowed: string[], cluster: string): Promise<Record<string, unknown>> {
   const result: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(section)) {
     const dataKey = INLINED_FILES[key];
     if (dataKey && typeof value === 'string') {
-      result[dataKey] = (await readFile(resolve(folder, value))).toString('base64');
+      result[dataKey] = (await readReferenced(resolve(folder, value), allowed, cluster, key)).toString('base64');
     } else if (key === 'tokenFile' && typeof value === 'string') {
-      result.token = (await readFile(resolve(folder, value), 'utf8')).trim();
+      result.token = (await readReferenced(resolve(folder, value), allowed, cluster, key)).toString('utf8').trim();
     } else {
       result[key] = value;
     }
@@ -207,10 +255,11 @@ async function inlineFiles(section: Record<string, unknown>, folder: string): Pr
   return result;
 }
 
-async function fromKubeconfigFile(entry: v.InferOutput<typeof KubeconfigCluster>, file: string): Promise<PoolMember> {
+async function fromKubeconfigFile(entry: v.InferOutput<typeof KubeconfigCluster>, file: string, allowed: string[]): Promise<PoolMember> {
   let document: unknown;
+  const text = (await readReferenced(file, allowed, entry.name, 'kubeconfig')).toString('utf8');
   try {
-    document = parse(await readFile(file, 'utf8'));
+    document = parse(text);
   } catch (error) {
     throw new PoolFileError(`cannot read kubeconfig ${file} of cluster ${entry.name}: ${problemOf(error)}`);
   }
@@ -224,8 +273,8 @@ async function fromKubeconfigFile(entry: v.InferOutput<typeof KubeconfigCluster>
     throw new PoolFileError(`kubeconfig ${file} has no usable context ${contextName ?? '(none set)'}`);
   }
   const folder = dirname(file);
-  const clusterData = await inlineFiles(clusterSection, folder);
-  const user = await inlineFiles(config.users.find((candidate) => candidate.name === context.user)?.user ?? {}, folder);
+  const clusterData = await inlineFiles(clusterSection, folder, allowed, entry.name);
+  const user = await inlineFiles(config.users.find((candidate) => candidate.name === context.user)?.user ?? {}, folder, allowed, entry.name);
   const server = clusterSection.server;
   const caData = typeof clusterData['certificate-authority-data'] === 'string' ? clusterData['certificate-authority-data'] : undefined;
   return poolMember(entry, { server, caData, insecureSkipTlsVerify: clusterData['insecure-skip-tls-verify'] === true, user });

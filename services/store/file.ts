@@ -1,13 +1,16 @@
-// The local lease store: one JSON file, replaced atomically (write a temporary file, fsync,
-// rename, fsync the folder), so a crash at any point leaves either the old or the new table.
-// It serves one claimer process; replicas share the Kubernetes store instead.
+// The local lease store: one JSON file, guarded by a lock (file-lock.ts) so that one claimer
+// serves it, and written with a compare-and-swap against the version on disk so that even two
+// claimers that both believe they hold the lock can never overwrite each other. A write makes
+// a private temporary file (synced), commits it by hard-linking it as `<file>.v<version>` (the
+// link fails when another writer committed that version first), then renames it over `<file>`
+// and syncs the folder: a crash at any point leaves the old table or the new. The newest commit
+// marker is the table; `<file>` is its copy for people and for earlier versions of the claimer.
 
-import { mkdir, open, readFile, readdir, rm } from 'node:fs/promises';
+import { link, mkdir, open, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import process from 'node:process';
-import { replaceFileAtomically } from '../atomic-file.ts';
-import { VersionConflictError } from '../errors.ts';
+import { writePrivateTemporary } from '../atomic-file.ts';
 import type { ClusterFilter } from '../cluster-filter.ts';
+import { TransientStoreError, VersionConflictError } from '../errors.ts';
 import { emptyTable, type ClusterEntry, type LeaseTable, type LegacyLease, type ReplicaHeartbeat, type Waiter } from '../lease-table.ts';
 import {
   clusterNamedIn,
@@ -22,9 +25,15 @@ import {
   encodeLegacy,
   encodeWaiter,
 } from './codec.ts';
-import type { LeaseStore, Snapshot } from './types.ts';
+import { FileLock, type FileLockOptions } from './file-lock.ts';
+import type { LeaseStore, Snapshot, StoreLog } from './types.ts';
 
 const FORMAT = 'k8s-claimer/lease-table/v1';
+/**
+ * Commit markers kept behind the newest. A marker's name is what stops a second commit of the
+ * same version, so names are reused only long after any writer could still be deciding on them.
+ */
+const KEPT_MARKERS = 8;
 
 interface FileContent {
   format: typeof FORMAT;
@@ -36,36 +45,48 @@ interface FileContent {
   replicas?: unknown[];
 }
 
-export interface StoreWarnings {
-  warn(fields: Record<string, unknown>, message: string): void;
+export interface FileStoreOptions {
+  /** Tests shorten the lock's heartbeat and staleness. */
+  lock?: FileLockOptions;
+}
+
+/** What the disk held when the snapshot was read or written; a read parses again only when it changed. */
+interface DiskState {
+  newestMarker?: number;
+  /** `<file>`'s identity: a rename gives it a new inode, a rewrite in place a new size or mtime. */
+  file?: { ino: number; size: number; mtimeMs: number };
+}
+
+interface Loaded {
+  snapshot: Snapshot;
+  /** Records that did not parse: kept and written back untouched, never silently dropped. */
+  unreadable: unknown[];
 }
 
 export class FileLeaseStore implements LeaseStore {
-  private snapshot: Snapshot = { table: emptyTable, version: '0' };
-  /** Records that did not parse: kept and written back untouched, never silently dropped. */
-  private unreadable: unknown[] = [];
+  private loaded: Loaded = { snapshot: { table: emptyTable, version: '0' }, unreadable: [] };
+  private seen: DiskState = {};
   private queue: Promise<unknown> = Promise.resolve();
-  private readonly lock: FileLock;
 
   private constructor(
     readonly path: string,
-    private readonly log: StoreWarnings,
-  ) {
-    this.lock = new FileLock(`${path}.lock`);
-  }
+    private readonly log: StoreLog,
+    private readonly lock: FileLock,
+  ) {}
 
   /**
    * Loads the file, or starts empty when it does not exist yet. A file that is not ours, or
    * one another claimer process holds, fails loudly.
    */
-  static async open(path: string, log: StoreWarnings): Promise<FileLeaseStore> {
-    const store = new FileLeaseStore(path, log);
+  static async open(path: string, log: StoreLog, options: FileStoreOptions = {}): Promise<FileLeaseStore> {
     await mkdir(dirname(path), { recursive: true });
-    await store.lock.take();
+    const lock = await FileLock.acquire(path, log, options.lock);
+    const store = new FileLeaseStore(path, log, lock);
     try {
-      await store.load();
+      await removeLeftovers(path);
+      await store.refresh();
     } catch (error) {
-      await store.lock.release();
+      await lock.release();
       throw error;
     }
     return store;
@@ -77,16 +98,70 @@ export class FileLeaseStore implements LeaseStore {
     await this.lock.release();
   }
 
-  private async load(): Promise<void> {
-    const { path, log } = this;
-    await removeLeftovers(path);
-    let text: string;
-    try {
-      text = await readFile(path, 'utf8');
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code === 'ENOENT') return;
-      throw error;
+  /** The table on disk: re-read when another writer changed it. */
+  read(): Promise<Snapshot> {
+    return this.serially(() => {
+      this.lock.assertHeld();
+      return this.refresh();
+    });
+  }
+
+  write(next: LeaseTable, base: Snapshot): Promise<Snapshot> {
+    return this.serially(() => this.writeNow(next, base));
+  }
+
+  /** Reads and writes run one at a time, so that the snapshot and what was seen on disk agree. */
+  private serially<T>(operation: () => Promise<T>): Promise<T> {
+    const result = this.queue.then(operation);
+    this.queue = result.catch(() => undefined);
+    return result;
+  }
+
+  private async refresh(): Promise<Snapshot> {
+    for (let attempt = 1; ; attempt++) {
+      const disk = await this.probe();
+      if (sameDisk(disk, this.seen)) return this.loaded.snapshot;
+      try {
+        await this.load(disk);
+        return this.loaded.snapshot;
+      } catch (error) {
+        // A marker removed by a newer commit between the listing and the read: look again.
+        if ((error as NodeJS.ErrnoException).code !== 'ENOENT' || attempt >= 5) throw error;
+      }
     }
+  }
+
+  private async probe(): Promise<DiskState> {
+    const [names, file] = await Promise.all([readdir(dirname(this.path)), stat(this.path).catch(absentOnly)]);
+    return {
+      newestMarker: newestMarker(markersIn(names, this.path)),
+      file: file && { ino: file.ino, size: file.size, mtimeMs: file.mtimeMs },
+    };
+  }
+
+  private async load(disk: DiskState): Promise<void> {
+    let loaded: Loaded = { snapshot: { table: emptyTable, version: '0' }, unreadable: [] };
+    let fileIdentity: DiskState['file'];
+    const handle = await open(this.path, 'r').catch(absentOnly);
+    if (handle) {
+      try {
+        const { ino, size, mtimeMs } = await handle.stat();
+        fileIdentity = { ino, size, mtimeMs };
+        loaded = this.parse(this.path, await handle.readFile('utf8'));
+      } finally {
+        await handle.close();
+      }
+    }
+    // A marker newer than the file: its writer died (or is paused) between commit and rename.
+    const marker = disk.newestMarker;
+    if (marker !== undefined && marker > Number(loaded.snapshot.version)) {
+      loaded = this.parse(markerPath(this.path, marker), await readFile(markerPath(this.path, marker), 'utf8'));
+    }
+    this.loaded = loaded;
+    this.seen = { newestMarker: disk.newestMarker, file: fileIdentity };
+  }
+
+  private parse(path: string, text: string): Loaded {
     let content: FileContent;
     try {
       content = JSON.parse(text);
@@ -96,13 +171,14 @@ export class FileLeaseStore implements LeaseStore {
     if (content?.format !== FORMAT || !Number.isInteger(content.version) || !Array.isArray(content.clusters)) {
       throw new Error(`lease store file ${path} is not a k8s-claimer lease table (format ${FORMAT})`);
     }
+    const unreadable: unknown[] = [];
     const clusters: Record<string, ClusterEntry> = {};
     for (const record of content.clusters ?? []) {
       const decoded = decodeEntry(record);
       if (decoded.ok) clusters[decoded.value.clusterId] = decoded.value.entry;
       else {
-        log.warn({ store: path, problem: decoded.problem }, 'a lease record does not parse: its cluster is not leased until it is fixed');
-        this.unreadable.push(record);
+        this.log.warn({ store: path, problem: decoded.problem }, 'a lease record does not parse: its cluster is not leased until it is fixed');
+        unreadable.push(record);
         const named = clusterNamedIn(record);
         if (named) clusters[named] = { state: 'unknown' };
       }
@@ -128,23 +204,51 @@ export class FileLeaseStore implements LeaseStore {
       const decoded = decodeHeartbeat(record);
       if (decoded.ok) replicas[decoded.value.replica] = decoded.value.beat;
     }
-    this.snapshot = { table: { clusters, legacy, waiters, filters, replicas }, version: String(content.version) };
-  }
-
-  async read(): Promise<Snapshot> {
-    return this.snapshot;
-  }
-
-  write(next: LeaseTable, base: Snapshot): Promise<Snapshot> {
-    // Writes run one at a time so that the version check and the rename cannot interleave.
-    const result = this.queue.then(() => this.writeNow(next, base));
-    this.queue = result.catch(() => undefined);
-    return result;
+    return { snapshot: { table: { clusters, legacy, waiters, filters, replicas }, version: String(content.version) }, unreadable };
   }
 
   private async writeNow(next: LeaseTable, base: Snapshot): Promise<Snapshot> {
-    if (base.version !== this.snapshot.version) throw new VersionConflictError();
-    const version = Number(this.snapshot.version) + 1;
+    this.lock.assertHeld();
+    if (base.version !== this.loaded.snapshot.version) throw new VersionConflictError();
+    // Another writer may have committed since this table was read: then the base is not what
+    // is on disk, and the write path reads again and decides again.
+    if (!sameDisk(await this.probe(), this.seen)) throw new VersionConflictError('the lease store file changed since it was read');
+    const version = Number(base.version) + 1;
+    const temporary = await writePrivateTemporary(this.path, this.encode(next, version));
+    let fileIdentity: DiskState['file'];
+    let markers: number[];
+    try {
+      const { ino, size, mtimeMs } = await stat(temporary);
+      fileIdentity = { ino, size, mtimeMs };
+      try {
+        await link(temporary, markerPath(this.path, version));
+      } catch (error) {
+        if ((error as NodeJS.ErrnoException).code === 'EEXIST') throw new VersionConflictError(`lease table version ${version} was committed by another writer`);
+        throw error;
+      }
+      // The link is the commit, unless markers newer than ours exist: then either a writer far
+      // ahead removed the old marker of this version (ours is no commit), or one already built
+      // on ours (it is). Reading again tells which, so the write path checks before deciding again.
+      markers = markersIn(await readdir(dirname(this.path)), this.path);
+      if ((newestMarker(markers) ?? 0) > version) {
+        throw new TransientStoreError(`another writer committed past lease table version ${version} of ${this.path}`);
+      }
+      await rename(temporary, this.path);
+    } finally {
+      await rm(temporary, { force: true });
+    }
+    // Committed: this is the table now, whatever the folder's sync says below.
+    this.loaded = { snapshot: { table: next, version: String(version) }, unreadable: this.loaded.unreadable };
+    this.seen = { newestMarker: version, file: fileIdentity };
+    await syncFolder(dirname(this.path)).catch((error: unknown) => {
+      this.log.warn({ store: this.path, err: error }, 'could not sync the lease store folder; the write may not survive a power cut');
+    });
+    const old = markers.filter((marker) => marker <= version - KEPT_MARKERS);
+    await Promise.all(old.map((marker) => rm(markerPath(this.path, marker), { force: true }).catch(() => undefined)));
+    return this.loaded.snapshot;
+  }
+
+  private encode(next: LeaseTable, version: number): string {
     const content: FileContent = {
       format: FORMAT,
       version,
@@ -152,70 +256,45 @@ export class FileLeaseStore implements LeaseStore {
         ...Object.entries(next.clusters)
           .filter(([, entry]) => entry.state !== 'unknown')
           .map(([clusterId, entry]) => encodeEntry(clusterId, entry)),
-        ...this.unreadable,
+        ...this.loaded.unreadable,
       ],
       legacy: Object.fromEntries(Object.entries(next.legacy).map(([token, lease]) => [token, encodeLegacy(lease)])),
       waiters: Object.entries(next.waiters).map(([ticket, waiter]) => encodeWaiter(ticket, waiter)),
       filters: Object.entries(next.filters).map(([digest, filter]) => encodeFilter(digest, filter)),
       replicas: Object.entries(next.replicas).map(([replica, beat]) => encodeHeartbeat(replica, beat)),
     };
-    await replaceFile(this.path, `${JSON.stringify(content, null, 2)}\n`);
-    // Renamed into place: this is the table now, whatever the folder's sync says below.
-    this.snapshot = { table: next, version: String(version) };
-    await syncFolder(dirname(this.path)).catch((error: unknown) => {
-      this.log.warn({ store: this.path, err: error }, 'could not sync the lease store folder; the write may not survive a power cut');
-    });
-    return this.snapshot;
+    return `${JSON.stringify(content, null, 2)}\n`;
   }
 }
 
-/**
- * One claimer process per file: a lock file holding the owner's pid, taken with O_EXCL. A lock
- * left by a process that no longer runs is taken over.
- */
-const heldHere = new Set<string>();
-
-class FileLock {
-  constructor(private readonly path: string) {}
-
-  async take(): Promise<void> {
-    for (let attempt = 0; attempt < 2; attempt++) {
-      try {
-        const file = await open(this.path, 'wx', 0o600);
-        await file.writeFile(`${process.pid}\n`);
-        await file.close();
-        heldHere.add(this.path);
-        return;
-      } catch (error) {
-        if ((error as NodeJS.ErrnoException).code !== 'EEXIST') throw error;
-      }
-      const owner = Number((await readFile(this.path, 'utf8').catch(() => '')).trim());
-      if (heldHere.has(this.path) || (owner !== process.pid && isRunning(owner))) {
-        throw new Error(
-          `lease store file ${this.path.replace(/\.lock$/, '')} is in use by another claimer (process ${owner}, lock ${this.path}); run one claimer per file, or the Kubernetes store for several replicas`,
-        );
-      }
-      await rm(this.path, { force: true });
-    }
-    throw new Error(`could not lock ${this.path}`);
-  }
-
-  async release(): Promise<void> {
-    if (!heldHere.delete(this.path)) return;
-    // Best effort: a lock that cannot be removed is taken over once this process is gone.
-    await rm(this.path, { force: true }).catch(() => undefined);
-  }
+function markerPath(path: string, version: number): string {
+  return `${path}.v${version}`;
 }
 
-function isRunning(pid: number): boolean {
-  if (!Number.isInteger(pid) || pid <= 0) return false;
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (error) {
-    // EPERM: it runs, as somebody else.
-    return (error as NodeJS.ErrnoException).code === 'EPERM';
-  }
+function markersIn(names: string[], path: string): number[] {
+  const prefix = `${basename(path)}.v`;
+  return names
+    .filter((name) => name.startsWith(prefix) && /^[0-9]+$/.test(name.slice(prefix.length)))
+    .map((name) => Number(name.slice(prefix.length)));
+}
+
+function newestMarker(markers: number[]): number | undefined {
+  return markers.length > 0 ? Math.max(...markers) : undefined;
+}
+
+function sameDisk(a: DiskState, b: DiskState): boolean {
+  return (
+    a.newestMarker === b.newestMarker &&
+    a.file?.ino === b.file?.ino &&
+    a.file?.size === b.file?.size &&
+    a.file?.mtimeMs === b.file?.mtimeMs
+  );
+}
+
+/** A file that is not there is an answer (undefined); any other failure is not. */
+function absentOnly(error: unknown): undefined {
+  if ((error as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+  throw error;
 }
 
 /** Temporary files of writes that a crash interrupted; the table itself is intact. */
@@ -233,11 +312,6 @@ async function removeLeftovers(path: string): Promise<void> {
       .filter((name) => name.startsWith(prefix) && name.endsWith('.tmp'))
       .map((name) => rm(join(folder, name), { force: true })),
   );
-}
-
-async function replaceFile(path: string, text: string): Promise<void> {
-  await mkdir(dirname(path), { recursive: true });
-  await replaceFileAtomically(path, text);
 }
 
 /** A rename is durable only once the folder itself is synced. */

@@ -37,3 +37,9 @@ export interface LeaseStore {
   /** Releases what the store holds (the file store's lock). */
   close?(): Promise<void>;
 }
+
+/** Where a store reports what its caller cannot see in an answer (a pino logger will do). */
+export interface StoreLog {
+  warn(fields: Record<string, unknown>, message: string): void;
+  error(fields: Record<string, unknown>, message: string): void;
+}

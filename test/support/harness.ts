@@ -10,6 +10,7 @@ import { createApp, type App } from '../../app.ts';
 import { loadConfig, type Config } from '../../services/config.ts';
 import { createLogger } from '../../services/logger.ts';
 import type { JanitorOptions } from '../../services/janitor.ts';
+import type { FileStoreOptions } from '../../services/store/file.ts';
 import type { WaitingOptions } from '../../services/waiting.ts';
 import { buildServices, type Services } from '../../services/wiring.ts';
 
@@ -42,6 +43,16 @@ export function captureLogs() {
 
 export async function tempDir(): Promise<string> {
   return mkdtemp(join(tmpdir(), 'k8s-claimer-test-'));
+}
+
+/** Runs `run` in a new temporary folder, removed afterwards whatever happens. */
+export async function withFolder(run: (folder: string) => Promise<void>): Promise<void> {
+  const folder = await tempDir();
+  try {
+    await run(folder);
+  } finally {
+    await rm(folder, { recursive: true, force: true });
+  }
 }
 
 export interface PoolCluster {
@@ -105,6 +116,8 @@ export async function startTestApp(
     folder?: string;
     waiting?: WaitingOptions;
     janitor?: Partial<JanitorOptions>;
+    /** The file store's lock times (see FileStoreOptions). */
+    fileStore?: FileStoreOptions;
     /** The pool file's own settings; default: pool credentials, no cleanup. */
     poolSettings?: Record<string, unknown>;
   } = {},
@@ -122,7 +135,7 @@ export async function startTestApp(
   );
   const clock = options.clock ?? new ManualClock();
   const logs = captureLogs();
-  const services = await buildServices(config, logs.logger, { authToken: AUTH_TOKEN, clock, waiting: options.waiting, janitor: options.janitor, processMetrics: false });
+  const services = await buildServices(config, logs.logger, { authToken: AUTH_TOKEN, clock, waiting: options.waiting, janitor: options.janitor, fileStore: options.fileStore, processMetrics: false });
   const app = createApp(services.deps);
   return {
     app,
