@@ -4,7 +4,8 @@
 //   BENCH_LATENCY_MS   apiserver latency per request (default 5)
 //   BENCH_BURST        concurrent acquires in the burst, and the pool size (default 500)
 //   BENCH_SECONDS      duration of the autocannon run (default 8)
-//   BENCH_ONLY         run only some scenarios, e.g. `a,b` (default: a,b,c,d,e)
+//   BENCH_WAITERS      waiters in scenario (f) (default 5000)
+//   BENCH_ONLY         run only some scenarios, e.g. `a,b` (default: a,b,c,d,e,f)
 
 import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { readFile, rm, writeFile } from 'node:fs/promises';
@@ -19,12 +20,14 @@ import { createLogger } from '../services/logger.ts';
 import { buildServices } from '../services/wiring.ts';
 import { makeCluster, startFakeGke } from '../test/fakes/gke.ts';
 import { tempDir, writePool, poolOf } from '../test/support/harness.ts';
+import { waiterFigures } from './waiters.ts';
 import { writeKubeconfig } from '../test/support/kube.ts';
 
 const LATENCY_MS = Number(process.env.BENCH_LATENCY_MS ?? 5);
 const BURST = Number(process.env.BENCH_BURST ?? 500);
 const CANNON_SECONDS = Number(process.env.BENCH_SECONDS ?? 8);
-const ONLY = new Set((process.env.BENCH_ONLY ?? 'a,b,c,d,e').split(','));
+const WAITERS = Number(process.env.BENCH_WAITERS ?? 5000);
+const ONLY = new Set((process.env.BENCH_ONLY ?? 'a,b,c,d,e,f').split(','));
 const TOKEN = 'bench-token';
 const NAMESPACE = 'k8s-claimer';
 const SERVICE = 'k8s-claimer';
@@ -340,6 +343,15 @@ try {
     record('(b)/(c)', 'speed-up: grants per second (b) / (c)', `${(grantRate(batched) / grantRate(plain)).toFixed(1)}x`);
   }
   if (ONLY.has('d') || ONLY.has('e')) await httpAndMemory(folder, api, kubeconfig);
+  if (ONLY.has('f')) {
+    const figures = await waiterFigures(WAITERS, 100, 200);
+    const scenario = `(f) ${figures.waiters} waiters, ${figures.clusters} clusters, 200 releases, one replica's queue`;
+    record(scenario, 'CPU per table change (release, grant, heartbeat)', ms(figures.cpuPerTableChangeMs), '< 5 ms');
+    record(scenario, 'working out the queue of one full table', ms(figures.queueMedianMs));
+    record(scenario, 'release to grant p50 / p95', `${ms(figures.serveP50Ms)} / ${ms(figures.serveP95Ms)}`);
+    record(scenario, 'decisions applied per release served', figures.decisionsPerRelease.toFixed(1));
+    record(scenario, 'served / in arrival order (per filter)', `${figures.served} / ${figures.servedInOrder ? 'yes' : 'NO'}`, '200 / yes');
+  }
 } finally {
   api.stop();
   await rm(folder, { recursive: true, force: true });

@@ -27,10 +27,17 @@ export function compilePattern(pattern: string): RE2JS {
 const INVALID = Symbol('invalid pattern');
 /** Compiled patterns, the least recently used dropped first: many distinct patterns never mean recompiling the hot ones. */
 const compiled = new LRUCache<string, RE2JS | typeof INVALID>({ max: 4096 });
+let compilations = 0;
+
+/** How many patterns have been compiled so far, and how many are cached (tests, benchmarks). */
+export function patternCacheStats(): { compilations: number; cached: number } {
+  return { compilations, cached: compiled.size };
+}
 
 function patternFor(pattern: string): RE2JS | null {
   let re = compiled.get(pattern);
   if (re === undefined) {
+    compilations += 1;
     try {
       re = compilePattern(pattern);
     } catch {

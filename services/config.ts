@@ -2,6 +2,7 @@
 // the claimer with a message that names the variable (and never echoes a secret's value).
 
 import { Buffer } from 'node:buffer';
+import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import * as v from 'valibot';
 
@@ -60,8 +61,9 @@ export interface Config {
   /** Where the Kubernetes store finds its cluster; unset: client-node's default loading. */
   kubeconfigPath?: string;
   /**
-   * This replica's name in the claims and tickets it writes: the same after a restart (the pod
-   * name), so that a restarted replica recognises what it left behind; unique among replicas.
+   * This replica's name in the claims and tickets it writes: unique among replicas, and the same
+   * after a restart when REPLICA_NAME or POD_NAME says it, so that a restarted replica
+   * recognises what it left behind.
    */
   replicaName: string;
   gke?: GkeConfig;
@@ -253,7 +255,9 @@ export function loadConfig(environment: Record<string, string | undefined>, defa
     clusterDomain: env.CLUSTER_DOMAIN,
     ...(env.REGISTRY_LOCATION && { registryLocation: env.REGISTRY_LOCATION }),
     ...(env.KUBECONFIG && { kubeconfigPath: env.KUBECONFIG }),
-    replicaName: env.REPLICA_NAME ?? env.POD_NAME?.slice(0, 63) ?? hostname().slice(0, 63),
+    // Without a name that survives restarts, a fresh one each start: two replicas on one host
+    // must never take each other's tickets or claims for their own.
+    replicaName: env.REPLICA_NAME ?? env.POD_NAME?.slice(0, 63) ?? `${hostname().slice(0, 56)}-${randomBytes(3).toString('hex')}`,
     ...(oidc && { oidc }),
     ...(gke && { gke }),
   };

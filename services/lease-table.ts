@@ -176,34 +176,68 @@ function withoutWaiter(table: LeaseTable, ticket: string): LeaseTable {
 }
 
 /**
- * The leasable free clusters at `context.now`, idle the longest first (ties by id). Derived
- * data, memoised by the identity of the (immutable) table and context: a burst applies
- * hundreds of acquires to one table in a row, and each derives the next list from the last
- * instead of scanning the whole pool again.
+ * What is derived from a table (its free list, its waiting queue) stays true for a while: until
+ * the pool list changes, or the next moment at which time alone changes the table's meaning (a
+ * lease runs out, a replica's heartbeat lapses). Derived data is memoised per (immutable) table
+ * for that window, so that the many decisions of a burst, and every replica's look at the same
+ * table, share one computation; a decision that knows what it changed derives the next table's
+ * data from the last instead of scanning the pool again.
  */
-const freeListMemo = new WeakMap<DecisionContext, WeakMap<LeaseTable, readonly Cluster[]>>();
-
-function memoFor(context: DecisionContext): WeakMap<LeaseTable, readonly Cluster[]> {
-  let byTable = freeListMemo.get(context);
-  if (!byTable) {
-    byTable = new WeakMap();
-    freeListMemo.set(context, byTable);
-  }
-  return byTable;
+interface Derived<T> {
+  clusters: readonly Cluster[];
+  endState: 'free' | 'dirty';
+  from: number;
+  until: number;
+  value: T;
 }
 
+/** The next moment after `now` at which time alone changes what the table means. */
+const changeMemo = new WeakMap<LeaseTable, { now: number; next: number }>();
+
+function nextTimeChange(table: LeaseTable, now: number): number {
+  const known = changeMemo.get(table);
+  if (known && known.now <= now && now < known.next) return known.next;
+  let next = Number.POSITIVE_INFINITY;
+  for (const clusterId in table.clusters) {
+    const expiresAt = table.clusters[clusterId].lease?.expiresAt;
+    if (expiresAt !== undefined && expiresAt > now && expiresAt < next) next = expiresAt;
+  }
+  for (const token in table.legacy) {
+    const { expiresAt } = table.legacy[token];
+    if (expiresAt > now && expiresAt < next) next = expiresAt;
+  }
+  for (const replica in table.replicas) {
+    const { expiresAt } = table.replicas[replica];
+    if (expiresAt > now && expiresAt < next) next = expiresAt;
+  }
+  changeMemo.set(table, { now, next });
+  return next;
+}
+
+function derived<T>(memo: WeakMap<LeaseTable, Derived<T>>, table: LeaseTable, context: DecisionContext, compute: () => T): T {
+  const endState = context.endState ?? 'free';
+  const known = memo.get(table);
+  if (known && known.clusters === context.clusters && known.endState === endState && known.from <= context.now && context.now < known.until) return known.value;
+  const value = compute();
+  memo.set(table, { clusters: context.clusters, endState, from: context.now, until: nextTimeChange(table, context.now), value });
+  return value;
+}
+
+function remember<T>(memo: WeakMap<LeaseTable, Derived<T>>, table: LeaseTable, context: DecisionContext, value: T): void {
+  memo.set(table, { clusters: context.clusters, endState: context.endState ?? 'free', from: context.now, until: nextTimeChange(table, context.now), value });
+}
+
+const freeListMemo = new WeakMap<LeaseTable, Derived<readonly Cluster[]>>();
+
+/** The leasable free clusters at `context.now`, idle the longest first (ties by id). */
 export function freeClusters(table: LeaseTable, context: DecisionContext): readonly Cluster[] {
-  const memo = memoFor(context);
-  let free = memo.get(table);
-  if (!free) {
-    free = context.clusters
+  return derived(freeListMemo, table, context, () =>
+    context.clusters
       .filter((cluster) => isLeasable(cluster) && effectiveState(table, cluster, context.now, context.endState) === 'free')
       .map((cluster) => ({ cluster, since: idleSince(table.clusters[cluster.id]) }))
       .sort((a, b) => a.since - b.since || (a.cluster.id < b.cluster.id ? -1 : 1))
-      .map(({ cluster }) => cluster);
-    memo.set(table, free);
-  }
-  return free;
+      .map(({ cluster }) => cluster),
+  );
 }
 
 /** The leasable clusters of the pool, per pool list. */
@@ -218,26 +252,13 @@ function leasableClusters(clusters: readonly Cluster[]): readonly Cluster[] {
   return leasable;
 }
 
-/** The waiting queue of a table, worked out once per table and context (see queue.ts). */
-const queueMemo = new WeakMap<DecisionContext, WeakMap<LeaseTable, Queue>>();
+const queueMemo = new WeakMap<LeaseTable, Derived<Queue>>();
 
+/** The waiting queue of a table (see queue.ts). */
 export function queueOf(table: LeaseTable, context: DecisionContext): Queue {
-  let byTable = queueMemo.get(context);
-  if (!byTable) {
-    byTable = new WeakMap();
-    queueMemo.set(context, byTable);
-  }
-  let queue = byTable.get(table);
-  if (!queue) {
-    queue = computeQueue(table, context.now, context.clusters, freeClusters(table, context), leasableClusters(context.clusters));
-    byTable.set(table, queue);
-  }
-  return queue;
-}
-
-function rememberQueue(context: DecisionContext, table: LeaseTable, queue: Queue): void {
-  queueOf(table, context);
-  queueMemo.get(context)?.set(table, queue);
+  return derived(queueMemo, table, context, () =>
+    computeQueue(table, context.now, context.clusters, freeClusters(table, context), leasableClusters(context.clusters)),
+  );
 }
 
 /** Live tickets at `now`. */
@@ -330,12 +351,12 @@ export function acquire(request: AcquireRequest): Decision<AcquireResult> {
       const base = ticket ? withoutWaiter(table, ticket) : table;
       const next = withEntry(base, cluster.id, { state: 'leased', lease });
       // What the next decision of a burst needs follows from this one's: no pass over the pool.
-      memoFor(context).set(next, freeClusters(table, context).filter((candidate) => candidate !== cluster));
+      remember(freeListMemo, next, context, freeClusters(table, context).filter((candidate) => candidate !== cluster));
       if (queued && base !== table) {
         rememberOrder(base.waiters, ticketOrder(table.waiters).filter(([id]) => id !== ticket));
-        rememberQueue(context, next, afterGrant(queue, ticket as string, queued.principal));
+        remember(queueMemo, next, context, afterGrant(queue, ticket as string, queued.principal));
       } else if (!queued && base === table) {
-        rememberQueue(context, next, afterNewcomer(queue, cluster));
+        remember(queueMemo, next, context, afterNewcomer(queue, cluster));
       }
       return { table: next, result: { granted: true, cluster, lease } };
     }

@@ -70,6 +70,8 @@ export class WritePath {
   private readonly random: () => number;
   private readonly sleep: (ms: number) => Promise<void>;
   private readonly listeners = new Set<TableListener>();
+  /** Decisions applied so far, retries included: what waking waiters costs (benchmarks, tests). */
+  decisionsApplied = 0;
 
   constructor(
     private readonly store: LeaseStore,
@@ -294,6 +296,7 @@ export class WritePath {
   private decide(batch: Pending[], base: LeaseTable, context: DecisionContext, fits?: (table: LeaseTable) => boolean) {
     let table = base;
     const answers: Array<{ value: unknown } | undefined> = [];
+    this.decisionsApplied += batch.length;
     const outcomes = batch.map((pending, index) => {
       try {
         const outcome = pending.decision(table, context);

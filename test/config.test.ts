@@ -37,10 +37,11 @@ describe('configuration from the environment', () => {
     assert.throws(() => loadConfig({ AUTH_TOKEN: ' \n' }, defaults), /AUTH_TOKEN must not be blank/);
   });
 
-  test('the replica name: REPLICA_NAME, else the pod name, else the host name; it survives restarts', () => {
+  test('the replica name: REPLICA_NAME, else the pod name (both survive restarts), else the host name and a fresh suffix', () => {
     assert.equal(loadConfig({ REPLICA_NAME: 'claimer-a' }, defaults).replicaName, 'claimer-a');
     assert.equal(loadConfig({ POD_NAME: 'k8s-claimer-7d9f-abcde' }, defaults).replicaName, 'k8s-claimer-7d9f-abcde');
-    assert.equal(loadConfig({}, defaults).replicaName, loadConfig({}, defaults).replicaName);
+    // Two replicas on one host without a name never share one.
+    assert.notEqual(loadConfig({}, defaults).replicaName, loadConfig({}, defaults).replicaName);
     assert.throws(() => loadConfig({ REPLICA_NAME: 'a b' }, defaults), /REPLICA_NAME must be/);
   });
 

@@ -266,6 +266,45 @@ describe('waiting for a cluster', () => {
     });
   });
 
+  test('a replica that restarts drops the tickets of its earlier run at once: a free cluster is not held back for 30 s', async () => {
+    const kube = await startKube();
+    const folder = await tempDir();
+    try {
+      seedLeaseService(kube);
+      const env = { LEASE_STORE: 'kubernetes', KUBECONFIG: await writeKubeconfig(folder, kube.url) };
+      const other = await startTestApp({ clusters: poolOf(1), env: { ...env, REPLICA_NAME: 'claimer-b' } });
+      const before = await startTestApp({ clusters: poolOf(1), env: { ...env, REPLICA_NAME: 'claimer-a' }, clock: other.clock });
+      const gone = new AbortController();
+      try {
+        const held = await call(other, 'POST', '/lease', { max_time: 600 });
+        const orphaned = call(before, 'POST', '/lease', { max_time: 60, wait: 20 }, gone.signal).catch(() => undefined);
+        await sleep(150);
+        // The replica dies: its client is gone, its ticket and heartbeat stay in the table.
+        await before.services.close();
+        assert.ok(Object.keys(leaseAnnotations(kube)).some((key) => key.startsWith('lease.k8s-claimer.io/w-')));
+        await call(other, 'DELETE', `/lease/${held.body.token}`);
+        assert.equal((await call(other, 'POST', '/lease', { max_time: 60 })).status, 409);
+        const after = await startTestApp({ clusters: poolOf(1), env: { ...env, REPLICA_NAME: 'claimer-a' }, clock: other.clock });
+        try {
+          await after.services.waiting.start();
+          assert.equal(Object.keys(leaseAnnotations(kube)).some((key) => key.startsWith('lease.k8s-claimer.io/w-')), false);
+          await sleep(100);
+          assert.equal((await call(other, 'POST', '/lease', { max_time: 60 })).status, 200);
+        } finally {
+          await after.close();
+        }
+        gone.abort();
+        await orphaned;
+      } finally {
+        await other.close();
+        await rm(before.folder, { recursive: true, force: true });
+      }
+    } finally {
+      await kube.close();
+      await rm(folder, { recursive: true, force: true });
+    }
+  });
+
   test('across replicas: a waiter on one replica is never starved by newcomers on another', async () => {
     const kube = await startKube();
     const folder = await tempDir();
@@ -315,6 +354,41 @@ describe('waiting for a cluster', () => {
       app.clock.advance(3);
       assert.equal((await call(app, 'POST', '/lease', { max_time: 60 })).status, 200);
     });
+  });
+});
+
+describe('many waiters', () => {
+  test('2,000 waiters: a released cluster wakes only the waiter it goes to, not all 2,000', async () => {
+    await withApp({ clusters: poolOf(1), waiting: { pollMs: 60_000, ticketTtlMs: 60_000 }, env: { WAIT_MAX_TOTAL: '5000', WAIT_MAX_PER_PRINCIPAL: '5000' } }, async (app) => {
+      const held = await call(app, 'POST', '/lease', { max_time: 600 });
+      const gone = new AbortController();
+      const waiters = Array.from({ length: 2_000 }, () => call(app, 'POST', '/lease', { max_time: 60, wait: 600 }, gone.signal).catch(() => undefined));
+      const deadline = Date.now() + 20_000;
+      while ((await call(app, 'GET', '/leases')).body.waiting < 2_000 && Date.now() < deadline) await sleep(50);
+      assert.equal((await call(app, 'GET', '/leases')).body.waiting, 2_000);
+      const writePath = app.services.writePath;
+      await sleep(200);
+      const before = writePath.decisionsApplied;
+      assert.equal((await call(app, 'DELETE', `/lease/${held.body.token}`)).status, 200);
+      const served = await Promise.race(waiters);
+      assert.equal(served?.status, 200);
+      await sleep(200);
+      const spent = writePath.decisionsApplied - before;
+      // The release, the one waiter's grant, and a few heartbeats; never one try per waiter.
+      assert.ok(spent < 20, `${spent} decisions for one released cluster`);
+      gone.abort();
+      await Promise.all(waiters);
+    });
+  });
+
+  test('the pattern cache keeps the patterns in use: 1,200 distinct ones are not all recompiled', async () => {
+    const { matches, patternCacheStats } = await import('../services/cluster-filter.ts');
+    const target = { ...poolOf(1)[0], id: 'static/pool-1', location: 'static', endpoint: '127.0.0.1', labels: {}, version: '', status: 'RUNNING' as const, tag: 't', gpu: false, registryLocation: null };
+    const patterns = Array.from({ length: 1_200 }, (_, index) => `^pool-${index}$|cache-test-${index}`);
+    for (const pattern of patterns) matches({ regex: pattern }, target as never);
+    const compiled = patternCacheStats().compilations;
+    for (const pattern of patterns.slice(-1_000)) matches({ regex: pattern }, target as never);
+    assert.equal(patternCacheStats().compilations, compiled);
   });
 });
 
