@@ -11,10 +11,13 @@ export abstract class AppError extends Error {
   }
 }
 
-/** The request is malformed; `fields` names what is wrong, without echoing the input. */
+/**
+ * The request is malformed; `fields` names what is wrong, without echoing the input, and
+ * `hints` adds machine-readable advice (e.g. `max_time_left`).
+ */
 export class BadRequestError extends AppError {
-  constructor(message: string, fields?: string[]) {
-    super(message, fields ? { fields } : {});
+  constructor(message: string, fields?: string[], hints: Record<string, unknown> = {}) {
+    super(message, { ...(fields && { fields }), ...hints });
   }
 }
 

@@ -467,6 +467,47 @@ export function tokenLifetimeSeconds(leaseSeconds: number): number {
   return Math.max(600, leaseSeconds);
 }
 
+/**
+ * How long a token minted for an extension of `durationSeconds` lives: three such extensions, so
+ * that a heartbeat which extends by its duration every third of it mints a token every few
+ * beats rather than at each; never past the longest the lease may last; at least the API's 600 s.
+ */
+export function refreshedTokenSeconds(lease: Lease, durationSeconds: number, maxLeaseSeconds: number, now: number): number {
+  const untilLimit = Math.floor((lease.startedAt + maxLeaseSeconds * 1000 - now) / 1000);
+  return Math.max(600, Math.min(3 * durationSeconds, untilLimit));
+}
+
+/** The TokenRequest API reports expiries to the second: closer than that, two expiries are one. */
+const TOKEN_EXPIRY_PRECISION_MS = 1000;
+
+/** Whether a lease that now ends at `expiresAt` would outlive its token (then it needs a fresh one). */
+export function needsFreshToken(credentials: LeaseCredentials, expiresAt: number): boolean {
+  return expiresAt > credentials.tokenExpiresAt - TOKEN_EXPIRY_PRECISION_MS;
+}
+
+/**
+ * Whether a token the API says dies at `tokenExpiresAt` dies before what the table recorded: an
+ * API server that caps token lifetimes (--service-account-max-token-expiration) gives less than
+ * was asked for.
+ */
+export function tokenDiesEarlier(credentials: LeaseCredentials, tokenExpiresAt: number): boolean {
+  return tokenExpiresAt < credentials.tokenExpiresAt - TOKEN_EXPIRY_PRECISION_MS;
+}
+
+/**
+ * Records when the live lease's token really dies, when that is earlier than recorded, so that
+ * an extension past it mints a fresh one. No-op when the lease is gone or has no credentials.
+ */
+export function recordTokenExpiry(tokenHash: string, tokenExpiresAt: number): Decision<void> {
+  return (table, { now }) => {
+    const live = findLive(table, tokenHash, now);
+    const credentials = live?.lease.credentials;
+    if (!live || !credentials || !tokenDiesEarlier(credentials, tokenExpiresAt)) return { table, result: undefined };
+    const lease = { ...live.lease, credentials: { ...credentials, tokenExpiresAt } };
+    return { table: withEntry(table, live.clusterId, { state: 'leased', lease }), result: undefined };
+  };
+}
+
 /** Ends the live lease with this token hash at once: free for the next request, or dirty until cleaned. */
 export function release(tokenHash: string): Decision<{ clusterId: string; note?: string }> {
   return (table, { now, clusters, endState }) => {
@@ -489,7 +530,8 @@ export function release(tokenHash: string): Decision<{ clusterId: string; note?:
 
 /**
  * The lease now ends `durationSeconds` from now (sooner or later than before), but never more
- * than `maxLeaseSeconds` after it began.
+ * than `maxLeaseSeconds` after it began: beyond that, 400 with `max_time_left`, the whole
+ * seconds it can still be extended by from now.
  */
 export function extend(
   tokenHash: string,
@@ -504,10 +546,11 @@ export function extend(
     const expiresAt = now + durationSeconds * 1000;
     const limit = live.lease.startedAt + maxLeaseSeconds * 1000;
     if (expiresAt > limit) {
-      const left = Math.floor((limit - now) / 1000);
+      const left = Math.max(0, Math.floor((limit - now) / 1000));
       throw new BadRequestError(
         `max_time: a lease may last at most ${maxLeaseSeconds} seconds from its start; this one can be extended by at most ${left} seconds from now`,
         ['max_time'],
+        { max_time_left: left },
       );
     }
     const credentials = live.lease.credentials && tokenExpiresAt !== undefined ? { ...live.lease.credentials, tokenExpiresAt } : live.lease.credentials;

@@ -14,7 +14,11 @@ import {
   describeLease,
   extend,
   liveWaiters,
+  needsFreshToken,
+  recordTokenExpiry,
+  refreshedTokenSeconds,
   release,
+  tokenDiesEarlier,
   tokenLifetimeSeconds,
   type ClusterView,
   type Lease,
@@ -134,6 +138,11 @@ export class LeaseService {
         this.facts.for(cluster),
       ]);
       kubeconfig = issued.kubeconfig;
+      // An API server that caps token lifetimes gives less than was asked: the table must know,
+      // or an extension past the real expiry would not mint a fresh token.
+      if (lease.credentials && issued.tokenExpiresAt !== undefined && tokenDiesEarlier(lease.credentials, issued.tokenExpiresAt)) {
+        await this.writePath.submit(recordTokenExpiry(tokenHash, issued.tokenExpiresAt));
+      }
       // The lessee is told when its token really dies (the table keeps the slightly earlier estimate).
       if (lease.credentials && issued.tokenExpiresAt !== undefined) {
         granted = { ...granted, lease: { ...lease, credentials: { ...lease.credentials, tokenExpiresAt: issued.tokenExpiresAt } } };
@@ -191,16 +200,19 @@ export class LeaseService {
    */
   async extend(token: string, durationSeconds: number, log: Logger = this.logger): Promise<LeaseDetails> {
     const tokenHash = hashToken(token);
+    const { maxLeaseSeconds } = this.options;
     const { snapshot, context } = await this.writePath.view();
     const current = describeLease(snapshot.table, tokenHash, context);
+    // Decided on the view first: an extension that is refused (beyond the maximum) mints nothing.
+    extend(tokenHash, durationSeconds, maxLeaseSeconds)(snapshot.table, context);
     let refreshed: { kubeconfig: string; tokenExpiresAt?: number } | undefined;
     const credentials = current.lease?.credentials;
-    if (this.issuer.perLease && current.lease && credentials && context.now + durationSeconds * 1000 > credentials.tokenExpiresAt) {
-      refreshed = await this.issuer.issue(current.cluster, current.lease, tokenLifetimeSeconds(durationSeconds));
+    if (this.issuer.perLease && current.lease && credentials && needsFreshToken(credentials, context.now + durationSeconds * 1000)) {
+      refreshed = await this.issuer.issue(current.cluster, current.lease, refreshedTokenSeconds(current.lease, durationSeconds, maxLeaseSeconds, context.now));
     }
     let extended;
     try {
-      extended = await this.writePath.submit(extend(tokenHash, durationSeconds, this.options.maxLeaseSeconds, refreshed?.tokenExpiresAt));
+      extended = await this.writePath.submit(extend(tokenHash, durationSeconds, maxLeaseSeconds, refreshed?.tokenExpiresAt));
     } catch (error) {
       // The lease ended while its fresh token was minted: that token's account must not stay.
       if (refreshed && current.lease && error instanceof LeaseNotFoundError) await this.issuer.revokeLease(current.cluster, current.lease.id);

@@ -31,7 +31,7 @@ const leaseOperations = (withProvider: boolean) => {
       requestBody: { required: true, content: json({ type: 'object', required: ['max_time'], properties: { max_time: maxTime } }) },
       responses: {
         200: { description: 'The lease; with a fresh base64 kubeconfig when its token would have died first', content: json({ $ref: '#/components/schemas/Lease' }) },
-        400: error('A bad body, or an end beyond MAX_LEASE_SECONDS after the lease began'),
+        400: error('A bad body, or an end beyond MAX_LEASE_SECONDS after the lease began (then max_time_left says how far it can go)'),
         401: unauthorized,
         409: noLease,
         500: backend,
@@ -69,6 +69,11 @@ export const openApiDocument = {
         properties: {
           error: { type: 'string' },
           fields: { type: 'array', items: { type: 'string' }, description: 'What is wrong (400)' },
+          max_time_left: {
+            type: 'integer',
+            minimum: 0,
+            description: 'PATCH beyond MAX_LEASE_SECONDS (400): the largest max_time that would be accepted now, in whole seconds (0: none)',
+          },
           reason: { type: 'string', enum: ['NoMatchingCluster', 'AllLeased', 'LeaseNotFound', 'Contention', 'ShuttingDown'] },
           request_id: { type: 'string' },
         },

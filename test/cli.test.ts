@@ -4,7 +4,8 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
-import { access, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { readFileSync } from 'node:fs';
+import { access, chmod, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
@@ -12,6 +13,8 @@ import { parse as parseYaml } from 'yaml';
 import { formatDuration, formatExpiry, parseDuration } from '../services/cli/durations.ts';
 import { main } from '../services/cli/main.ts';
 import { shellQuote } from '../services/cli/output.ts';
+import { startFakeKubeApiserver, type FakeKubeApiserver } from './fakes/kube-apiserver.ts';
+import { TEST_TLS_CERT, TEST_TLS_KEY } from './fakes/tls-fixture.ts';
 import { poolOf, tempDir, writePool } from './support/harness.ts';
 import { startServerProcess, type ServerProcess } from './support/server-process.ts';
 
@@ -107,8 +110,8 @@ describe('k8s-claimer CLI against the real server', () => {
 
   const cli = (args: string[], env?: Record<string, string>) => startCli(args, env).result;
 
-  async function api(method: string, path: string, body?: unknown) {
-    const response = await fetch(`${server.url}${path}`, {
+  async function api(method: string, path: string, body?: unknown, base = server.url) {
+    const response = await fetch(`${base}${path}`, {
       method,
       headers: { authorization: `Bearer ${SHARED_TOKEN}` },
       ...(body !== undefined && { body: JSON.stringify(body) }),
@@ -160,6 +163,37 @@ describe('k8s-claimer CLI against the real server', () => {
   }
 
   const leasedCluster = async () => (await clusters()).find((cluster) => cluster.state === 'leased');
+
+  /** What a command wrote to `file` (trimmed), once it has written something. */
+  const writtenTo = (file: string) =>
+    waitFor(`something in ${file}`, async () => {
+      const text = (await readFile(file, 'utf8').catch(() => '')).trim();
+      return text === '' ? undefined : text;
+    });
+
+  /** Whether a process runs: one that has ended but that nobody has reaped yet (a zombie) does not. */
+  function isRunning(pid: number): boolean {
+    try {
+      process.kill(pid, 0);
+    } catch {
+      return false;
+    }
+    try {
+      return !/^\d+ \(.*\) Z /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+    } catch {
+      return true;
+    }
+  }
+
+  /** Waits for a process the command started to end; kills it when it does not, so nothing lingers. */
+  async function assertEnds(pid: number, what: string): Promise<void> {
+    try {
+      await waitFor(`${what} to end`, async () => (isRunning(pid) ? undefined : true), 5_000);
+    } catch (error) {
+      process.kill(pid, 'SIGKILL');
+      throw error;
+    }
+  }
 
   test('lease create - prints quoted exports (P_IP, ... with --env-prefix P) and writes the kubeconfig with mode 0600', async () => {
     const kubeconfigFile = join(folder, 'create.kubeconfig');
@@ -337,15 +371,118 @@ describe('k8s-claimer CLI against the real server', () => {
   test('run - SIGTERM to the CLI is passed to the command, then the lease is released; exit 128+15', async () => {
     const pidFile = join(folder, 'sleep.pid');
     const { child, result } = startCli(['run', '--duration', '1m', '--', 'sh', '-c', `echo $$ > '${pidFile}'; exec sleep 30`]);
-    const commandPid = await waitFor('the command to start', async () => {
-      const text = await readFile(pidFile, 'utf8').catch(() => '');
-      return text.trim() ? Number(text) : undefined;
-    });
+    const commandPid = Number(await writtenTo(pidFile));
     assert.equal((await leasedCluster())?.state, 'leased');
     child.kill('SIGTERM');
     const { code, stderr } = await result;
     assert.equal(code, 143, stderr);
     assert.throws(() => process.kill(commandPid, 0), /ESRCH/, 'the command is gone');
+    await assertAllFree();
+  });
+
+  test("run - SIGTERM to the CLI reaches the command's whole process group: a sh -c script's background child too", async () => {
+    const pidFile = join(folder, 'background.pid');
+    // The child does not hold the CLI's stdout and stderr, so the CLI's end is seen at once.
+    const { child, result } = startCli(['run', '--duration', '1m', '--', 'sh', '-c', `sleep 30 >/dev/null 2>&1 & echo $! > '${pidFile}'; wait`]);
+    const backgroundPid = Number(await writtenTo(pidFile));
+    child.kill('SIGTERM');
+    const { code, stderr } = await result;
+    assert.equal(code, 143, stderr);
+    await assertEnds(backgroundPid, 'the background child');
+    await assertAllFree();
+  });
+
+  test('run - a lease that ended on the server (409 on a beat) stops the whole command at once: exit 124, one line why', async () => {
+    const pidFile = join(folder, 'ended.pid');
+    const tokenFile = join(folder, 'ended.token');
+    const { result } = startCli(['run', '--duration', '3', '--', 'sh', '-c', `sleep 60 & echo $! > '${pidFile}'; echo "$TOKEN" > '${tokenFile}'; wait`]);
+    const backgroundPid = Number(await writtenTo(pidFile));
+    assert.equal((await api('DELETE', `/lease/${await writtenTo(tokenFile)}`)).status, 200);
+    const { code, stderr } = await result;
+    assert.equal(code, 124, stderr);
+    assert.match(stderr, /^k8s-claimer: the lease has already ended \([^\n]*released or expired\); stopped the command\n$/);
+    await assertEnds(backgroundPid, 'the background child');
+  });
+
+  test('run - when extending keeps failing (the claimer is gone), the command is stopped before the last confirmed expiry: exit 124', async () => {
+    const ownFolder = await tempDir();
+    const doomed = await startServerProcess(process.execPath, ['--import', 'tsx', 'main.ts'], {
+      AUTH_TOKEN: SHARED_TOKEN,
+      STATIC_POOL_FILE: await writePool(ownFolder, poolOf(1)),
+      LEASE_STORE_FILE: join(ownFolder, 'leases.json'),
+    });
+    try {
+      const pidFile = join(ownFolder, 'command.pid');
+      const { result } = startCli(['run', '--duration', '3', '--', 'sh', '-c', `echo $$ > '${pidFile}'; exec sleep 60`], cliEnv({ K8S_CLAIMER_URL: doomed.url }));
+      const commandPid = Number(await writtenTo(pidFile));
+      const lease = (await api('GET', '/leases', undefined, doomed.url)).body.clusters[0] as PoolCluster;
+      await doomed.stop();
+      const { code, stderr } = await result;
+      const exitedAt = Date.now();
+      assert.equal(code, 124, stderr);
+      const said = /^k8s-claimer: the lease ends at (\S+) and cannot be extended \(the last extension failed: cannot reach the claimer at [^)]+\); stopped the command$/m.exec(stderr);
+      assert.ok(said, stderr);
+      assert.ok(Date.parse(said[1]!) >= Date.parse(lease.expires_at!), 'the last expiry the claimer confirmed');
+      assert.ok(exitedAt < Date.parse(said[1]!), 'stopped before it');
+      await assertEnds(commandPid, 'the command');
+    } finally {
+      await doomed.stop();
+      await rm(ownFolder, { recursive: true, force: true });
+    }
+  });
+
+  test('AUTH_TOKEN_FILE - the token from a private file; refused when others can read it or with AUTH_TOKEN too; run passes neither on', async () => {
+    const tokenFile = join(folder, 'auth-token');
+    await writeFile(tokenFile, `${SHARED_TOKEN}\n`, { mode: 0o600 });
+    const looseFile = join(folder, 'auth-token-loose');
+    await writeFile(looseFile, SHARED_TOKEN);
+    await chmod(looseFile, 0o640);
+    const fromFile = cliEnv({ AUTH_TOKEN: undefined, AUTH_TOKEN_FILE: tokenFile });
+    // The command reports its environment, and its parent's (the CLI's) initial one.
+    const report = (file: string) => [
+      process.execPath,
+      '-e',
+      `const fs = require('node:fs');
+       let parent = null;
+       try { parent = fs.readFileSync('/proc/' + process.ppid + '/environ', 'utf8'); } catch {}
+       fs.writeFileSync(${JSON.stringify(file)}, JSON.stringify({ env: process.env, parent }));`,
+    ];
+    const withFile = join(folder, 'token-file-run.json');
+    const withVariable = join(folder, 'token-variable-run.json');
+    const [listed, loose, both, missing, ranWithFile, ranWithVariable] = await Promise.all([
+      cli(['lease', 'list'], fromFile),
+      cli(['lease', 'list'], cliEnv({ AUTH_TOKEN: undefined, AUTH_TOKEN_FILE: looseFile })),
+      cli(['lease', 'list'], cliEnv({ AUTH_TOKEN_FILE: tokenFile })),
+      cli(['lease', 'list'], cliEnv({ AUTH_TOKEN: undefined, AUTH_TOKEN_FILE: join(folder, 'no-such-file') })),
+      cli(['run', '--duration', '1m', '--', ...report(withFile)], fromFile),
+      cli(['run', '--duration', '1m', '--', ...report(withVariable)]),
+    ]);
+    assert.equal(listed.code, 0, listed.stderr);
+    assert.match(listed.stdout, /^NAME +LOCATION/);
+    const refusals: [typeof loose, RegExp][] = [
+      [loose, /^k8s-claimer: AUTH_TOKEN_FILE: \S+auth-token-loose can be read by its group or others \(mode 640\); make it private: chmod 600\n/],
+      [both, /^k8s-claimer: set AUTH_TOKEN or AUTH_TOKEN_FILE, not both\n/],
+      [missing, /^k8s-claimer: AUTH_TOKEN_FILE: cannot read \S+no-such-file: ENOENT\n/],
+    ];
+    for (const [result, message] of refusals) {
+      assert.equal(result.code, 2, result.stderr);
+      assert.match(result.stderr, message);
+      assert.equal(result.stdout, '');
+    }
+    assert.equal(ranWithFile.code, 0, ranWithFile.stderr);
+    assert.equal(ranWithVariable.code, 0, ranWithVariable.stderr);
+    const seen = JSON.parse(await readFile(withFile, 'utf8'));
+    assert.equal(seen.env.AUTH_TOKEN, undefined);
+    assert.equal(seen.env.AUTH_TOKEN_FILE, undefined, 'where the token is kept is not passed on either');
+    // What the README warns of: a command can read the CLI's initial environment, so only the
+    // file keeps the token out of its reach.
+    const seenWithVariable = JSON.parse(await readFile(withVariable, 'utf8'));
+    assert.equal(seenWithVariable.env.AUTH_TOKEN, undefined);
+    if (process.platform === 'linux') {
+      assert.ok(seenWithVariable.parent.includes(`AUTH_TOKEN=${SHARED_TOKEN}`), "with AUTH_TOKEN, the token is in the parent's environment");
+      assert.ok(seen.parent.includes(`AUTH_TOKEN_FILE=${tokenFile}`));
+      assert.equal(seen.parent.includes(SHARED_TOKEN), false, "with AUTH_TOKEN_FILE, the token is not in the parent's environment");
+    }
     await assertAllFree();
   });
 
@@ -361,6 +498,120 @@ describe('k8s-claimer CLI against the real server', () => {
     assert.equal(code, 0, stderr);
     assert.doesNotMatch(stderr, /already ended|cannot be extended|could not release/);
     await assertAllFree();
+  });
+
+  describe('with per-lease credentials from an API server that caps tokens at 3 s, and MAX_LEASE_SECONDS=8', () => {
+    const POOL_TOKEN = 'pool-admin-token';
+    let cappedFolder: string;
+    let apiserver: FakeKubeApiserver;
+    let capped: ServerProcess;
+
+    before(async () => {
+      cappedFolder = await tempDir();
+      apiserver = await startFakeKubeApiserver({
+        tls: { cert: TEST_TLS_CERT, key: TEST_TLS_KEY },
+        maxTokenExpirationSeconds: 3,
+        requireToken: (token, self) => token === POOL_TOKEN || self.isTokenValid(token),
+      });
+      const lab = { name: 'lab-1', server: apiserver.url, certificate_authority_data: Buffer.from(TEST_TLS_CERT).toString('base64'), token: POOL_TOKEN };
+      capped = await startServerProcess(process.execPath, ['--import', 'tsx', 'main.ts'], {
+        AUTH_TOKEN: SHARED_TOKEN,
+        STATIC_POOL_FILE: await writePool(cappedFolder, [lab], { cleanup: 'none' }),
+        LEASE_STORE_FILE: join(cappedFolder, 'leases.json'),
+        MAX_LEASE_SECONDS: '8',
+      });
+    });
+
+    after(async () => {
+      await capped?.stop();
+      await apiserver?.close();
+      await rm(cappedFolder, { recursive: true, force: true });
+    });
+
+    const cappedEnv = () => cliEnv({ K8S_CLAIMER_URL: capped.url });
+    const lab = async (): Promise<PoolCluster> => (await api('GET', '/leases', undefined, capped.url)).body.clusters[0];
+    /** Its one cluster is free again: the last lease's credentials have been revoked. */
+    const labFree = () => waitFor('the cluster to be free', async () => ((await lab()).state === 'free' ? true : undefined));
+    const tokenIn = (kubeconfigYaml: string): string => parseYaml(kubeconfigYaml).users[0].user.token;
+
+    test("run - the command's next client reads a fresh token from $KUBECONFIG once its first one died, and the cluster takes it", async () => {
+      await labFree();
+      const reportFile = join(cappedFolder, 'fresh-token.json');
+      // The command waits past its first token's end (the JWT's exp), then lists namespaces with
+      // the real client, which loads $KUBECONFIG as kubectl does.
+      const script = `
+        import { readFileSync, writeFileSync } from 'node:fs';
+        const { CoreV1Api, KubeConfig } = await import(${JSON.stringify(import.meta.resolve('@kubernetes/client-node'))});
+        const tokenNow = () => /token: (\\S+)/.exec(readFileSync(process.env.KUBECONFIG, 'utf8'))[1];
+        const first = tokenNow();
+        const dies = JSON.parse(Buffer.from(first.split('.')[1], 'base64url')).exp * 1000;
+        await new Promise((resolve) => setTimeout(resolve, dies - Date.now() + 1100));
+        const kubeConfig = new KubeConfig();
+        kubeConfig.loadFromDefault();
+        let status = 200;
+        await kubeConfig.makeApiClient(CoreV1Api).listNamespace().catch((error) => (status = error.code ?? String(error)));
+        writeFileSync(${JSON.stringify(reportFile)}, JSON.stringify({ first, last: tokenNow(), status }));`;
+      const { code, stderr } = await cli(['run', '--duration', '3', '--', process.execPath, '--input-type=module', '-e', script], cappedEnv());
+      assert.equal(code, 0, stderr);
+      assert.equal(stderr, '');
+      const seen = JSON.parse(await readFile(reportFile, 'utf8'));
+      assert.equal(apiserver.isTokenValid(seen.first), false, 'the first token has died');
+      assert.notEqual(seen.last, seen.first, 'KUBECONFIG holds a fresh token');
+      assert.equal(seen.status, 200, 'the cluster accepted it');
+    });
+
+    test('lease extend - a fresh kubeconfig replaces --kubeconfig-file (mode 0600), or follows the expiry line on stdout', async () => {
+      await labFree();
+      const lease = await api('POST', '/lease', { max_time: 4 }, capped.url);
+      try {
+        assert.equal(lease.status, 200);
+        const first = tokenIn(Buffer.from(lease.body.kubeconfig, 'base64').toString('utf8'));
+        const kubeconfigFile = join(cappedFolder, 'extended.kubeconfig');
+        await writeFile(kubeconfigFile, 'stale', { mode: 0o644 });
+        const written = await cli(['lease', 'extend', lease.body.token, '--duration', '5', '--kubeconfig-file', kubeconfigFile], cappedEnv());
+        assert.equal(written.code, 0, written.stderr);
+        assert.match(written.stdout, /^expires at \S+ \(in \d+s\)\n$/);
+        assert.equal((await stat(kubeconfigFile)).mode & 0o777, 0o600);
+        const fromFile = tokenIn(await readFile(kubeconfigFile, 'utf8'));
+        assert.notEqual(fromFile, first);
+        assert.equal(apiserver.isTokenValid(fromFile), true);
+
+        const printed = await cli(['lease', 'extend', lease.body.token, '--duration', '6'], cappedEnv());
+        assert.equal(printed.code, 0, printed.stderr);
+        const [expiryLine, ...kubeconfigLines] = printed.stdout.split('\n');
+        assert.match(expiryLine ?? '', /^expires at \S+ \(in \d+s\)$/);
+        const fromStdout = tokenIn(kubeconfigLines.join('\n'));
+        assert.notEqual(fromStdout, fromFile);
+        assert.equal(apiserver.isTokenValid(fromStdout), true);
+        assert.equal(parseYaml(kubeconfigLines.join('\n')).kind, 'Config');
+      } finally {
+        await api('DELETE', `/lease/${lease.body.token}`, undefined, capped.url);
+      }
+    });
+
+    test("run - at MAX_LEASE_SECONDS the lease is extended as far as it may go, then the command's whole group is stopped before it ends: exit 124", async () => {
+      await labFree();
+      const pidFile = join(cappedFolder, 'at-maximum.pid');
+      // The script and its child ignore SIGTERM: only the SIGKILL after the grace ends them.
+      const { result } = startCli(['run', '--duration', '6', '--', 'sh', '-c', `trap '' TERM; sleep 60 & echo $! > '${pidFile}'; wait`], cappedEnv());
+      const backgroundPid = Number(await writtenTo(pidFile));
+      const leased = await waitFor('the lease', async () => {
+        const cluster = await lab();
+        return cluster.state === 'leased' ? cluster : undefined;
+      });
+      const { code, stderr } = await result;
+      const exitedAt = Date.now();
+      const stateAfter = (await lab()).state;
+      assert.equal(code, 124, stderr);
+      const said = /^k8s-claimer: the lease ends at (\S+) and cannot be extended \(it has reached the claimer's MAX_LEASE_SECONDS\); stopped the command\n$/.exec(stderr);
+      assert.ok(said, stderr);
+      // Granted for 6 s, extended at 2 s: by 6 s would pass the 8 s maximum, so by what is left.
+      const lasts = Date.parse(said[1]!) - Date.parse(leased.started_at!);
+      assert.ok(lasts >= 7000 && lasts <= 8000, `the lease lasts ${lasts} ms`);
+      assert.ok(exitedAt < Date.parse(said[1]!), 'the CLI was done before the lease ended');
+      assert.notEqual(stateAfter, 'leased', 'the lease was released');
+      await assertEnds(backgroundPid, 'the background child, which ignored SIGTERM');
+    });
   });
 });
 
@@ -390,6 +641,8 @@ describe('CLI core, in process', () => {
       { args: ['--server', 'http://user:pw@127.0.0.1:9', 'lease', 'list'], env: { AUTH_TOKEN: 't' }, message: /must not contain a user name or password/ },
       { args: ['lease', 'delete', 'not-a-token'], message: /TOKEN must be a lease token/ },
       { args: ['lease', 'extend', '0b8f6f1c-4a8b-4f7e-9a51-2d7c0c6a9e11'], message: /--duration is required/ },
+      { args: ['lease', 'extend', '0b8f6f1c-4a8b-4f7e-9a51-2d7c0c6a9e11', '--duration', '1m', '--kubeconfig-file', ''], message: /--kubeconfig-file needs a path/ },
+      { args: ['lease', 'list'], env: { K8S_CLAIMER_URL: 'http://127.0.0.1:9', AUTH_TOKEN: 'secret-shared-token', AUTH_TOKEN_FILE: '/nowhere' }, message: /not both/ },
       { args: ['lease'], message: /lease needs a command/ },
       { args: ['lease', 'grab'], message: /unknown command 'lease grab'/ },
       { args: [], message: /no command given/ },

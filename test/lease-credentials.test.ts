@@ -6,9 +6,9 @@ import { rm } from 'node:fs/promises';
 import { after, afterEach, before, beforeEach, describe, test } from 'node:test';
 import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
 import { parse } from 'yaml';
-import { matchRequest, startFakeKubeApiserver, type FakeKubeApiserver } from './fakes/kube-apiserver.ts';
+import { matchRequest, startFakeKubeApiserver, type FakeKubeApiserver, type FakeKubeApiserverOptions } from './fakes/kube-apiserver.ts';
 import { TEST_TLS_CERT, TEST_TLS_KEY } from './fakes/tls-fixture.ts';
-import { poolOf, startTestApp, tempDir, type PoolCluster, type TestApp } from './support/harness.ts';
+import { ManualClock, poolOf, startTestApp, tempDir, type PoolCluster, type TestApp } from './support/harness.ts';
 import { seedLeaseService, startKube, writeKubeconfig } from './support/kube.ts';
 
 const POOL_TOKEN = 'pool-admin-token';
@@ -41,9 +41,10 @@ const labCluster = (): PoolCluster => ({
   registry_location: 'registry.lab:5000',
 });
 
-async function claimer(env: Record<string, string> = {}, clusters: PoolCluster[] = [labCluster()]): Promise<TestApp> {
+async function claimer(env: Record<string, string> = {}, clusters: PoolCluster[] = [labCluster()], clock?: ManualClock): Promise<TestApp> {
   const app = await startTestApp({
     clusters,
+    clock,
     poolSettings: {},
     env: { PROTECTED_NAMESPACES: 'ci-*', ...env },
     janitor: { pollMs: 50, namespacePollMs: 20 },
@@ -84,12 +85,18 @@ before(async () => {
 after(async () => {
   await rm(folder, { recursive: true, force: true });
 });
-beforeEach(async () => {
-  cluster = await startFakeKubeApiserver({
+async function startCluster(options: FakeKubeApiserverOptions = {}): Promise<FakeKubeApiserver> {
+  const fake = await startFakeKubeApiserver({
     tls: { cert: TEST_TLS_CERT, key: TEST_TLS_KEY },
-    requireToken: (token, fake) => token === POOL_TOKEN || fake.isTokenValid(token),
+    requireToken: (token, self) => token === POOL_TOKEN || self.isTokenValid(token),
+    ...options,
   });
-  seedCluster(cluster);
+  seedCluster(fake);
+  return fake;
+}
+
+beforeEach(async () => {
+  cluster = await startCluster();
 });
 afterEach(async () => {
   while (apps.length) await apps.pop()?.close();
@@ -216,6 +223,56 @@ describe('per-lease credentials', () => {
     const issued = cluster.tokens.find((candidate) => candidate.token === second);
     assert.ok(Math.abs(Date.parse(beyond.body.credentials.expires_at) - (issued?.expirationTimestamp.getTime() ?? 0)) < 1000);
     assert.equal((await lesseeApi(beyond.body.kubeconfig).listNamespace()).items.length > 0, true);
+  });
+
+  test('an API server that caps token lifetimes: the grant records the real expiry, so a PATCH past it mints a fresh token', async () => {
+    await cluster.close();
+    // Like --service-account-max-token-expiration=1h: a lease of 2 h gets a token of 1 h.
+    cluster = await startCluster({ maxTokenExpirationSeconds: 3600 });
+    // The claimer's clock agrees with the fake's, which dates the tokens.
+    const app = await claimer({}, [labCluster()], new ManualClock(Date.now()));
+    const lease = await call(app, 'POST', '/lease', { max_time: 7200 });
+    const issued = cluster.findToken(tokenOf(lease.body.kubeconfig));
+    assert.equal(Math.round(((issued?.expirationTimestamp.getTime() ?? 0) - (issued?.issuedAt.getTime() ?? 0)) / 1000), 3600);
+    const shown = await call(app, 'GET', `/lease/${lease.body.token}`);
+    assert.ok(Math.abs(Date.parse(shown.body.credentials.expires_at) - (issued?.expirationTimestamp.getTime() ?? 0)) < 1000, shown.body.credentials.expires_at);
+    const extended = await call(app, 'PATCH', `/lease/${lease.body.token}`, { max_time: 5000 });
+    assert.equal(extended.status, 200);
+    assert.ok(extended.body.kubeconfig, 'a fresh kubeconfig, since the first token dies in 1 h');
+    assert.notEqual(tokenOf(extended.body.kubeconfig), issued?.token);
+  });
+
+  test('a fresh token lives three extensions long (never past the lease\'s maximum), so a heartbeat does not mint at every beat', async () => {
+    const environments: Record<string, string>[] = [{}, { MAX_LEASE_SECONDS: '1000' }];
+    const lifetimes: number[] = [];
+    for (const env of environments) {
+      // The claimer's clock agrees with the fake's, which dates the tokens.
+      const app = await claimer(env, [labCluster()], new ManualClock(Date.now()));
+      const lease = await call(app, 'POST', '/lease', { max_time: 300 });
+      const extended = await call(app, 'PATCH', `/lease/${lease.body.token}`, { max_time: 900 });
+      const issued = cluster.findToken(tokenOf(extended.body.kubeconfig));
+      lifetimes.push(Math.round(((issued?.expirationTimestamp.getTime() ?? 0) - (issued?.issuedAt.getTime() ?? 0)) / 1000));
+      if (env.MAX_LEASE_SECONDS === undefined) {
+        // The next beats (every 300 s, to 900 s from then) stay within that token's life.
+        for (let beat = 1; beat <= 5; beat++) {
+          app.clock.advance(300);
+          assert.equal((await call(app, 'PATCH', `/lease/${lease.body.token}`, { max_time: 900 })).body.kubeconfig, undefined, `beat ${beat}`);
+        }
+      }
+      await app.close();
+      apps.splice(apps.indexOf(app), 1);
+    }
+    assert.deepEqual(lifetimes, [2700, 1000]);
+  });
+
+  test('PATCH beyond MAX_LEASE_SECONDS is 400 with max_time_left and mints no token', async () => {
+    const app = await claimer({ MAX_LEASE_SECONDS: '1000' });
+    const lease = await call(app, 'POST', '/lease', { max_time: 300 });
+    app.clock.advance(100);
+    const refused = await call(app, 'PATCH', `/lease/${lease.body.token}`, { max_time: 901 });
+    assert.equal(refused.status, 400);
+    assert.deepEqual({ fields: refused.body.fields, max_time_left: refused.body.max_time_left }, { fields: ['max_time'], max_time_left: 900 });
+    assert.equal(cluster.tokens.length, 1, 'only the token of the grant');
   });
 
   test('a lease that ends while its credentials are minted hands out nothing and leaves no account behind', async () => {

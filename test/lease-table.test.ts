@@ -1,14 +1,19 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { LeaseNotFoundError, NoClusterAvailableError } from '../services/errors.ts';
+import { isDeepStrictEqual } from 'node:util';
+import { BadRequestError, LeaseNotFoundError, NoClusterAvailableError } from '../services/errors.ts';
 import {
   acquire,
   cleanupBackoffMs,
   effectiveState,
   emptyTable,
+  extend,
   failCleanup,
   finishCleanup,
   reap,
+  needsFreshToken,
+  recordTokenExpiry,
+  refreshedTokenSeconds,
   release,
   startCleanup,
   type AcquireResult,
@@ -232,5 +237,69 @@ describe('the reaper', () => {
     assert.equal(forgetful(long, { now: T0 + 1, clusters: [c] }).table.clusters['zone-a/c'].lease?.expiresAt, T0 + 24 * HOUR);
     const fine: LeaseTable = { ...emptyTable, clusters: { 'zone-a/c': { state: 'leased', lease: { id: 'beef', tokenHash: tokenA, startedAt: T0, expiresAt: T0 + HOUR } } } };
     assert.equal(forgetful(fine, { now: T0 + 1, clusters: [c] }).table, fine);
+  });
+});
+
+describe('extend, and the token of a lease with per-lease credentials', () => {
+  const credentials = { user: 'lessee', group: 'system:masters' };
+  const leasedWithCredentials = (durationSeconds: number) =>
+    acquire({ tokenHash: tokenA, durationSeconds, credentials })(emptyTable, { now: T0, clusters: [cluster('c1')] }).table;
+  const credentialsIn = (table: LeaseTable) => table.clusters['zone-a/c1']?.lease?.credentials;
+
+  test('beyond MAX_LEASE_SECONDS: 400 with max_time_left, the whole seconds it can still be extended by from now', () => {
+    const table = leasedWithCredentials(600);
+    const cases: Array<{ atMs: number; asked: number; left: number }> = [
+      { atMs: 50_000, asked: 551, left: 550 },
+      { atMs: 50_500, asked: 550, left: 549 },
+      { atMs: 599_500, asked: 1, left: 0 },
+    ];
+    for (const { atMs, asked, left } of cases) {
+      assert.throws(
+        () => extend(tokenA, asked, 600)(table, { now: T0 + atMs, clusters: [cluster('c1')] }),
+        (error: unknown) => error instanceof BadRequestError && isDeepStrictEqual(error.details, { fields: ['max_time'], max_time_left: left }),
+        `${asked} s at +${atMs} ms`,
+      );
+    }
+    const extended = extend(tokenA, 550, 600)(table, { now: T0 + 50_000, clusters: [cluster('c1')] });
+    assert.equal(extended.result.lease.expiresAt, T0 + 600_000);
+  });
+
+  test('recordTokenExpiry records an earlier real expiry; a later one, one within the API\'s second, or a lease that is gone changes nothing', () => {
+    const table = leasedWithCredentials(7200);
+    const context = { now: T0 + 1000, clusters: [cluster('c1')] };
+    assert.equal(credentialsIn(table)?.tokenExpiresAt, T0 + 7_200_000, 'the grant records an estimate');
+    const capped = recordTokenExpiry(tokenA, T0 + 3_600_000)(table, context).table;
+    assert.deepEqual(credentialsIn(capped), { ...credentials, tokenExpiresAt: T0 + 3_600_000 });
+    assert.equal(capped.clusters['zone-a/c1']?.lease?.expiresAt, T0 + 7_200_000, 'the lease itself is untouched');
+    for (const [what, tokenHash, expiresAt] of [
+      ['later', tokenA, T0 + 7_300_000],
+      ['within a second', tokenA, T0 + 7_199_200],
+      ['another token', tokenB, T0 + 3_600_000],
+    ] as const) {
+      assert.equal(recordTokenExpiry(tokenHash, expiresAt)(table, context).table, table, what);
+    }
+    const { table: released } = release(tokenA)(table, context);
+    assert.equal(recordTokenExpiry(tokenA, T0 + 3_600_000)(released, context).table, released, 'released');
+  });
+
+  test('needsFreshToken - only when the lease would outlive its token (or end within the second before it dies)', () => {
+    const token = { ...credentials, tokenExpiresAt: T0 + 600_000 };
+    assert.equal(needsFreshToken(token, T0 + 500_000), false);
+    assert.equal(needsFreshToken(token, T0 + 599_500), true);
+    assert.equal(needsFreshToken(token, T0 + 700_000), true);
+  });
+
+  test('refreshedTokenSeconds - three extensions long, never past the lease\'s maximum, at least the API\'s 600 s', () => {
+    const lease = { id: 'l', tokenHash: tokenA, startedAt: T0, expiresAt: T0 + 60_000 };
+    const cases: Array<{ duration: number; max: number; elapsed: number; seconds: number }> = [
+      { duration: 900, max: 86_400, elapsed: 0, seconds: 2700 },
+      { duration: 100, max: 86_400, elapsed: 0, seconds: 600 },
+      { duration: 900, max: 1000, elapsed: 0, seconds: 1000 },
+      { duration: 3000, max: 7200, elapsed: 1000, seconds: 6200 },
+      { duration: 500, max: 3600, elapsed: 3000, seconds: 600 },
+    ];
+    for (const { duration, max, elapsed, seconds } of cases) {
+      assert.equal(refreshedTokenSeconds(lease, duration, max, T0 + elapsed * 1000), seconds, JSON.stringify({ duration, max, elapsed }));
+    }
   });
 });

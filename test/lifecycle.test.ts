@@ -79,7 +79,7 @@ describe('GET /leases and GET /lease/{token}', () => {
 });
 
 describe('PATCH /lease/{token}', () => {
-  test('the lease ends N seconds from now, sooner or later, never past MAX_LEASE_SECONDS from its start', async () => {
+  test('the lease ends N seconds from now, sooner or later, never past MAX_LEASE_SECONDS from its start (the 400 says how far: max_time_left)', async () => {
     await withApp({ clusters: poolOf(1), env: { MAX_LEASE_SECONDS: '600' } }, async (app) => {
       const start = app.clock.now();
       const lease = await call(app, 'POST', '/lease', { max_time: 60 });
@@ -94,6 +94,7 @@ describe('PATCH /lease/{token}', () => {
       assert.equal(tooLong.status, 400);
       assert.deepEqual(tooLong.body.fields, ['max_time']);
       assert.match(tooLong.body.error, /at most 550 seconds/);
+      assert.equal(tooLong.body.max_time_left, 550);
       assert.equal((await call(app, 'GET', `/lease/${lease.body.token}`)).body.expires_at, new Date(start + 350_000).toISOString());
       assert.equal((await call(app, 'PATCH', `/lease/${lease.body.token}`, { max_time: 550 })).status, 200);
 

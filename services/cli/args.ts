@@ -17,7 +17,7 @@ export type Command =
   | { kind: 'help'; text: string }
   | { kind: 'lease-create'; server?: string; lease: LeaseOptions }
   | { kind: 'lease-delete'; server?: string; token: string }
-  | { kind: 'lease-extend'; server?: string; token: string; seconds: number }
+  | { kind: 'lease-extend'; server?: string; token: string; seconds: number; kubeconfigFile?: string }
   | { kind: 'lease-list'; server?: string }
   | { kind: 'run'; server?: string; lease: LeaseOptions; command: string[] };
 
@@ -28,7 +28,8 @@ const ENV_NAME_PATTERN = /^[A-Za-z_][A-Za-z0-9_]*$/;
 
 const CONNECTION_HELP = `Connection:
   --server URL           the claimer's URL (default: $K8S_CLAIMER_URL)
-  AUTH_TOKEN             environment variable: the claimer's shared token (required)`;
+  AUTH_TOKEN             environment variable: the claimer's shared token
+  AUTH_TOKEN_FILE        or: a file that holds it, readable by its owner only (not both)`;
 
 const DURATION_HELP = 'Durations are seconds (90) or units: 30s, 30m, 2h, 1h30m.';
 
@@ -54,7 +55,8 @@ Commands:
 ${CONNECTION_HELP}
 
 ${DURATION_HELP}
-Exit codes: 0 ok, 1 error, 2 usage error, 3 no cluster available.
+Exit codes: 0 ok, 1 error, 2 usage error, 3 no cluster available (run: the command's code,
+or 124 when its lease ended first).
 Run 'k8s-claimer COMMAND --help' for a command's options.`;
 
 export const LEASE_USAGE = `Usage: k8s-claimer lease create|delete|extend|list [options]
@@ -88,10 +90,15 @@ Exit codes: 0 released, 1 error (also when no live lease has TOKEN), 2 usage err
 
 ${CONNECTION_HELP}`;
 
-export const EXTEND_USAGE = `Usage: k8s-claimer lease extend TOKEN --duration D
+export const EXTEND_USAGE = `Usage: k8s-claimer lease extend TOKEN --duration D [--kubeconfig-file PATH]
 
 The lease now ends D from now (never later than the server's limit after it began).
-Prints the new expiry.
+Prints the new expiry: 'expires at TIME (in D)'. When the lease outlives its token, the
+server mints a fresh one: its kubeconfig follows on stdout (YAML, from the second line on),
+or replaces PATH with --kubeconfig-file. Without a fresh token, PATH is left as it is.
+
+Options:
+  --kubeconfig-file PATH write a fresh kubeconfig to PATH (mode 0600) instead of stdout
 
 ${CONNECTION_HELP}
 
@@ -106,10 +113,16 @@ ${CONNECTION_HELP}`;
 export const RUN_USAGE = `Usage: k8s-claimer run --duration D [options] -- COMMAND [ARGS...]
 
 Leases a cluster, runs COMMAND with KUBECONFIG, IP, TOKEN, CLUSTER_NAME and EXPIRES_AT set,
-keeps extending the lease while COMMAND runs, and releases it when COMMAND ends (also on
-SIGINT/SIGTERM, which are passed on to COMMAND). Exits with COMMAND's exit code (128 + the
-signal's number if it was killed by a signal); 3 when no cluster is available and 1 when the
-lease fails otherwise, without running COMMAND.
+keeps extending the lease while COMMAND runs (KUBECONFIG's file is replaced whenever the
+server mints a fresh token), and releases it when COMMAND ends (also on SIGINT, SIGTERM and
+SIGHUP, which are passed on to COMMAND's whole process group). COMMAND never outlives the
+lease: 30 s before a lease that could not be extended ends (a third of a shorter lease; at
+once when it has already ended), COMMAND's process group gets SIGTERM, then SIGKILL after up
+to 10 s, and run exits 124.
+
+Exits with COMMAND's exit code (128 + the signal's number if it was killed by a signal); 124
+when the lease ended first; 3 when no cluster is available and 1 when the lease fails
+otherwise, without running COMMAND.
 
 Options:
 ${LEASE_OPTIONS_HELP}
@@ -199,11 +212,18 @@ function parseLeaseCommand(argv: string[]): Command {
       return { kind: 'lease-delete', server: values.server, token: leaseToken(positionals, DELETE_USAGE) };
     }
     case 'extend': {
-      const options = { ...SERVER_OPTIONS, duration: LEASE_OPTIONS.duration };
+      const options = { ...SERVER_OPTIONS, duration: LEASE_OPTIONS.duration, 'kubeconfig-file': LEASE_OPTIONS['kubeconfig-file'] };
       const { values, positionals } = parse(args, options, EXTEND_USAGE);
       if (values.help) return { kind: 'help', text: EXTEND_USAGE };
       const token = leaseToken(positionals, EXTEND_USAGE);
-      return { kind: 'lease-extend', server: values.server, token, seconds: leaseDuration(values.duration, EXTEND_USAGE) };
+      const kubeconfigFile = kubeconfigFileOf(values, EXTEND_USAGE);
+      return {
+        kind: 'lease-extend',
+        server: values.server,
+        token,
+        seconds: leaseDuration(values.duration, EXTEND_USAGE),
+        ...(kubeconfigFile !== undefined && { kubeconfigFile }),
+      };
     }
     case 'list': {
       const { values, positionals } = parse(args, SERVER_OPTIONS, LIST_USAGE);
@@ -311,9 +331,14 @@ function leaseOptions(values: LeaseFlagValues, usage: string): LeaseOptions {
   if (envPrefix !== undefined && !ENV_NAME_PATTERN.test(envPrefix)) {
     throw new UsageError('--env-prefix must be letters, digits and _ (not starting with a digit)', usage);
   }
+  const kubeconfigFile = kubeconfigFileOf(values, usage);
+  return { request, ...(kubeconfigFile !== undefined && { kubeconfigFile }), ...(envPrefix !== undefined && { envPrefix }) };
+}
+
+function kubeconfigFileOf(values: { 'kubeconfig-file'?: string }, usage: string): string | undefined {
   const kubeconfigFile = values['kubeconfig-file'];
   if (kubeconfigFile === '') throw new UsageError('--kubeconfig-file needs a path', usage);
-  return { request, ...(kubeconfigFile !== undefined && { kubeconfigFile }), ...(envPrefix !== undefined && { envPrefix }) };
+  return kubeconfigFile;
 }
 
 function labels(pairs: string[], usage: string): Record<string, string> {

@@ -26,6 +26,7 @@ const GrantedLeaseSchema = v.object({
   token: v.string(),
   cluster_name: v.string(),
   expires_at: v.string(),
+  seconds_left: v.optional(v.number()),
 });
 export type GrantedLease = v.InferOutput<typeof GrantedLeaseSchema>;
 
@@ -33,6 +34,8 @@ const LeaseViewSchema = v.object({
   name: v.string(),
   expires_at: v.optional(v.string()),
   seconds_left: v.optional(v.number()),
+  /** Base64; only when the extension outlived the lease's token and the server minted a new one. */
+  kubeconfig: v.optional(v.string()),
 });
 export type LeaseView = v.InferOutput<typeof LeaseViewSchema>;
 
@@ -55,20 +58,38 @@ const ErrorBodySchema = v.object({
   error: v.optional(v.string()),
   reason: v.optional(v.string()),
   request_id: v.optional(v.string()),
+  // Not a whole number of seconds: ignored, rather than losing the message with it.
+  max_time_left: v.fallback(v.optional(v.pipe(v.number(), v.integer(), v.minValue(0))), undefined),
 });
+
+/** What an error answer may say besides its message. */
+export interface ErrorDetails {
+  reason?: string;
+  retryAfterSeconds?: number;
+  requestId?: string;
+  /** PATCH beyond the server's maximum: how many seconds from now the lease can still be extended by. */
+  maxTimeLeft?: number;
+}
 
 /** The claimer answered, but not with success. */
 export class ClaimerHttpError extends Error {
+  readonly reason?: string;
+  readonly retryAfterSeconds?: number;
+  readonly requestId?: string;
+  readonly maxTimeLeft?: number;
+
   constructor(
     readonly status: number,
     /** The server's `error` text (already one line), or the HTTP status text. */
     readonly serverMessage: string,
-    readonly reason?: string,
-    readonly retryAfterSeconds?: number,
-    readonly requestId?: string,
+    details: ErrorDetails = {},
   ) {
-    super(`the claimer answered ${status}: ${serverMessage}${requestId ? ` (request id ${requestId})` : ''}`);
+    super(`the claimer answered ${status}: ${serverMessage}${details.requestId ? ` (request id ${details.requestId})` : ''}`);
     this.name = 'ClaimerHttpError';
+    this.reason = details.reason;
+    this.retryAfterSeconds = details.retryAfterSeconds;
+    this.requestId = details.requestId;
+    this.maxTimeLeft = details.maxTimeLeft;
   }
 }
 
@@ -125,7 +146,7 @@ export class ClaimerClient {
     await this.call('DELETE', `/lease/${encodeURIComponent(token)}`, undefined, v.unknown(), options);
   }
 
-  /** PATCH /lease/{token}: the lease now ends `seconds` from now. */
+  /** PATCH /lease/{token}: the lease now ends `seconds` from now (with a fresh kubeconfig if its token would die first). */
   async extend(token: string, seconds: number, options: CallOptions = {}): Promise<LeaseView> {
     return this.call('PATCH', `/lease/${encodeURIComponent(token)}`, { max_time: seconds }, LeaseViewSchema, options);
   }
@@ -226,13 +247,12 @@ function httpError(response: RawResponse): ClaimerHttpError {
   const parsed = v.safeParse(ErrorBodySchema, parseJson(response.text));
   const body = parsed.success ? parsed.output : {};
   const retryAfter = Number(response.headers['retry-after']);
-  return new ClaimerHttpError(
-    response.status,
-    oneLine(body.error ?? (response.statusText || 'unexpected answer')),
-    body.reason,
-    Number.isFinite(retryAfter) && retryAfter >= 0 ? retryAfter : undefined,
-    body.request_id === undefined ? undefined : oneLine(body.request_id, 80),
-  );
+  return new ClaimerHttpError(response.status, oneLine(body.error ?? (response.statusText || 'unexpected answer')), {
+    reason: body.reason,
+    retryAfterSeconds: Number.isFinite(retryAfter) && retryAfter >= 0 ? retryAfter : undefined,
+    requestId: body.request_id === undefined ? undefined : oneLine(body.request_id, 80),
+    maxTimeLeft: body.max_time_left,
+  });
 }
 
 async function abortableSleep(ms: number, signal?: AbortSignal): Promise<void> {

@@ -4,6 +4,8 @@ export const EXIT_OK = 0;
 export const EXIT_ERROR = 1;
 export const EXIT_USAGE = 2;
 export const EXIT_NO_CLUSTER = 3;
+/** GNU timeout's "the command ran out of time": `run` stopped it because its lease ends. */
+export const EXIT_LEASE_ENDED = 124;
 
 /** Bad flags, a missing server or token: exit 2, with the command's usage on stderr. */
 export class UsageError extends Error {

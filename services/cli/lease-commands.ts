@@ -1,11 +1,12 @@
 // The `lease` commands: create (print exports, write the kubeconfig), delete, extend, list; and
 // the acquire step that `run` shares with create.
 
+import { Buffer } from 'node:buffer';
 import { resolve } from 'node:path';
 import type { LeaseOptions } from './args.ts';
-import { ClaimerHttpError, RequestAbortedError, type ClaimerClient, type GrantedLease, type LeaseRequest } from './client.ts';
+import { ClaimerHttpError, RequestAbortedError, type ClaimerClient, type GrantedLease, type LeaseRequest, type LeaseView } from './client.ts';
 import { formatDuration, formatExpiry } from './durations.ts';
-import { CliError, EXIT_NO_CLUSTER, EXIT_OK } from './errors.ts';
+import { CliError, EXIT_NO_CLUSTER, EXIT_OK, oneLine } from './errors.ts';
 import { decodeKubeconfig, exportLines, leaseVariables, poolTable, writePrivateFile } from './output.ts';
 import { Interrupts, signalExitCode, type SignalSource } from './signals.ts';
 
@@ -99,15 +100,34 @@ export async function leaseDelete(context: CommandContext, token: string): Promi
   return EXIT_OK;
 }
 
-export async function leaseExtend(context: CommandContext, token: string, seconds: number): Promise<number> {
+/**
+ * Prints the new expiry. A fresh kubeconfig (the lease outlived its token) goes to
+ * `kubeconfigFile`, or follows the expiry line on stdout; never to stderr.
+ */
+export async function leaseExtend(context: CommandContext, token: string, seconds: number, kubeconfigFile?: string): Promise<number> {
+  let lease: LeaseView;
   try {
-    const lease = await context.client.extend(token, seconds);
-    const left = lease.seconds_left !== undefined ? ` (${formatExpiry(lease.seconds_left)})` : '';
-    context.io.stdout.write(`expires at ${lease.expires_at ?? 'an unknown time'}${left}\n`);
-    return EXIT_OK;
+    lease = await context.client.extend(token, seconds);
   } catch (error) {
     throw new CliError(`could not extend the lease: ${leaseProblem(error)}`);
   }
+  const expiry = `expires at ${lease.expires_at ?? 'an unknown time'}${lease.seconds_left !== undefined ? ` (${formatExpiry(lease.seconds_left)})` : ''}`;
+  const kubeconfig = lease.kubeconfig ? Buffer.from(lease.kubeconfig, 'base64') : undefined;
+  if (kubeconfig && kubeconfigFile !== undefined) {
+    const path = resolve(kubeconfigFile);
+    try {
+      await writePrivateFile(path, kubeconfig);
+    } catch (error) {
+      throw new CliError(`the lease was extended (${expiry}), but its fresh token is lost: ${messageOf(error)}`);
+    }
+    context.io.stderr.write(`k8s-claimer: the lease outlived its token: wrote a fresh kubeconfig to ${oneLine(path)}\n`);
+  }
+  context.io.stdout.write(`${expiry}\n`);
+  if (kubeconfig && kubeconfigFile === undefined) {
+    const yaml = kubeconfig.toString('utf8');
+    context.io.stdout.write(yaml.endsWith('\n') ? yaml : `${yaml}\n`);
+  }
+  return EXIT_OK;
 }
 
 export async function leaseList(context: CommandContext): Promise<number> {

@@ -7,6 +7,7 @@ import { ClaimerClient } from './client.ts';
 import { CliError, EXIT_ERROR, EXIT_OK, EXIT_USAGE, UsageError, oneLine } from './errors.ts';
 import { leaseCreate, leaseDelete, leaseExtend, leaseList, messageOf, type CliIO } from './lease-commands.ts';
 import { run } from './run.ts';
+import { sharedToken } from './shared-token.ts';
 
 export type { CliIO, TextSink } from './lease-commands.ts';
 export type { SignalSource } from './signals.ts';
@@ -14,8 +15,8 @@ export { EXIT_ERROR, EXIT_NO_CLUSTER, EXIT_OK, EXIT_USAGE } from './errors.ts';
 
 /**
  * Runs one CLI invocation. `argv` excludes `node` and the script; `env` supplies
- * K8S_CLAIMER_URL and AUTH_TOKEN (and is passed on to `run`'s command). `io.signals` defaults
- * to `process`, so that `run` can release its lease on SIGINT/SIGTERM.
+ * K8S_CLAIMER_URL and AUTH_TOKEN or AUTH_TOKEN_FILE (the rest is passed on to `run`'s command).
+ * `io.signals` defaults to `process`, so that `run` can release its lease on SIGINT/SIGTERM.
  */
 export async function main(argv: string[], env: Record<string, string | undefined>, io: CliIO): Promise<number> {
   const fullIo: CliIO = { ...io, signals: io.signals ?? process };
@@ -25,14 +26,14 @@ export async function main(argv: string[], env: Record<string, string | undefine
       fullIo.stdout.write(`${command.text}\n`);
       return EXIT_OK;
     }
-    const context = { client: connect(command, env), io: fullIo };
+    const context = { client: await connect(command, env), io: fullIo };
     switch (command.kind) {
       case 'lease-create':
         return await leaseCreate(context, command.lease);
       case 'lease-delete':
         return await leaseDelete(context, command.token);
       case 'lease-extend':
-        return await leaseExtend(context, command.token, command.seconds);
+        return await leaseExtend(context, command.token, command.seconds, command.kubeconfigFile);
       case 'lease-list':
         return await leaseList(context);
       case 'run':
@@ -67,8 +68,8 @@ const USAGE_OF: Record<ServerCommand['kind'], string> = {
   run: RUN_USAGE,
 };
 
-/** The server from --server or K8S_CLAIMER_URL, the token from AUTH_TOKEN; both required. */
-function connect(command: ServerCommand, env: Record<string, string | undefined>): ClaimerClient {
+/** The server from --server or K8S_CLAIMER_URL, the token from AUTH_TOKEN or AUTH_TOKEN_FILE; both required. */
+async function connect(command: ServerCommand, env: Record<string, string | undefined>): Promise<ClaimerClient> {
   const usage = USAGE_OF[command.kind];
   const server = command.server || env.K8S_CLAIMER_URL || undefined;
   if (server === undefined) throw new UsageError('no server: pass --server URL or set K8S_CLAIMER_URL', usage);
@@ -82,10 +83,5 @@ function connect(command: ServerCommand, env: Record<string, string | undefined>
   if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new UsageError('the server URL must start with http:// or https://', usage);
   if (url.username || url.password) throw new UsageError('the server URL must not contain a user name or password (AUTH_TOKEN is the credential)', usage);
 
-  // Trimmed like the server trims it: `AUTH_TOKEN=$(cat file)` may keep a stray space or newline.
-  const token = env.AUTH_TOKEN?.trim();
-  if (!token) throw new UsageError('AUTH_TOKEN is not set (the claimer\'s shared token)', usage);
-  // An HTTP header cannot carry control characters; say so instead of failing inside node:http.
-  if (/[^\t\u0020-\u007e\u0080-\u00ff]/.test(token)) throw new UsageError('AUTH_TOKEN contains characters an HTTP header cannot carry', usage);
-  return new ClaimerClient(url, token);
+  return new ClaimerClient(url, await sharedToken(env, usage));
 }

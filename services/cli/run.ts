@@ -1,23 +1,24 @@
 // `k8s-claimer run`: lease a cluster, run a command with it while a heartbeat keeps the lease
-// alive, and release the lease however the command ends (exit, crash, signal, Ctrl-C).
+// alive, stop the command before a lease that cannot be extended ends, and release the lease
+// however the command ends (exit, crash, signal, Ctrl-C).
 
 import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
+import process from 'node:process';
 import type { LeaseOptions } from './args.ts';
-import { ClaimerHttpError, RequestAbortedError, type ClaimerClient } from './client.ts';
-import { formatDuration } from './durations.ts';
-import { oneLine } from './errors.ts';
+import { ClaimerHttpError, type GrantedLease } from './client.ts';
+import { EXIT_LEASE_ENDED, oneLine } from './errors.ts';
+import { describeEnding, expiryOf, startHeartbeat, stopMarginMs, type LeaseEnding } from './heartbeat.ts';
 import { acquireLease, messageOf, type CommandContext, type TextSink } from './lease-commands.ts';
 import { decodeKubeconfig, leaseVariables, writePrivateFile } from './output.ts';
 import { Interrupts, signalExitCode } from './signals.ts';
 
-/** Beats come every third of the lease (two can fail before it runs out), but not more than 1/s. */
-const MIN_HEARTBEAT_MS = 1000;
 const EXIT_CANNOT_EXECUTE = 126;
 const EXIT_COMMAND_NOT_FOUND = 127;
+/** How long a command stopped for its lease's end has between SIGTERM and SIGKILL, at most. */
+const MAX_STOP_GRACE_MS = 10_000;
 
 export async function run(
   context: CommandContext,
@@ -30,7 +31,8 @@ export async function run(
   const interrupts = new Interrupts(context.io.signals);
   try {
     const granted = await acquireLease(context, options.request, interrupts);
-    const expiry = { at: granted.expires_at };
+    const grantedAt = Date.now();
+    const outcome: { expiresAt: string; ending?: LeaseEnding } = { expiresAt: granted.expires_at };
     let temporaryFolder: string | undefined;
     try {
       let kubeconfigPath: string;
@@ -45,19 +47,37 @@ export async function run(
       await writePrivateFile(kubeconfigPath, decodeKubeconfig(granted));
       if (interrupts.first) return signalExitCode(interrupts.first);
 
-      const variables = leaseVariables(granted, kubeconfigPath, options.envPrefix);
-      // The command gets the cluster, not the claimer: the shared token is not passed on, so test
-      // code cannot lease, list or release beyond its own lease.
-      const { AUTH_TOKEN: _sharedToken, ...inherited } = env;
-      const childEnv = { ...inherited, ...Object.fromEntries(variables), KUBECONFIG: kubeconfigPath };
-      const heartbeat = startHeartbeat(context.client, granted.token, options.request.max_time, context.io.stderr, expiry);
+      const running = startCommand(command, commandEnvironment(env, granted, kubeconfigPath, options.envPrefix), context.io.stderr);
+      const stopForwarding = interrupts.onSignal((signal) => running.signal(signal));
+      const seconds = options.request.max_time;
+      const heartbeat = startHeartbeat({
+        client: context.client,
+        token: granted.token,
+        seconds,
+        expiry: expiryOf(granted, grantedAt) ?? { at: granted.expires_at, localMs: grantedAt + seconds * 1000 },
+        stderr: context.io.stderr,
+        // Replaced whole, so the command's next kubectl call reads the fresh token.
+        onKubeconfig: (kubeconfig) => writePrivateFile(kubeconfigPath, kubeconfig),
+        onEnding: (ending) => {
+          // A command that has just ended by itself keeps its own exit code.
+          if (running.stop(Math.min(MAX_STOP_GRACE_MS, stopMarginMs(seconds) / 2))) outcome.ending = ending;
+        },
+      });
+      let code: number;
       try {
-        return await runChild(command, childEnv, interrupts, context.io.stderr);
+        code = await running.exited;
       } finally {
+        stopForwarding();
         await heartbeat.stop();
+        outcome.expiresAt = heartbeat.expiresAt();
       }
+      if (outcome.ending === undefined) return code;
+      context.io.stderr.write(`k8s-claimer: ${describeEnding(outcome.ending)}; stopped the command\n`);
+      return EXIT_LEASE_ENDED;
     } finally {
-      await release(context, granted.token, expiry.at);
+      // A lease that has already ended has nothing to release.
+      const gone = outcome.ending !== undefined && outcome.ending.endsAt === undefined;
+      if (!gone) await release(context, granted.token, outcome.expiresAt);
       if (temporaryFolder !== undefined) await rm(temporaryFolder, { recursive: true, force: true });
     }
   } finally {
@@ -66,65 +86,69 @@ export async function run(
 }
 
 /**
- * Runs the command with the terminal's stdio and returns its exit code, or 128 + the signal's
- * number when a signal ended it. Signals the CLI gets are passed on; the CLI waits for the
- * command to end rather than leaving it running on a released cluster.
+ * The command gets the cluster, not the claimer: the shared token (and where it is kept) is not
+ * passed on. A command of the same user can still read the CLI's initial environment
+ * (/proc/<ppid>/environ), which only AUTH_TOKEN_FILE keeps the token out of.
  */
-function runChild(command: string[], env: Record<string, string | undefined>, interrupts: Interrupts, stderr: TextSink): Promise<number> {
+function commandEnvironment(env: Record<string, string | undefined>, granted: GrantedLease, kubeconfigPath: string, prefix?: string) {
+  const { AUTH_TOKEN: _sharedToken, AUTH_TOKEN_FILE: _sharedTokenFile, ...inherited } = env;
+  return { ...inherited, ...Object.fromEntries(leaseVariables(granted, kubeconfigPath, prefix)), KUBECONFIG: kubeconfigPath };
+}
+
+interface RunningCommand {
+  /** Its exit code, or 128 + the signal's number when a signal ended it. */
+  exited: Promise<number>;
+  /** Sends a signal to the command and to every process in its group. */
+  signal(signal: NodeJS.Signals): void;
+  /** SIGTERM to the group now; SIGKILL after `graceMs`, or once the command itself has ended. False if it had ended. */
+  stop(graceMs: number): boolean;
+}
+
+/**
+ * Starts the command with the terminal's stdio, as the leader of a process group (and session)
+ * of its own, so that a signal reaches everything it started: a `sh -c` script's children, a
+ * test runner's workers.
+ */
+function startCommand(command: string[], env: Record<string, string | undefined>, stderr: TextSink): RunningCommand {
   const [file = '', ...args] = command;
-  return new Promise((resolveExit) => {
-    const child = spawn(file, args, { stdio: 'inherit', env });
-    const stopForwarding = interrupts.onSignal((signal) => {
-      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
-    });
+  const child = spawn(file, args, { stdio: 'inherit', env, detached: true });
+  let stopping = false;
+  let killTimer: NodeJS.Timeout | undefined;
+  const signalGroup = (signal: NodeJS.Signals) => {
+    if (child.pid === undefined) return;
+    try {
+      process.kill(-child.pid, signal);
+    } catch {
+      // The whole group has ended.
+    }
+  };
+  const exited = new Promise<number>((resolveExit) => {
     child.once('error', (error: NodeJS.ErrnoException) => {
       // Only a failure to start means there is no child to wait for; a failed kill is not one.
       if (child.pid !== undefined) return;
-      stopForwarding();
       stderr.write(`k8s-claimer: cannot run ${oneLine(file, 100)}: ${error.code ?? oneLine(error.message)}\n`);
       resolveExit(error.code === 'ENOENT' ? EXIT_COMMAND_NOT_FOUND : EXIT_CANNOT_EXECUTE);
     });
     child.once('exit', (code, signal) => {
-      stopForwarding();
+      clearTimeout(killTimer);
+      // Stopped for the lease's end: what the command left behind must not outlive it either.
+      if (stopping) signalGroup('SIGKILL');
       resolveExit(code ?? (signal ? signalExitCode(signal) : 1));
     });
   });
-}
-
-/**
- * Keeps the lease alive: every third of its length, it now ends a full length from now. A failed
- * beat is reported and retried at the next one; it never stops the command. When the server
- * says the lease cannot be extended (ended, or at its longest), beating stops.
- */
-function startHeartbeat(client: ClaimerClient, token: string, seconds: number, stderr: TextSink, expiry: { at: string }) {
-  const intervalMs = Math.max(MIN_HEARTBEAT_MS, Math.floor((seconds * 1000) / 3));
-  const stopper = new AbortController();
-  const loop = (async () => {
-    for (;;) {
-      try {
-        await sleep(intervalMs, undefined, { signal: stopper.signal });
-      } catch {
-        return;
-      }
-      try {
-        // A beat that takes longer than a beat is as good as failed: the next one tries again.
-        const lease = await client.extend(token, seconds, { signal: stopper.signal, timeoutMs: Math.max(intervalMs, 2000) });
-        if (lease.expires_at) expiry.at = lease.expires_at;
-      } catch (error) {
-        if (error instanceof RequestAbortedError) return;
-        if (error instanceof ClaimerHttpError && (error.status === 400 || error.status === 409)) {
-          const why = error.status === 409 ? 'the lease has already ended' : error.serverMessage;
-          stderr.write(`k8s-claimer: the lease cannot be extended any more (${why}); it ends at ${expiry.at}\n`);
-          return;
-        }
-        stderr.write(`k8s-claimer: could not extend the lease, trying again in ${formatDuration(intervalMs / 1000)}: ${messageOf(error)}\n`);
-      }
-    }
-  })();
   return {
-    async stop(): Promise<void> {
-      stopper.abort();
-      await loop;
+    exited,
+    signal: (signal) => {
+      if (child.exitCode === null && child.signalCode === null) signalGroup(signal);
+    },
+    stop(graceMs) {
+      if (child.pid === undefined || child.exitCode !== null || child.signalCode !== null) return false;
+      if (!stopping) {
+        stopping = true;
+        signalGroup('SIGTERM');
+        killTimer = setTimeout(() => signalGroup('SIGKILL'), graceMs);
+      }
+      return true;
     },
   };
 }

@@ -12,7 +12,8 @@
  *    Conflict, Invalid, Forbidden, Unauthorized,
  *  - the 256 KiB total annotation size limit,
  *  - namespaces that stay `Terminating` for a while and take their contents with them,
- *  - TokenRequests whose tokens die with their ServiceAccount,
+ *  - TokenRequests whose tokens die with their ServiceAccount (or when they expire, which an
+ *    API server that caps token lifetimes makes earlier than asked),
  *  - watches (newline-delimited JSON events, resourceVersion resumption, 410 Expired).
  *
  * On top of that it records every request and can inject faults (error statuses,
@@ -737,6 +738,12 @@ export interface FakeKubeApiserverOptions {
   resources?: ResourceDefinition[];
   /** Default audiences for TokenRequests that don't name any. */
   defaultAudiences?: string[];
+  /**
+   * kube-apiserver's --service-account-max-token-expiration: a TokenRequest for longer is
+   * granted this many seconds, and its status says so. The real flag must be at least 1h; any
+   * value is allowed here, so that tests need not wait an hour for a token to die.
+   */
+  maxTokenExpirationSeconds?: number;
 }
 
 // ---------------------------------------------------------------------------
@@ -857,6 +864,7 @@ export class FakeKubeApiserver {
   private readonly strictNamespaces: boolean;
   private readonly gitVersion: string;
   private readonly defaultAudiences: string[];
+  private readonly maxTokenExpirationSeconds: number | undefined;
   private failRules: FaultRule<{ code: number; options: FailNextOptions }>[] = [];
   private resetRules: FaultRule<null>[] = [];
   private dropAnswerRules: FaultRule<null>[] = [];
@@ -872,6 +880,7 @@ export class FakeKubeApiserver {
     this.strictNamespaces = options.strictNamespaces ?? false;
     this.gitVersion = options.gitVersion ?? 'v1.30.0-fake';
     this.defaultAudiences = options.defaultAudiences ?? ['https://kubernetes.default.svc.cluster.local'];
+    this.maxTokenExpirationSeconds = options.maxTokenExpirationSeconds;
     for (const def of [...BUILTIN_RESOURCES, ...(options.resources ?? [])]) this.registerResource(def);
     const handler = (req: IncomingMessage, res: ServerResponse): void => {
       this.guard(res, this.handle(req, res));
@@ -1582,14 +1591,16 @@ export class FakeKubeApiserver {
     this.assertNamespaceAcceptsCreate(saDef, namespace, name);
     const body = req.body.trim() ? parseObjectBody(req.body) : { metadata: {} };
     const spec = asRecord(body.spec) ?? {};
-    const expirationSeconds = typeof spec.expirationSeconds === 'number' ? spec.expirationSeconds : 3600;
+    const requestedSeconds = typeof spec.expirationSeconds === 'number' ? spec.expirationSeconds : 3600;
     const tokenRequestDef: ResourceDefinition = { group: 'authentication.k8s.io', version: 'v1', plural: 'tokenrequests', kind: 'TokenRequest', namespaced: true };
-    if (expirationSeconds < 600) {
-      throw new KubeApiError(invalidStatus(tokenRequestDef, name, [{ field: 'spec.expirationSeconds', reason: 'FieldValueInvalid', message: `Invalid value: ${expirationSeconds}: may not specify a duration less than 10 minutes` }]));
+    if (requestedSeconds < 600) {
+      throw new KubeApiError(invalidStatus(tokenRequestDef, name, [{ field: 'spec.expirationSeconds', reason: 'FieldValueInvalid', message: `Invalid value: ${requestedSeconds}: may not specify a duration less than 10 minutes` }]));
     }
-    if (expirationSeconds > 2 ** 32) {
-      throw new KubeApiError(invalidStatus(tokenRequestDef, name, [{ field: 'spec.expirationSeconds', reason: 'FieldValueInvalid', message: `Invalid value: ${expirationSeconds}: may not specify a duration larger than 2^32 seconds` }]));
+    if (requestedSeconds > 2 ** 32) {
+      throw new KubeApiError(invalidStatus(tokenRequestDef, name, [{ field: 'spec.expirationSeconds', reason: 'FieldValueInvalid', message: `Invalid value: ${requestedSeconds}: may not specify a duration larger than 2^32 seconds` }]));
     }
+    // Validated as asked, then capped, as the real registry does.
+    const expirationSeconds = Math.min(requestedSeconds, this.maxTokenExpirationSeconds ?? requestedSeconds);
     const audiences = Array.isArray(spec.audiences) && spec.audiences.length > 0 ? spec.audiences.map(String) : this.defaultAudiences;
     const issued = this.mintToken(sa, audiences, expirationSeconds);
     this.sendJson(res, 201, {
