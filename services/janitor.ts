@@ -9,8 +9,7 @@ import { randomBytes } from 'node:crypto';
 import { hostname } from 'node:os';
 import type { Logger } from 'pino';
 import { ClusterAccess, ignoreMissing, statusOf } from './cluster-access.ts';
-import type { CredentialIssuer } from './credentials.ts';
-import { LEASES_NAMESPACE } from './credentials.ts';
+import { LEASES_NAMESPACE, type LeaseCredentialRevoker } from './credentials.ts';
 import { cleanupDue, failCleanup, finishCleanup, startCleanup, type LeaseTable } from './lease-table.ts';
 import type { Cluster } from './providers/types.ts';
 import type { WritePath } from './write-path.ts';
@@ -21,6 +20,8 @@ export const KEEP_LABEL = 'k8s-claimer.io/keep';
 
 export interface JanitorOptions {
   cleanup: 'namespaces' | 'none';
+  /** Leases get credentials of their own: every cleanup revokes the lease namespace's. */
+  revokeEveryCleanup: boolean;
   protectedNamespaces: readonly string[];
   /** How long a claim holds before another replica may take the cluster over. */
   claimMs?: number;
@@ -55,7 +56,7 @@ export class Janitor {
   constructor(
     private readonly writePath: WritePath,
     private readonly access: ClusterAccess,
-    private readonly issuer: CredentialIssuer,
+    private readonly revoker: LeaseCredentialRevoker,
     private readonly options: JanitorOptions,
     private readonly logger: Logger,
   ) {
@@ -114,13 +115,13 @@ export class Janitor {
       .submit(startCleanup(cluster.id, this.owner, this.options.claimMs ?? 10 * 60_000))
       .catch((error: unknown) => {
         this.logger.warn({ err: error, cluster: cluster.id }, 'the janitor could not claim a dirty cluster');
-        return false;
+        return false as const;
       });
     if (!claimed) return;
     const started = performance.now();
     let step = 'revoking the lease credentials';
     try {
-      const revoked = await this.issuer.revokeAll(cluster);
+      const revoked = this.options.revokeEveryCleanup ? await this.revoker.revoke(cluster, claimed.revoke) : 0;
       let deleted: string[] = [];
       if (this.options.cleanup === 'namespaces') {
         step = 'deleting namespaces';

@@ -37,6 +37,11 @@ export interface Cleanup {
   lastError?: string;
   /** Not before this time: failures back off. */
   retryAt?: number;
+  /**
+   * Ids of ended leases whose per-lease credentials are not yet confirmed revoked (their
+   * names follow from the ids). Kept until revocation is confirmed, whatever the mode is now.
+   */
+  revoke?: readonly string[];
 }
 
 export interface Lease {
@@ -129,9 +134,10 @@ export function effectiveState(table: LeaseTable, cluster: Cluster, now: number,
   return entry?.state ?? 'free';
 }
 
-/** The entry a lease's end leaves behind. */
-function ended(at: number, endState: 'free' | 'dirty' = 'free'): ClusterEntry {
-  return endState === 'dirty' ? { state: 'dirty', idleSince: at, cleanup: { attempts: 0 } } : { state: 'free', idleSince: at };
+/** The entry a lease's end leaves behind; a lease with credentials of its own names them for revocation. */
+function ended(at: number, endState: 'free' | 'dirty' = 'free', lease?: Lease): ClusterEntry {
+  if (endState !== 'dirty') return { state: 'free', idleSince: at };
+  return { state: 'dirty', idleSince: at, cleanup: { attempts: 0, ...(lease?.credentials && { revoke: [lease.id] }) } };
 }
 
 /** When the cluster became idle: released, expired, or never leased at all (-Infinity). */
@@ -343,7 +349,7 @@ export function release(tokenHash: string): Decision<{ clusterId: string; note?:
     const live = findLive(table, tokenHash, now);
     if (live) {
       return {
-        table: withEntry(table, live.clusterId, ended(now, endState)),
+        table: withEntry(table, live.clusterId, ended(now, endState, live.lease)),
         result: { clusterId: live.clusterId, ...(live.lease.note !== undefined && { note: live.lease.note }) },
       };
     }
@@ -405,7 +411,7 @@ export function reap(): Decision<EndedLease[]> {
       const lease = entry.lease;
       if (entry.state === 'leased' && lease && now >= lease.expiresAt) {
         clustersChanged ??= { ...table.clusters };
-        clustersChanged[clusterId] = ended(lease.expiresAt, endState);
+        clustersChanged[clusterId] = ended(lease.expiresAt, endState, lease);
         endedLeases.push({
           clusterId,
           expiredAt: lease.expiresAt,
@@ -449,19 +455,32 @@ export function cleanupDue(table: LeaseTable, { now, clusters }: DecisionContext
   });
 }
 
+/** What a janitor that claimed a cluster must do besides the configured cleanup. */
+export interface CleanupClaim {
+  /** Leases whose credentials must be revoked (and confirmed gone) before the cluster is free. */
+  revoke: readonly string[];
+}
+
 /** A janitor claims a cluster to clean it; false when it is not due (another replica has it). */
-export function startCleanup(clusterId: string, owner: string, claimMs: number): Decision<boolean> {
+export function startCleanup(clusterId: string, owner: string, claimMs: number): Decision<CleanupClaim | false> {
   return (table, context) => {
     const cluster = context.clusters.find((candidate) => candidate.id === clusterId);
     if (!cluster || !cleanupDue(table, { ...context, clusters: [cluster] }).length) return { table, result: false };
     const entry = table.clusters[clusterId];
     const attempts = entry?.cleanup?.attempts ?? 0;
+    const revoke = entry?.cleanup?.revoke ?? [];
     const cleaning: ClusterEntry = {
       state: 'cleaning',
       idleSince: entry?.state === 'leased' && entry.lease ? entry.lease.expiresAt : entry?.idleSince ?? context.now,
-      cleanup: { owner, deadline: context.now + claimMs, attempts, ...(entry?.cleanup?.lastError && { lastError: entry.cleanup.lastError }) },
+      cleanup: {
+        owner,
+        deadline: context.now + claimMs,
+        attempts,
+        ...(entry?.cleanup?.lastError && { lastError: entry.cleanup.lastError }),
+        ...(revoke.length > 0 && { revoke }),
+      },
     };
-    return { table: withEntry(table, clusterId, cleaning), result: true };
+    return { table: withEntry(table, clusterId, cleaning), result: { revoke } };
   };
 }
 
@@ -486,7 +505,12 @@ export function failCleanup(clusterId: string, owner: string, reason: string): D
     const dirty: ClusterEntry = {
       state: 'dirty',
       ...(entry.idleSince !== undefined && { idleSince: entry.idleSince }),
-      cleanup: { attempts, lastError: reason, retryAt: now + cleanupBackoffMs(attempts) },
+      cleanup: {
+        attempts,
+        lastError: reason,
+        retryAt: now + cleanupBackoffMs(attempts),
+        ...(entry.cleanup?.revoke?.length && { revoke: entry.cleanup.revoke }),
+      },
     };
     return { table: withEntry(table, clusterId, dirty), result: true };
   };

@@ -4,9 +4,9 @@
 import assert from 'node:assert/strict';
 import { rm } from 'node:fs/promises';
 import { after, afterEach, before, beforeEach, describe, test } from 'node:test';
-import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
+import { CoreV1Api, KubeConfig, PatchStrategy, RbacAuthorizationV1Api, setHeaderOptions, type RbacV1Subject } from '@kubernetes/client-node';
 import { parse } from 'yaml';
-import { matchRequest, startFakeKubeApiserver, type FakeKubeApiserver } from './fakes/kube-apiserver.ts';
+import { matchRequest, startFakeKubeApiserver, type FakeKubeApiserver, type FakeKubeApiserverOptions, type KubeObject } from './fakes/kube-apiserver.ts';
 import { TEST_TLS_CERT, TEST_TLS_KEY } from './fakes/tls-fixture.ts';
 import { poolOf, startTestApp, tempDir, type PoolCluster, type TestApp } from './support/harness.ts';
 import { seedLeaseService, startKube, writeKubeconfig } from './support/kube.ts';
@@ -62,6 +62,35 @@ function lesseeApi(kubeconfigBase64: string): CoreV1Api {
   const kubeConfig = new KubeConfig();
   kubeConfig.loadFromString(Buffer.from(kubeconfigBase64, 'base64').toString('utf8'));
   return kubeConfig.makeApiClient(CoreV1Api);
+}
+
+function lesseeRbac(kubeconfigBase64: string): RbacAuthorizationV1Api {
+  const kubeConfig = new KubeConfig();
+  kubeConfig.loadFromString(Buffer.from(kubeconfigBase64, 'base64').toString('utf8'));
+  return kubeConfig.makeApiClient(RbacAuthorizationV1Api);
+}
+
+const mergePatch = () => setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
+
+/** Bindings that still give something to an account of the lease namespace, or to its group. */
+function bindingsToLeaseNamespace(fake: FakeKubeApiserver): string[] {
+  const grants = (subject: RbacV1Subject) =>
+    (subject.kind === 'ServiceAccount' && subject.namespace === 'k8s-claimer-leases') ||
+    (subject.kind === 'Group' && subject.name === 'system:serviceaccounts:k8s-claimer-leases');
+  return [...fake.listObjects('clusterrolebindings'), ...fake.listObjects('rolebindings')]
+    .filter((binding: KubeObject & { subjects?: RbacV1Subject[] }) => (binding.subjects ?? []).some(grants))
+    .map((binding) => `${binding.metadata.namespace ?? ''}/${binding.metadata.name}`);
+}
+
+/** Swaps the fake cluster for one with other options (afterEach closes it). */
+async function restartCluster(options: FakeKubeApiserverOptions): Promise<void> {
+  await cluster.close();
+  cluster = await startFakeKubeApiserver({
+    tls: { cert: TEST_TLS_CERT, key: TEST_TLS_KEY },
+    requireToken: (token, fake) => token === POOL_TOKEN || fake.isTokenValid(token),
+    ...options,
+  });
+  seedCluster(cluster);
 }
 
 function tokenOf(kubeconfigBase64: string): string {
@@ -148,6 +177,54 @@ describe('per-lease credentials', () => {
     assert.equal(cluster.listObjects('clusterrolebindings').length, 0);
     assert.equal(cluster.isTokenValid(token), false);
     await assert.rejects(lesseeApi(lease.body.kubeconfig).listNamespace(), (error: { code?: number }) => error.code === 401);
+  });
+
+  test('a lessee that strips the claimer\'s labels and makes accounts and bindings of its own keeps none of them', async () => {
+    // As on a real cluster, the lease namespace has a `default` account, made again when deleted.
+    await restartCluster({ serviceAccountController: true });
+    const app = await claimer();
+    const lease = await call(app, 'POST', '/lease', { max_time: 900 });
+    const token = tokenOf(lease.body.kubeconfig);
+    const core = lesseeApi(lease.body.kubeconfig);
+    const rbac = lesseeRbac(lease.body.kubeconfig);
+    const namespace = 'k8s-claimer-leases';
+    const [own] = (await core.listNamespacedServiceAccount({ namespace, labelSelector: 'app.kubernetes.io/managed-by=k8s-claimer' })).items;
+    const [binding] = (await rbac.listClusterRoleBinding({ labelSelector: 'app.kubernetes.io/managed-by=k8s-claimer' })).items;
+    const unlabelled = { metadata: { labels: null } };
+    await core.patchNamespacedServiceAccount({ name: own.metadata?.name as string, namespace, body: unlabelled }, mergePatch());
+    await rbac.patchClusterRoleBinding({ name: binding.metadata?.name as string, body: unlabelled }, mergePatch());
+    // An account of its own, a token of the namespace's default account, a binding in a
+    // protected namespace (never deleted) and one to the whole namespace's group.
+    await core.createNamespacedServiceAccount({ namespace, body: { metadata: { name: 'helper' } } });
+    const mint = async (name: string) =>
+      (await core.createNamespacedServiceAccountToken({ name, namespace, body: { spec: { audiences: [], expirationSeconds: 86_400 } } })).status?.token as string;
+    const tokens = [token, await mint('helper'), await mint('default')];
+    await rbac.createNamespacedRoleBinding({
+      namespace: 'ci-tools',
+      body: {
+        metadata: { name: 'stays-around' },
+        roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'admin' },
+        subjects: [{ kind: 'ServiceAccount', name: 'helper', namespace }],
+      },
+    });
+    await rbac.createClusterRoleBinding({
+      body: {
+        metadata: { name: 'every-lease-account' },
+        roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'cluster-admin' },
+        subjects: [{ kind: 'Group', apiGroup: 'rbac.authorization.k8s.io', name: `system:serviceaccounts:${namespace}` }],
+      },
+    });
+    const defaultUid = cluster.getObject('serviceaccounts', namespace, 'default')?.metadata.uid;
+    assert.ok(tokens.every((minted) => cluster.isTokenValid(minted)));
+
+    assert.equal((await call(app, 'DELETE', `/lease/${lease.body.token}`)).status, 200);
+    await until(async () => (await stateOf(app)).state === 'free', 'the cluster to be cleaned');
+    assert.deepEqual(tokens.map((minted) => cluster.isTokenValid(minted)), [false, false, false]);
+    assert.deepEqual(bindingsToLeaseNamespace(cluster), []);
+    const accounts = cluster.listObjects('serviceaccounts', namespace);
+    assert.deepEqual(accounts.map((account) => account.metadata.name), ['default']);
+    assert.notEqual(accounts[0].metadata.uid, defaultUid, 'the default account was made again');
+    await assert.rejects(core.listNamespace(), (error: { code?: number }) => error.code === 401);
   });
 
   test('expiry found by the reaper revokes the credentials too, and is logged once', async () => {

@@ -8,6 +8,7 @@ import {
   emptyTable,
   failCleanup,
   finishCleanup,
+  reap,
   release,
   startCleanup,
   type AcquireResult,
@@ -140,14 +141,31 @@ describe('the life cycle with cleanup: free -> leased -> dirty -> cleaning -> fr
     const { table: leased } = acquire({ tokenHash: tokenA, durationSeconds: 10 })(emptyTable, dirtyContext(T0));
     const { table: dirty } = release(tokenA)(leased, dirtyContext(T0 + 1));
     const claimed = startCleanup('zone-a/c1', 'replica-a', 60_000)(dirty, dirtyContext(T0 + 2));
-    assert.equal(claimed.result, true);
+    assert.deepEqual(claimed.result, { revoke: [] });
     assert.equal(startCleanup('zone-a/c1', 'replica-b', 60_000)(claimed.table, dirtyContext(T0 + 3)).result, false);
     assert.equal(finishCleanup('zone-a/c1', 'replica-b')(claimed.table, dirtyContext(T0 + 4)).result, false);
     const takenOver = startCleanup('zone-a/c1', 'replica-b', 60_000)(claimed.table, dirtyContext(T0 + 2 + 60_000));
-    assert.equal(takenOver.result, true);
+    assert.deepEqual(takenOver.result, { revoke: [] });
     assert.equal(finishCleanup('zone-a/c1', 'replica-a')(takenOver.table, dirtyContext(T0 + 60_010)).result, false);
     const done = finishCleanup('zone-a/c1', 'replica-b')(takenOver.table, dirtyContext(T0 + 60_020));
     assert.deepEqual(done.table.clusters['zone-a/c1'], { state: 'free', idleSince: T0 + 60_020 });
+  });
+
+  test('a lease with credentials of its own leaves its id in the dirty record until a janitor frees the cluster', () => {
+    const credentials = { user: 'lessee', group: 'system:masters' };
+    const { table: leased, result } = acquire({ tokenHash: tokenA, leaseId: 'feedfacecafe', durationSeconds: 10, credentials })(emptyTable, dirtyContext(T0));
+    assert.ok(result.granted);
+    const { table: dirty } = release(tokenA)(leased, dirtyContext(T0 + 1));
+    assert.deepEqual(dirty.clusters['zone-a/c1'].cleanup, { attempts: 0, revoke: ['feedfacecafe'] });
+    const expired = reap()(leased, dirtyContext(T0 + 10_000)).table;
+    assert.deepEqual(expired.clusters['zone-a/c1'].cleanup?.revoke, ['feedfacecafe']);
+    const claimed = startCleanup('zone-a/c1', 'a', 60_000)(dirty, dirtyContext(T0 + 2));
+    assert.deepEqual(claimed.result, { revoke: ['feedfacecafe'] });
+    const { table: failed } = failCleanup('zone-a/c1', 'a', 'revoking the lease credentials failed')(claimed.table, dirtyContext(T0 + 3));
+    assert.deepEqual(failed.clusters['zone-a/c1'].cleanup?.revoke, ['feedfacecafe']);
+    const takenOver = startCleanup('zone-a/c1', 'b', 60_000)(failed, dirtyContext(T0 + 60_000));
+    assert.deepEqual(takenOver.result, { revoke: ['feedfacecafe'] });
+    assert.deepEqual(finishCleanup('zone-a/c1', 'b')(takenOver.table, dirtyContext(T0 + 60_001)).table.clusters['zone-a/c1'], { state: 'free', idleSince: T0 + 60_001 });
   });
 
   test('a failed cleanup backs off 1, 2, 4, 8 s, then 15 s at most, and keeps its reason', () => {
@@ -158,6 +176,6 @@ describe('the life cycle with cleanup: free -> leased -> dirty -> cleaning -> fr
     const { table: failed } = failCleanup('zone-a/c1', 'a', 'deleting namespaces failed')(claimed, dirtyContext(T0 + 500));
     assert.deepEqual(failed.clusters['zone-a/c1'].cleanup, { attempts: 1, lastError: 'deleting namespaces failed', retryAt: T0 + 1500 });
     assert.equal(startCleanup('zone-a/c1', 'a', 60_000)(failed, dirtyContext(T0 + 1499)).result, false);
-    assert.equal(startCleanup('zone-a/c1', 'a', 60_000)(failed, dirtyContext(T0 + 1500)).result, true);
+    assert.deepEqual(startCleanup('zone-a/c1', 'a', 60_000)(failed, dirtyContext(T0 + 1500)).result, { revoke: [] });
   });
 });
