@@ -121,7 +121,9 @@ export class Janitor {
     const started = performance.now();
     let step = 'revoking the lease credentials';
     try {
-      const revoked = this.options.revokeEveryCleanup ? await this.revoker.revoke(cluster, claimed.revoke) : 0;
+      // Credentials recorded for the ended lease are revoked whatever the mode is now.
+      const revoke = this.options.revokeEveryCleanup || claimed.revoke.length > 0;
+      const revoked = revoke ? await this.revoker.revoke(cluster, claimed.revoke) : 0;
       let deleted: string[] = [];
       if (this.options.cleanup === 'namespaces') {
         step = 'deleting namespaces';

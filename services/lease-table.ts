@@ -130,13 +130,17 @@ export type EffectiveState = ClusterState;
 export function effectiveState(table: LeaseTable, cluster: Cluster, now: number, endState: 'free' | 'dirty' = 'free'): EffectiveState {
   const entry = table.clusters[cluster.id];
   if (liveLease(entry, now) || liveLegacyLease(table, cluster.name, now)) return 'leased';
-  if (entry?.state === 'leased') return endState;
+  if (entry?.state === 'leased') return entry.lease?.credentials ? 'dirty' : endState;
   return entry?.state ?? 'free';
 }
 
-/** The entry a lease's end leaves behind; a lease with credentials of its own names them for revocation. */
+/**
+ * The entry a lease's end leaves behind. A lease with credentials of its own names them for
+ * revocation and leaves the cluster dirty whatever the configuration says now (it may have
+ * been switched to pool credentials since the lease began).
+ */
 function ended(at: number, endState: 'free' | 'dirty' = 'free', lease?: Lease): ClusterEntry {
-  if (endState !== 'dirty') return { state: 'free', idleSince: at };
+  if (endState !== 'dirty' && !lease?.credentials) return { state: 'free', idleSince: at };
   return { state: 'dirty', idleSince: at, cleanup: { attempts: 0, ...(lease?.credentials && { revoke: [lease.id] }) } };
 }
 

@@ -237,29 +237,46 @@ describe('per-lease credentials', () => {
     assert.equal(app.logs.lines.filter((line) => line.event === 'lease.expired').length, 1);
   });
 
-  test('dirty clusters left by an earlier configuration are freed after a switch to pool credentials and no cleanup', async () => {
+  /**
+   * A claimer with per-lease credentials and no cleanup leases the cluster (and does what
+   * `meanwhile` says); then it stops, and one with the same store and clock starts with pool
+   * credentials and no cleanup.
+   */
+  async function switchToPool(meanwhile: (first: TestApp, leaseToken: string) => Promise<void> = async () => undefined) {
     const shared = await tempDir();
     after(() => rm(shared, { recursive: true, force: true }));
-    const first = await startTestApp({ clusters: [labCluster()], folder: shared, poolSettings: {}, env: { CLEANUP: 'none' }, janitor: { pollMs: 50 } });
+    const start = (env: Record<string, string>, clock?: TestApp['clock']) =>
+      startTestApp({ clusters: [labCluster()], folder: shared, poolSettings: {}, env, janitor: { pollMs: 50 }, ...(clock && { clock }) });
+    const first = await start({ CLEANUP: 'none' });
     apps.push(first);
     const lease = await call(first, 'POST', '/lease', { max_time: 900 });
-    // The cluster's API server is away: the revocation fails and the cluster stays dirty.
-    cluster.failNext(100, 500, { match: (request) => request.method !== 'GET' || request.resource === 'clusterrolebindings' });
-    await call(first, 'DELETE', `/lease/${lease.body.token}`);
-    await until(async () => (await stateOf(first)).cleanup?.attempts === 1, 'a failed cleanup');
+    await meanwhile(first, lease.body.token);
     await first.close();
     apps.splice(apps.indexOf(first), 1);
-    const second = await startTestApp({
-      clusters: [labCluster()],
-      folder: shared,
-      poolSettings: {},
-      env: { LEASE_CREDENTIALS: 'pool', CLEANUP: 'none' },
-      janitor: { pollMs: 50 },
-      clock: first.clock,
-    });
+    const second = await start({ LEASE_CREDENTIALS: 'pool', CLEANUP: 'none' }, first.clock);
     apps.push(second);
+    return { second, leaseToken: lease.body.token as string, token: tokenOf(lease.body.kubeconfig) };
+  }
+
+  test('dirty clusters left by an earlier configuration are revoked, then freed, after a switch to pool credentials and no cleanup', async () => {
+    const { second, token } = await switchToPool(async (first, leaseToken) => {
+      // The cluster's API server is away: the revocation fails and the cluster stays dirty.
+      const away = cluster.failNext(100, 500, { match: (request) => request.method !== 'GET' || request.resource === 'clusterrolebindings' });
+      await call(first, 'DELETE', `/lease/${leaseToken}`);
+      await until(async () => (await stateOf(first)).cleanup?.attempts === 1, 'a failed cleanup');
+      away.cancel();
+    });
     second.clock.advance(2);
     await until(async () => (await stateOf(second)).state === 'free', 'the dirty cluster to be freed');
+    assert.equal(cluster.isTokenValid(token), false, 'the per-lease token outlived its lease');
+    assert.deepEqual(cluster.listObjects('serviceaccounts', 'k8s-claimer-leases'), []);
+  });
+
+  test('a lease with per-lease credentials that ends after a switch to pool credentials is revoked before its cluster is free', async () => {
+    const { second, token, leaseToken } = await switchToPool();
+    assert.equal((await call(second, 'DELETE', `/lease/${leaseToken}`)).status, 200);
+    await until(async () => (await stateOf(second)).state === 'free', 'the cluster to be freed');
+    assert.equal(cluster.isTokenValid(token), false, 'the per-lease token outlived its lease');
   });
 
   test('a failed revocation is retried until it succeeds, and shows in /leases meanwhile', async () => {

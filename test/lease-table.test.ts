@@ -168,6 +168,17 @@ describe('the life cycle with cleanup: free -> leased -> dirty -> cleaning -> fr
     assert.deepEqual(finishCleanup('zone-a/c1', 'b')(takenOver.table, dirtyContext(T0 + 60_001)).table.clusters['zone-a/c1'], { state: 'free', idleSince: T0 + 60_001 });
   });
 
+  test('without cleanup work configured, a lease that had credentials of its own still ends dirty, never free', () => {
+    const freeContext = (now: number) => ({ now, clusters, endState: 'free' as const });
+    const credentials = { user: 'lessee', group: 'system:masters' };
+    const { table: leased } = acquire({ tokenHash: tokenA, leaseId: 'feedfacecafe', durationSeconds: 10, credentials })(emptyTable, freeContext(T0));
+    assert.deepEqual(release(tokenA)(leased, freeContext(T0 + 1)).table.clusters['zone-a/c1'].cleanup, { attempts: 0, revoke: ['feedfacecafe'] });
+    // Expired and not yet written down by the reaper: not free for the next request either.
+    assert.equal(effectiveState(leased, clusters[0], T0 + 10_000, 'free'), 'dirty');
+    assert.throws(() => acquire({ tokenHash: tokenB, durationSeconds: 10 })(leased, freeContext(T0 + 10_000)), allLeased);
+    assert.equal(reap()(leased, freeContext(T0 + 10_000)).table.clusters['zone-a/c1'].state, 'dirty');
+  });
+
   test('a failed cleanup backs off 1, 2, 4, 8 s, then 15 s at most, and keeps its reason', () => {
     assert.deepEqual([1, 2, 3, 4, 5, 9].map(cleanupBackoffMs), [1000, 2000, 4000, 8000, 15000, 15000]);
     const { table: leased } = acquire({ tokenHash: tokenA, durationSeconds: 10 })(emptyTable, dirtyContext(T0));
