@@ -5,12 +5,10 @@
 // only then frees the cluster. Failures go back to dirty with a backoff and show in /leases;
 // the release itself answered 200 long before. A claim whose deadline passed may be taken over.
 
-import { randomBytes } from 'node:crypto';
-import { hostname } from 'node:os';
 import type { Logger } from 'pino';
 import { ClusterAccess, ignoreMissing, statusOf } from './cluster-access.ts';
 import { LEASES_NAMESPACE, type LeaseCredentialRevoker } from './credentials.ts';
-import { cleanupDue, failCleanup, finishCleanup, startCleanup, type LeaseTable } from './lease-table.ts';
+import { cleanupDue, failCleanup, finishCleanup, ownClaims, releaseOwnClaims, startCleanup, type LeaseTable } from './lease-table.ts';
 import type { Cluster } from './providers/types.ts';
 import type { WritePath } from './write-path.ts';
 
@@ -19,6 +17,11 @@ export const BUILT_IN_PROTECTED = ['kube-system', 'kube-public', 'kube-node-leas
 export const KEEP_LABEL = 'k8s-claimer.io/keep';
 
 export interface JanitorOptions {
+  /**
+   * This replica's name in the claims it writes (REPLICA_NAME, the pod name): the same after a
+   * restart, so that a restarted replica takes back the claims it left; unique among replicas.
+   */
+  owner: string;
   cleanup: 'namespaces' | 'none';
   /** Leases get credentials of their own: every cleanup revokes the lease namespace's. */
   revokeEveryCleanup: boolean;
@@ -44,9 +47,12 @@ export interface CleanupReport {
 }
 
 export class Janitor {
-  /** This replica's name in the claims it writes. */
-  readonly owner = `${hostname()}-${randomBytes(4).toString('hex')}`;
+  private readonly owner: string;
   private readonly working = new Set<string>();
+  /** Stopped: in-flight work writes nothing more (the store is closing). */
+  private stopped = false;
+  /** Whether the claims left by this replica's previous run were given back. */
+  private reclaimed = false;
   private timer?: ReturnType<typeof setInterval>;
   private stopListening?: () => void;
   private scheduled = false;
@@ -61,6 +67,7 @@ export class Janitor {
     private readonly logger: Logger,
   ) {
     this.patterns = [...BUILT_IN_PROTECTED, ...options.protectedNamespaces];
+    this.owner = options.owner;
   }
 
   start(): void {
@@ -73,8 +80,17 @@ export class Janitor {
   }
 
   stop(): void {
+    this.stopped = true;
     if (this.timer) clearInterval(this.timer);
     this.stopListening?.();
+  }
+
+  /** Claims this replica left when it last stopped are given back, to be cleaned now (its commit starts a sweep). */
+  private async reclaim(): Promise<void> {
+    const released = await this.writePath.submit(releaseOwnClaims(this.owner));
+    for (const cluster of released) {
+      this.logger.info({ event: 'cleanup.reclaimed', cluster, owner: this.owner }, 'took back a cleanup this replica left unfinished when it stopped');
+    }
   }
 
   /** Told of every cleanup's outcome (metrics). */
@@ -99,6 +115,11 @@ export class Janitor {
         ? { table: known, context: await this.writePath.context() }
         : await this.writePath.view().then(({ snapshot, context }) => ({ table: snapshot.table, context }));
       due = cleanupDue(table, context);
+      // The first table after start-up: nothing of this replica's earlier work runs any more.
+      if (!this.reclaimed) {
+        if (ownClaims(table, this.owner).some((clusterId) => !this.working.has(clusterId))) await this.reclaim();
+        this.reclaimed = true;
+      }
     } catch (error) {
       this.logger.warn({ err: error }, 'the janitor could not read the lease table');
       return;
@@ -129,6 +150,7 @@ export class Janitor {
         step = 'deleting namespaces';
         deleted = await this.deleteNamespaces(cluster);
       }
+      if (this.stopped) return;
       const finished = await this.writePath.submit(finishCleanup(cluster.id, this.owner));
       const ms = Math.round(performance.now() - started);
       if (!finished) {
@@ -138,6 +160,7 @@ export class Janitor {
       this.logger.info({ event: 'cluster.cleaned', cluster: cluster.id, credentials_revoked: revoked, namespaces_deleted: deleted, ms }, 'cluster cleaned');
       this.tell({ cluster: cluster.id, ok: true, ms });
     } catch (error) {
+      if (this.stopped) return;
       const ms = Math.round(performance.now() - started);
       // The table says what failed in general terms; the details stay in this replica's log.
       const status = statusOf(error);

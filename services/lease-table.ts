@@ -500,6 +500,37 @@ export function finishCleanup(clusterId: string, owner: string): Decision<boolea
   };
 }
 
+/** The clusters this owner's claims hold. */
+export function ownClaims(table: LeaseTable, owner: string): string[] {
+  return Object.keys(table.clusters).filter((clusterId) => heldBy(table.clusters[clusterId], owner));
+}
+
+/**
+ * A replica starting up gives back the claims it left when it stopped (its name survives
+ * restarts): dirty again and due now, with their attempts, reasons and credentials to revoke.
+ * Nothing of that work is running any more, so nobody need wait for those claims to lapse.
+ */
+export function releaseOwnClaims(owner: string): Decision<string[]> {
+  return (table) => {
+    const released = ownClaims(table, owner);
+    if (released.length === 0) return { table, result: released };
+    const clusters = { ...table.clusters };
+    for (const clusterId of released) {
+      const { idleSince: since, cleanup } = clusters[clusterId];
+      clusters[clusterId] = {
+        state: 'dirty',
+        ...(since !== undefined && { idleSince: since }),
+        cleanup: {
+          attempts: cleanup?.attempts ?? 0,
+          ...(cleanup?.lastError !== undefined && { lastError: cleanup.lastError }),
+          ...(cleanup?.revoke?.length && { revoke: cleanup.revoke }),
+        },
+      };
+    }
+    return { table: { ...table, clusters }, result: released };
+  };
+}
+
 /** The cleanup failed: dirty again, retried after a backoff; the reason shows in /leases. */
 export function failCleanup(clusterId: string, owner: string, reason: string): Decision<boolean> {
   return (table, { now }) => {

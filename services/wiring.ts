@@ -117,7 +117,7 @@ export async function buildServices(config: Config, logger: Logger, options: Bui
     writePath,
     access,
     new LeaseCredentialRevoker(access),
-    { cleanup: policy.cleanup, revokeEveryCleanup: policy.perLease, protectedNamespaces, pollMs, ...options.janitor },
+    { owner: config.replicaName, cleanup: policy.cleanup, revokeEveryCleanup: policy.perLease, protectedNamespaces, pollMs, ...options.janitor },
     logger,
   );
   janitor.onCleanup(({ ok, ms }) => {

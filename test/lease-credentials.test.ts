@@ -8,7 +8,7 @@ import { CoreV1Api, KubeConfig, PatchStrategy, RbacAuthorizationV1Api, setHeader
 import { parse } from 'yaml';
 import { matchRequest, startFakeKubeApiserver, type FakeKubeApiserver, type FakeKubeApiserverOptions, type KubeObject } from './fakes/kube-apiserver.ts';
 import { TEST_TLS_CERT, TEST_TLS_KEY } from './fakes/tls-fixture.ts';
-import { poolOf, startTestApp, tempDir, type PoolCluster, type TestApp } from './support/harness.ts';
+import { ManualClock, poolOf, startTestApp, tempDir, type PoolCluster, type TestApp } from './support/harness.ts';
 import { seedLeaseService, startKube, writeKubeconfig } from './support/kube.ts';
 
 const POOL_TOKEN = 'pool-admin-token';
@@ -414,6 +414,39 @@ describe('cleanup before reuse', () => {
     await until(async () => (await stateOf(app)).state === 'free', 'the credentials to be revoked');
     assert.ok(cluster.getObject('namespaces', undefined, 'stays'));
     assert.equal(cluster.listObjects('serviceaccounts', 'k8s-claimer-leases').length, 0);
+  });
+
+  test('a replica that restarts in the middle of a cleanup takes its own claim back at once instead of waiting for it to lapse', async () => {
+    const shared = await tempDir();
+    after(() => rm(shared, { recursive: true, force: true }));
+    const clock = new ManualClock();
+    const start = () =>
+      startTestApp({
+        clusters: [labCluster()],
+        folder: shared,
+        poolSettings: {},
+        env: { PROTECTED_NAMESPACES: 'ci-*', REPLICA_NAME: 'claimer-0' },
+        janitor: { pollMs: 50, namespacePollMs: 20 },
+        clock,
+      });
+    const crashed = await start();
+    apps.push(crashed);
+    const lease = await call(crashed, 'POST', '/lease', { max_time: 900 });
+    await lesseeApi(lease.body.kubeconfig).createNamespace({ body: { metadata: { name: 'e2e-run' } } });
+    // The replica dies while its janitor deletes the namespace: the claim stays in the table.
+    const held = cluster.hang(matchRequest({ method: 'DELETE', resource: 'namespaces' }));
+    await call(crashed, 'DELETE', `/lease/${lease.body.token}`);
+    await until(() => held.held > 0, 'the janitor to be deleting namespaces');
+    held.stop();
+    assert.equal((await stateOf(crashed)).state, 'cleaning');
+    await crashed.close();
+    apps.splice(apps.indexOf(crashed), 1);
+    // Restarted under the same name (the pod's), with no time passing on the claimer's clock.
+    const restarted = await start();
+    apps.push(restarted);
+    await until(async () => (await stateOf(restarted)).state === 'free', 'the restarted replica to clean the cluster');
+    assert.equal(cluster.getObject('namespaces', undefined, 'e2e-run'), undefined);
+    assert.ok(restarted.logs.lines.some((line) => line.event === 'cleanup.reclaimed'));
   });
 
   test('two replicas: one janitor per cluster, the cleanup runs once', async () => {

@@ -10,6 +10,7 @@ import {
   finishCleanup,
   reap,
   release,
+  releaseOwnClaims,
   startCleanup,
   type AcquireResult,
   type LeaseTable,
@@ -177,6 +178,22 @@ describe('the life cycle with cleanup: free -> leased -> dirty -> cleaning -> fr
     assert.equal(effectiveState(leased, clusters[0], T0 + 10_000, 'free'), 'dirty');
     assert.throws(() => acquire({ tokenHash: tokenB, durationSeconds: 10 })(leased, freeContext(T0 + 10_000)), allLeased);
     assert.equal(reap()(leased, freeContext(T0 + 10_000)).table.clusters['zone-a/c1'].state, 'dirty');
+  });
+
+  test('a restarted replica gives back its own claims, due at once; other replicas\' claims stay', () => {
+    const two = [cluster('c1'), cluster('c2')];
+    const context = (now: number) => ({ now, clusters: two, endState: 'dirty' as const });
+    const dirtyEntry = { state: 'dirty' as const, idleSince: T0, cleanup: { attempts: 2, lastError: 'deleting namespaces failed', revoke: ['feedfacecafe'] } };
+    let table: LeaseTable = { clusters: { 'zone-a/c1': dirtyEntry, 'zone-a/c2': { ...dirtyEntry, cleanup: { attempts: 0 } } }, legacy: {}, waiters: {} };
+    table = startCleanup('zone-a/c1', 'claimer-0', 60_000)(table, context(T0 + 1)).table;
+    table = startCleanup('zone-a/c2', 'claimer-1', 60_000)(table, context(T0 + 1)).table;
+    const { table: released, result } = releaseOwnClaims('claimer-0')(table, context(T0 + 2));
+    assert.deepEqual(result, ['zone-a/c1']);
+    assert.deepEqual(released.clusters['zone-a/c1'], dirtyEntry);
+    assert.equal(released.clusters['zone-a/c2'], table.clusters['zone-a/c2']);
+    assert.deepEqual(startCleanup('zone-a/c1', 'claimer-0', 60_000)(released, context(T0 + 2)).result, { revoke: ['feedfacecafe'] });
+    const nothing = releaseOwnClaims('claimer-0')(released, context(T0 + 3));
+    assert.equal(nothing.table, released, 'nothing to give back changes nothing');
   });
 
   test('a failed cleanup backs off 1, 2, 4, 8 s, then 15 s at most, and keeps its reason', () => {
