@@ -120,14 +120,24 @@ export function grantsLeaseAccounts(binding: { metadata?: { namespace?: string }
 }
 
 export class RevocationUnconfirmedError extends Error {
-  constructor(left: number, rounds: number) {
-    super(`${left} credentials of the lease namespace were still there after ${rounds} rounds of deleting them`);
+  constructor(left: readonly string[], rounds: number) {
+    super(`still there after ${rounds} rounds of deleting them: ${left.slice(0, 5).join(', ')}${left.length > 5 ? ` and ${left.length - 5} more` : ''}`);
     this.name = 'RevocationUnconfirmedError';
   }
 }
 
-/** Called before every delete: the janitor checks that it still holds its claim on the cluster. */
-export type BeforeDelete = () => Promise<void>;
+/**
+ * How destructive work is fenced by the janitor's claim on the cluster: each throws (and the
+ * work stops) once the claim is no longer the janitor's.
+ */
+export interface Fence {
+  /** Before a batch of deletes: the claim is renewed. */
+  step(): Promise<void>;
+  /** Before one delete: the claim outlasts the call (renewed if need be). */
+  call(): Promise<void>;
+}
+
+const unfenced: Fence = { step: async () => undefined, call: async () => undefined };
 
 interface Doomed {
   what: string;
@@ -148,7 +158,7 @@ export class LeaseCredentialRevoker {
   ) {}
 
   /** Returns how many objects it deleted. */
-  async revoke(cluster: Cluster, leaseIds: readonly string[], beforeDelete: BeforeDelete = async () => undefined): Promise<number> {
+  async revoke(cluster: Cluster, leaseIds: readonly string[], fence: Fence = unfenced): Promise<number> {
     const { core, rbac } = await this.access.clientsFor(cluster);
     const bindingNames = new Set(leaseIds.map(bindingName));
     let deleted = 0;
@@ -174,13 +184,14 @@ export class LeaseCredentialRevoker {
         }),
       ];
       if (doomed.length === 0 && defaultReplaced) return deleted;
-      if (round > this.maxRounds) throw new RevocationUnconfirmedError(doomed.length, this.maxRounds);
+      if (round > this.maxRounds) throw new RevocationUnconfirmedError(doomed.map((item) => item.what), this.maxRounds);
       const defaultAccount = accounts.some((account) => account.metadata?.name === 'default');
       if (defaultAccount) {
         doomed.push({ what: 'ServiceAccount default', remove: () => core.deleteNamespacedServiceAccount({ name: 'default', namespace: LEASES_NAMESPACE }) });
       }
+      await fence.step();
       for (const item of doomed) {
-        await beforeDelete();
+        await fence.call();
         if (await ignoreMissing(item.remove())) deleted++;
       }
       defaultReplaced = true;

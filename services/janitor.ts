@@ -3,12 +3,25 @@
 // through the write path, so one janitor per cluster at a time), revokes the lease's
 // credentials, deletes every namespace but the protected ones, waits until they are gone, and
 // only then frees the cluster. Failures go back to dirty with a backoff and show in /leases;
-// the release itself answered 200 long before. A claim whose deadline passed may be taken over.
+// the release itself answered 200 long before. A claim whose deadline passed may be taken over,
+// so the work is fenced by it: the claim is short and renewed while working, every destructive
+// step renews it first, and no destructive call starts unless the claim outlasts the call's
+// timeout. A janitor that lost its claim stops at once: the cluster may be leased again.
 
 import type { Logger } from 'pino';
 import { ClusterAccess, ignoreMissing, statusOf } from './cluster-access.ts';
-import { LEASES_NAMESPACE, type LeaseCredentialRevoker } from './credentials.ts';
-import { cleanupDue, failCleanup, finishCleanup, ownClaims, releaseOwnClaims, startCleanup, type LeaseTable } from './lease-table.ts';
+import { LEASES_NAMESPACE, type Fence, type LeaseCredentialRevoker } from './credentials.ts';
+import {
+  cleanupDue,
+  failCleanup,
+  finishCleanup,
+  ownClaims,
+  releaseOwnClaims,
+  renewCleanup,
+  startCleanup,
+  type CleanupProgress,
+  type LeaseTable,
+} from './lease-table.ts';
 import type { Cluster } from './providers/types.ts';
 import type { WritePath } from './write-path.ts';
 
@@ -26,8 +39,12 @@ export interface JanitorOptions {
   /** Leases get credentials of their own: every cleanup revokes the lease namespace's. */
   revokeEveryCleanup: boolean;
   protectedNamespaces: readonly string[];
-  /** How long a claim holds before another replica may take the cluster over. */
+  /** How long a claim holds before another replica may take the cluster over; renewed while working. */
   claimMs?: number;
+  /** Deadline of one call to a cluster's API server: no destructive call starts closer than this to the claim's end. */
+  callTimeoutMs?: number;
+  /** How long one attempt waits for deleted namespaces to be gone. */
+  namespaceWaitMs?: number;
   /** How often to look for dirty clusters, besides whenever the table changes. */
   pollMs?: number;
   /** How often to check whether deleted namespaces are gone. */
@@ -38,6 +55,69 @@ export interface JanitorOptions {
 
 export function isProtected(name: string, patterns: readonly string[]): boolean {
   return patterns.some((pattern) => (pattern.endsWith('*') ? name.startsWith(pattern.slice(0, -1)) : name === pattern));
+}
+
+/** The claim is no longer this janitor's (or the janitor is stopping): the work stops at once. */
+export class ClaimLostError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ClaimLostError';
+  }
+}
+
+/** A janitor's claim on one cluster while it works there, renewed through the write path. */
+class HeldClaim implements Fence {
+  /** Until when the claim surely holds, on this process's monotonic clock. */
+  private heldUntil: number;
+  /** Told to the table with the next renewal. */
+  private progress: CleanupProgress = {};
+
+  constructor(
+    private readonly writePath: WritePath,
+    private readonly clusterId: string,
+    private readonly owner: string,
+    private readonly claimMs: number,
+    private readonly callTimeoutMs: number,
+    claimedAt: number,
+    private readonly stopping: () => boolean,
+  ) {
+    this.heldUntil = claimedAt + claimMs;
+  }
+
+  /** The credentials of these leases are confirmed revoked. */
+  revoked(leaseIds: readonly string[]): void {
+    if (leaseIds.length > 0) this.progress = { ...this.progress, revoked: leaseIds };
+  }
+
+  async renew(): Promise<void> {
+    if (this.stopping()) throw new ClaimLostError('the janitor is stopping');
+    // Measured from before the write: the table's deadline is at least this far off.
+    const asked = performance.now();
+    const progress = this.progress;
+    const held = await this.writePath.submit(renewCleanup(this.clusterId, this.owner, this.claimMs, progress));
+    if (!held) throw new ClaimLostError('another janitor took the cluster over');
+    if (this.progress === progress) this.progress = {};
+    this.heldUntil = asked + this.claimMs;
+  }
+
+  step(): Promise<void> {
+    return this.renew();
+  }
+
+  async call(): Promise<void> {
+    if (this.stopping()) throw new ClaimLostError('the janitor is stopping');
+    if (this.left() < this.callTimeoutMs) await this.renew();
+    if (this.left() < this.callTimeoutMs) throw new Error('the claim would lapse before a call to the cluster could time out');
+  }
+
+  /** While waiting (nothing destructive): renewed once half of it is gone. */
+  async keep(): Promise<void> {
+    if (this.left() < this.claimMs / 2) await this.renew();
+  }
+
+  private left(): number {
+    return this.heldUntil - performance.now();
+  }
 }
 
 export interface CleanupReport {
@@ -131,30 +211,35 @@ export class Janitor {
     }
   }
 
+  private get claimMs(): number {
+    return this.options.claimMs ?? 60_000;
+  }
+
   private async clean(cluster: Cluster): Promise<void> {
-    const claimed = await this.writePath
-      .submit(startCleanup(cluster.id, this.owner, this.options.claimMs ?? 10 * 60_000))
-      .catch((error: unknown) => {
-        this.logger.warn({ err: error, cluster: cluster.id }, 'the janitor could not claim a dirty cluster');
-        return false as const;
-      });
+    const claimedAt = performance.now();
+    const claimed = await this.writePath.submit(startCleanup(cluster.id, this.owner, this.claimMs)).catch((error: unknown) => {
+      this.logger.warn({ err: error, cluster: cluster.id }, 'the janitor could not claim a dirty cluster');
+      return false as const;
+    });
     if (!claimed) return;
+    const claim = new HeldClaim(this.writePath, cluster.id, this.owner, this.claimMs, this.options.callTimeoutMs ?? 10_000, claimedAt, () => this.stopped);
     const started = performance.now();
     let step = 'revoking the lease credentials';
     try {
       // Credentials recorded for the ended lease are revoked whatever the mode is now.
       const revoke = this.options.revokeEveryCleanup || claimed.revoke.length > 0;
-      const revoked = revoke ? await this.revoker.revoke(cluster, claimed.revoke) : 0;
+      const revoked = revoke ? await this.revoker.revoke(cluster, claimed.revoke, claim) : 0;
+      claim.revoked(claimed.revoke);
       let deleted: string[] = [];
       if (this.options.cleanup === 'namespaces') {
         step = 'deleting namespaces';
-        deleted = await this.deleteNamespaces(cluster);
+        deleted = await this.deleteNamespaces(cluster, claim);
       }
       if (this.stopped) return;
       const finished = await this.writePath.submit(finishCleanup(cluster.id, this.owner));
       const ms = Math.round(performance.now() - started);
       if (!finished) {
-        this.logger.warn({ cluster: cluster.id, ms }, 'cleanup done, but another janitor had taken the cluster over meanwhile');
+        this.logger.warn({ event: 'cleanup.abandoned', cluster: cluster.id, ms }, 'cleanup done, but another janitor had taken the cluster over meanwhile');
         return;
       }
       this.logger.info({ event: 'cluster.cleaned', cluster: cluster.id, credentials_revoked: revoked, namespaces_deleted: deleted, ms }, 'cluster cleaned');
@@ -162,6 +247,10 @@ export class Janitor {
     } catch (error) {
       if (this.stopped) return;
       const ms = Math.round(performance.now() - started);
+      if (error instanceof ClaimLostError) {
+        this.logger.warn({ event: 'cleanup.abandoned', cluster: cluster.id, step, ms }, 'the janitor lost its claim on the cluster and stopped; another replica has it');
+        return;
+      }
       // The table says what failed in general terms; the details stay in this replica's log.
       const status = statusOf(error);
       const reason = `${step} failed${status ? ` (the cluster's API server answered ${status})` : ''}`;
@@ -178,7 +267,7 @@ export class Janitor {
   }
 
   /** Deletes every unprotected namespace and waits until all of them are gone. */
-  private async deleteNamespaces(cluster: Cluster): Promise<string[]> {
+  private async deleteNamespaces(cluster: Cluster, claim: HeldClaim): Promise<string[]> {
     const { core } = await this.access.clientsFor(cluster);
     const namespaces = await core.listNamespace();
     const doomed = namespaces.items.filter((namespace) => {
@@ -186,14 +275,19 @@ export class Janitor {
       return name !== '' && !isProtected(name, this.patterns) && namespace.metadata?.labels?.[KEEP_LABEL] !== 'true';
     });
     const names = doomed.map((namespace) => namespace.metadata?.name as string);
+    // Renewed after the list: what it found belongs to the lease this claim is for.
+    await claim.step();
     for (const namespace of doomed) {
-      if (namespace.status?.phase !== 'Terminating') await ignoreMissing(core.deleteNamespace({ name: namespace.metadata?.name as string }));
+      if (namespace.status?.phase === 'Terminating') continue;
+      await claim.call();
+      await ignoreMissing(core.deleteNamespace({ name: namespace.metadata?.name as string }));
     }
-    const deadline = Date.now() + (this.options.claimMs ?? 10 * 60_000);
+    const deadline = performance.now() + (this.options.namespaceWaitMs ?? 5 * 60_000);
     for (;;) {
       const left = (await core.listNamespace()).items.filter((namespace) => names.includes(namespace.metadata?.name ?? ''));
       if (left.length === 0) return names;
-      if (Date.now() >= deadline) throw new Error(`namespaces still terminating: ${left.length}`);
+      if (performance.now() >= deadline) throw new Error(`namespaces still terminating: ${left.length}`);
+      await claim.keep();
       await new Promise((resolve) => setTimeout(resolve, this.options.namespacePollMs ?? 1_000));
     }
   }

@@ -492,6 +492,27 @@ function heldBy(entry: ClusterEntry | undefined, owner: string): boolean {
   return entry?.state === 'cleaning' && entry.cleanup?.owner === owner;
 }
 
+/** What a janitor tells the table while it works: credentials now confirmed revoked. */
+export interface CleanupProgress {
+  revoked?: readonly string[];
+}
+
+/**
+ * A janitor at work keeps its claim: the deadline moves to `claimMs` from now. False when the
+ * claim is no longer this janitor's (taken over, and maybe cleaned and leased again): it must
+ * stop at once, touching nothing more in the cluster.
+ */
+export function renewCleanup(clusterId: string, owner: string, claimMs: number, progress: CleanupProgress = {}): Decision<boolean> {
+  return (table, { now }) => {
+    const entry = table.clusters[clusterId];
+    if (!heldBy(entry, owner)) return { table, result: false };
+    const { revoke, ...cleanup } = entry.cleanup ?? { attempts: 0 };
+    const left = (revoke ?? []).filter((leaseId) => !progress.revoked?.includes(leaseId));
+    const renewed: ClusterEntry = { ...entry, cleanup: { ...cleanup, deadline: now + claimMs, ...(left.length > 0 && { revoke: left }) } };
+    return { table: withEntry(table, clusterId, renewed), result: true };
+  };
+}
+
 /** The cluster is clean: free for the next lease. False when another janitor took it over. */
 export function finishCleanup(clusterId: string, owner: string): Decision<boolean> {
   return (table, { now }) => {

@@ -117,7 +117,17 @@ export async function buildServices(config: Config, logger: Logger, options: Bui
     writePath,
     access,
     new LeaseCredentialRevoker(access),
-    { owner: config.replicaName, cleanup: policy.cleanup, revokeEveryCleanup: policy.perLease, protectedNamespaces, pollMs, ...options.janitor },
+    {
+      owner: config.replicaName,
+      cleanup: policy.cleanup,
+      revokeEveryCleanup: policy.perLease,
+      protectedNamespaces,
+      pollMs,
+      // A claim outlasts a few calls to the cluster, so that renewing it between them is enough.
+      claimMs: Math.max(60_000, 3 * config.backendTimeoutSeconds * 1000),
+      callTimeoutMs: config.backendTimeoutSeconds * 1000,
+      ...options.janitor,
+    },
     logger,
   );
   janitor.onCleanup(({ ok, ms }) => {

@@ -449,6 +449,70 @@ describe('cleanup before reuse', () => {
     assert.ok(restarted.logs.lines.some((line) => line.event === 'cleanup.reclaimed'));
   });
 
+  test('a janitor whose claim was taken over meanwhile deletes nothing of the next lease', async () => {
+    const home = await startKube();
+    seedLeaseService(home);
+    after(() => home.close());
+    const clock = new ManualClock();
+    const replica = async () => {
+      const app = await startTestApp({
+        clusters: [labCluster()],
+        poolSettings: {},
+        env: { PROTECTED_NAMESPACES: 'ci-*', LEASE_STORE: 'kubernetes', KUBECONFIG: await writeKubeconfig(folder, home.url, 'fenced-kubeconfig') },
+        janitor: { pollMs: 50, namespacePollMs: 20, claimMs: 60_000 },
+        clock,
+      });
+      apps.push(app);
+      return app;
+    };
+    const first = await replica();
+    const lease = await call(first, 'POST', '/lease', { max_time: 900 });
+    await lesseeApi(lease.body.kubeconfig).createNamespace({ body: { metadata: { name: 'first-run' } } });
+    // The first janitor stalls on its way to the namespace deletes (a slow API server)...
+    const listing = cluster.hang((request) => request.method === 'GET' && request.resource === 'namespaces' && request.name === undefined);
+    await call(first, 'DELETE', `/lease/${lease.body.token}`);
+    await until(() => listing.held > 0, 'the first janitor to list the namespaces');
+    listing.stop();
+    // ... long enough for its claim to lapse: a second replica takes over, cleans, and the
+    // cluster is leased again, with a namespace of the new lease.
+    clock.advance(61);
+    const second = await replica();
+    await until(async () => (await stateOf(second)).state === 'free', 'the second janitor to clean the cluster');
+    assert.equal(cluster.getObject('namespaces', undefined, 'first-run'), undefined);
+    const next = await call(second, 'POST', '/lease', { max_time: 900 });
+    assert.equal(next.status, 200);
+    await lesseeApi(next.body.kubeconfig).createNamespace({ body: { metadata: { name: 'second-run' } } });
+    const nextToken = tokenOf(next.body.kubeconfig);
+
+    listing.release();
+    const deletedSecond = () => cluster.countRequests({ method: 'DELETE', resource: 'namespaces', name: 'second-run' }) > 0;
+    const abandoned = () => first.logs.lines.some((line) => line.event === 'cleanup.abandoned');
+    await until(() => deletedSecond() || abandoned(), 'the first janitor to go on');
+    assert.equal(deletedSecond(), false, 'the stale janitor deleted a namespace of the next lease');
+    await sleep(100);
+    assert.ok(cluster.getObject('namespaces', undefined, 'second-run'));
+    assert.equal(cluster.isTokenValid(nextToken), true, "the next lease's credentials were revoked");
+    assert.equal((await stateOf(second)).state, 'leased');
+  });
+
+  test('a janitor never starts a delete that its claim might not outlast', async () => {
+    // A claim shorter than one call's timeout: no delete can be started safely.
+    const app = await startTestApp({
+      clusters: [labCluster()],
+      poolSettings: {},
+      env: { PROTECTED_NAMESPACES: 'ci-*' },
+      janitor: { pollMs: 50, namespacePollMs: 20, claimMs: 5_000, callTimeoutMs: 10_000 },
+    });
+    apps.push(app);
+    const lease = await call(app, 'POST', '/lease', { max_time: 900 });
+    cluster.resetCounts();
+    await call(app, 'DELETE', `/lease/${lease.body.token}`);
+    await until(async () => (await stateOf(app)).cleanup?.attempts === 1, 'the attempt to fail');
+    assert.equal(cluster.countRequests({ method: 'DELETE' }), 0);
+    assert.match((await stateOf(app)).cleanup.last_error, /^revoking the lease credentials failed/);
+    assert.equal(cluster.isTokenValid(tokenOf(lease.body.kubeconfig)), true);
+  });
+
   test('two replicas: one janitor per cluster, the cleanup runs once', async () => {
     // The replicas share their lease table through the Kubernetes store of the claimer's own cluster.
     const home = await startKube();

@@ -11,6 +11,7 @@ import {
   reap,
   release,
   releaseOwnClaims,
+  renewCleanup,
   startCleanup,
   type AcquireResult,
   type LeaseTable,
@@ -194,6 +195,29 @@ describe('the life cycle with cleanup: free -> leased -> dirty -> cleaning -> fr
     assert.deepEqual(startCleanup('zone-a/c1', 'claimer-0', 60_000)(released, context(T0 + 2)).result, { revoke: ['feedfacecafe'] });
     const nothing = releaseOwnClaims('claimer-0')(released, context(T0 + 3));
     assert.equal(nothing.table, released, 'nothing to give back changes nothing');
+  });
+
+  test('renewCleanup moves the deadline for the owner only; once taken over or freed the claim is lost', () => {
+    const credentials = { user: 'lessee', group: 'system:masters' };
+    const { table: leased } = acquire({ tokenHash: tokenA, leaseId: 'feedfacecafe', durationSeconds: 10, credentials })(emptyTable, dirtyContext(T0));
+    const { table: dirty } = release(tokenA)(leased, dirtyContext(T0));
+    const { table: claimed } = startCleanup('zone-a/c1', 'a', 60_000)(dirty, dirtyContext(T0));
+    const renewed = renewCleanup('zone-a/c1', 'a', 60_000)(claimed, dirtyContext(T0 + 50_000));
+    assert.equal(renewed.result, true);
+    assert.deepEqual(renewed.table.clusters['zone-a/c1'].cleanup, { owner: 'a', deadline: T0 + 110_000, attempts: 0, revoke: ['feedfacecafe'] });
+    // Not lapsed at the old deadline any more: nobody may take it over then.
+    assert.equal(startCleanup('zone-a/c1', 'b', 60_000)(renewed.table, dirtyContext(T0 + 60_000)).result, false);
+    // Revocation confirmed: the lease's id leaves the record with the next renewal.
+    const confirmed = renewCleanup('zone-a/c1', 'a', 60_000, { revoked: ['feedfacecafe'] })(renewed.table, dirtyContext(T0 + 51_000));
+    assert.equal(confirmed.table.clusters['zone-a/c1'].cleanup?.revoke, undefined);
+    assert.equal(renewCleanup('zone-a/c1', 'b', 60_000)(renewed.table, dirtyContext(T0 + 51_000)).result, false);
+    const takenOver = startCleanup('zone-a/c1', 'b', 60_000)(renewed.table, dirtyContext(T0 + 110_000)).table;
+    assert.equal(renewCleanup('zone-a/c1', 'a', 60_000)(takenOver, dirtyContext(T0 + 110_001)).result, false);
+    const freed = finishCleanup('zone-a/c1', 'b')(takenOver, dirtyContext(T0 + 110_002)).table;
+    const leasedAgain = acquire({ tokenHash: tokenB, durationSeconds: 10 })(freed, dirtyContext(T0 + 110_003)).table;
+    const late = renewCleanup('zone-a/c1', 'a', 60_000)(leasedAgain, dirtyContext(T0 + 110_004));
+    assert.equal(late.result, false);
+    assert.equal(late.table, leasedAgain, 'a lost claim changes nothing');
   });
 
   test('a failed cleanup backs off 1, 2, 4, 8 s, then 15 s at most, and keeps its reason', () => {
