@@ -8,18 +8,23 @@
 // step renews it first, and no destructive call starts unless the claim outlasts the call's
 // timeout. A janitor that lost its claim stops at once: the cluster may be leased again.
 
+import type { V1Namespace } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { ClusterAccess, ignoreMissing, statusOf } from './cluster-access.ts';
 import { LEASES_NAMESPACE, type Fence, type LeaseCredentialRevoker } from './credentials.ts';
 import {
   cleanupDue,
+  defaultCleanupLimits,
   failCleanup,
   finishCleanup,
   ownClaims,
   releaseOwnClaims,
   renewCleanup,
+  retryCleanup,
   startCleanup,
+  type CleanupLimits,
   type CleanupProgress,
+  type ClusterView,
   type LeaseTable,
 } from './lease-table.ts';
 import type { Cluster } from './providers/types.ts';
@@ -45,6 +50,10 @@ export interface JanitorOptions {
   callTimeoutMs?: number;
   /** How long one attempt waits for deleted namespaces to be gone. */
   namespaceWaitMs?: number;
+  /** After waiting this long for namespaces, /leases shows which ones and their finalizers. */
+  namespaceNoticeMs?: number;
+  /** Failures in a row before quarantine, and how rarely a quarantined cluster is tried again. */
+  limits?: CleanupLimits;
   /** How often to look for dirty clusters, besides whenever the table changes. */
   pollMs?: number;
   /** How often to check whether deleted namespaces are gone. */
@@ -55,6 +64,45 @@ export interface JanitorOptions {
 
 export function isProtected(name: string, patterns: readonly string[]): boolean {
   return patterns.some((pattern) => (pattern.endsWith('*') ? name.startsWith(pattern.slice(0, -1)) : name === pattern));
+}
+
+/** What operators may do about cleanup (POST /cleanup). */
+export interface CleanupControl {
+  /** A quarantined (or dirty) cluster is cleaned again now, its attempts reset. */
+  returnToService(clusterId: string, log?: Logger): Promise<{ view: ClusterView; now: number }>;
+}
+
+/** Deleted namespaces did not go within one attempt's wait. */
+export class NamespacesStuckError extends Error {
+  constructor(waitingFor: string, seconds: number) {
+    super(`still terminating after ${seconds} s: ${waitingFor}`);
+    this.name = 'NamespacesStuckError';
+  }
+}
+
+const MAX_NOTE_NAMESPACES = 3;
+const printable = (text: string, max: number) => {
+  const clean = text.replace(/[^\x20-\x7e]/g, '?');
+  return clean.length > max ? `${clean.slice(0, max - 1)}…` : clean;
+};
+
+/**
+ * What keeps namespaces from going, short enough for the table: each one's finalizers
+ * (metadata.finalizers, whose controller may never come; spec.finalizers, the namespace
+ * controller's) and the reasons of its conditions (content that remains). Counts are left out,
+ * so that the text changes only when what the janitor waits for does.
+ */
+export function describeTerminating(namespaces: readonly V1Namespace[]): string {
+  const described = namespaces.slice(0, MAX_NOTE_NAMESPACES).map((namespace) => {
+    const parts = [
+      namespace.metadata?.finalizers?.length ? `finalizers: ${namespace.metadata.finalizers.join(', ')}` : '',
+      namespace.spec?.finalizers?.length ? `spec.finalizers: ${namespace.spec.finalizers.join(', ')}` : '',
+      ...(namespace.status?.conditions ?? []).filter((condition) => condition.status === 'True').map((condition) => condition.reason ?? condition.type),
+    ].filter(Boolean);
+    return printable(`${namespace.metadata?.name ?? '?'}${parts.length ? ` (${parts.join('; ')})` : ''}`, 160);
+  });
+  const more = namespaces.length - described.length;
+  return `${described.join(', ')}${more > 0 ? ` and ${more} more` : ''}`;
 }
 
 /** The claim is no longer this janitor's (or the janitor is stopping): the work stops at once. */
@@ -87,6 +135,12 @@ class HeldClaim implements Fence {
   /** The credentials of these leases are confirmed revoked. */
   revoked(leaseIds: readonly string[]): void {
     if (leaseIds.length > 0) this.progress = { ...this.progress, revoked: leaseIds };
+  }
+
+  /** Shows what the work waits for in /leases (as the cleanup's last_error), renewing the claim. */
+  async tell(note: string): Promise<void> {
+    this.progress = { ...this.progress, note };
+    await this.renew();
   }
 
   async renew(): Promise<void> {
@@ -126,7 +180,7 @@ export interface CleanupReport {
   ms: number;
 }
 
-export class Janitor {
+export class Janitor implements CleanupControl {
   private readonly owner: string;
   private readonly working = new Set<string>();
   /** Stopped: in-flight work writes nothing more (the store is closing). */
@@ -171,6 +225,13 @@ export class Janitor {
     for (const cluster of released) {
       this.logger.info({ event: 'cleanup.reclaimed', cluster, owner: this.owner }, 'took back a cleanup this replica left unfinished when it stopped');
     }
+  }
+
+  async returnToService(clusterId: string, log: Logger = this.logger): Promise<{ view: ClusterView; now: number }> {
+    // The commit reaches this janitor's table listener: it is cleaned again at once.
+    const retried = await this.writePath.submit(retryCleanup(clusterId));
+    log.info({ event: 'cleanup.retried', cluster: clusterId }, 'cluster returned to cleanup by an operator');
+    return retried;
   }
 
   /** Told of every cleanup's outcome (metrics). */
@@ -251,14 +312,22 @@ export class Janitor {
         this.logger.warn({ event: 'cleanup.abandoned', cluster: cluster.id, step, ms }, 'the janitor lost its claim on the cluster and stopped; another replica has it');
         return;
       }
-      // The table says what failed in general terms; the details stay in this replica's log.
+      // The table says what failed in general terms (and which namespaces are stuck); the
+      // details stay in this replica's log.
       const status = statusOf(error);
-      const reason = `${step} failed${status ? ` (the cluster's API server answered ${status})` : ''}`;
+      const detail = error instanceof NamespacesStuckError ? `: ${error.message}` : status ? ` (the cluster's API server answered ${status})` : '';
+      const reason = `${step} failed${detail}`;
       this.logger.warn({ err: error, cluster: cluster.id, step, ms }, 'cluster cleanup failed; it is retried');
       this.tell({ cluster: cluster.id, ok: false, ms });
-      await this.writePath.submit(failCleanup(cluster.id, this.owner, reason)).catch((failError: unknown) => {
-        this.logger.warn({ err: failError, cluster: cluster.id }, 'could not record a failed cleanup; the claim lapses by itself');
-      });
+      const outcome = await this.writePath
+        .submit(failCleanup(cluster.id, this.owner, reason, this.options.limits ?? defaultCleanupLimits))
+        .catch((failError: unknown) => {
+          this.logger.warn({ err: failError, cluster: cluster.id }, 'could not record a failed cleanup; the claim lapses by itself');
+          return false as const;
+        });
+      if (outcome === 'quarantined') {
+        this.logger.warn({ event: 'cluster.quarantined', cluster: cluster.id, reason }, 'cleanup failed too often: the cluster is quarantined until a rare retry succeeds or an operator returns it (POST /cleanup)');
+      }
     }
   }
 
@@ -282,12 +351,24 @@ export class Janitor {
       await claim.call();
       await ignoreMissing(core.deleteNamespace({ name: namespace.metadata?.name as string }));
     }
-    const deadline = performance.now() + (this.options.namespaceWaitMs ?? 5 * 60_000);
+    const waitMs = this.options.namespaceWaitMs ?? 5 * 60_000;
+    const waitStarted = performance.now();
+    // What /leases was last told: written when the wait first gets noticeable and whenever
+    // what it waits for changes, not on every poll.
+    let told: string | undefined;
     for (;;) {
       const left = (await core.listNamespace()).items.filter((namespace) => names.includes(namespace.metadata?.name ?? ''));
       if (left.length === 0) return names;
-      if (performance.now() >= deadline) throw new Error(`namespaces still terminating: ${left.length}`);
-      await claim.keep();
+      const waited = performance.now() - waitStarted;
+      const waitingFor = describeTerminating(left);
+      if (waited >= waitMs) throw new NamespacesStuckError(waitingFor, Math.round(waitMs / 1000));
+      if (waited >= (this.options.namespaceNoticeMs ?? 10_000) && waitingFor !== told) {
+        this.logger.info({ cluster: cluster.id, terminating: left.map((namespace) => ({ name: namespace.metadata?.name, status: namespace.status })) }, 'waiting for namespaces to terminate');
+        await claim.tell(`waiting for namespaces to terminate: ${waitingFor}`);
+        told = waitingFor;
+      } else {
+        await claim.keep();
+      }
       await new Promise((resolve) => setTimeout(resolve, this.options.namespacePollMs ?? 1_000));
     }
   }

@@ -5,7 +5,7 @@
 
 import { isDeepStrictEqual } from 'node:util';
 import { matches, type ClusterFilter } from './cluster-filter.ts';
-import { BadRequestError, LeaseNotFoundError, NoClusterAvailableError } from './errors.ts';
+import { BadRequestError, ClusterStateError, LeaseNotFoundError, NoClusterAvailableError, NotFoundError } from './errors.ts';
 import { isLeasable, type Cluster } from './providers/types.ts';
 import { hashToken, tokenHashesEqual } from './tokens.ts';
 
@@ -13,11 +13,13 @@ import { hashToken, tokenHashesEqual } from './tokens.ts';
  * The life cycle: free -> leased -> dirty -> cleaning -> free. A lease's end (release or
  * expiry) leaves the cluster `dirty` when there is work to do before the next lease (revoking
  * the lease's credentials, deleting namespaces); a janitor claims it (`cleaning`), does the
- * work, and frees it. `unknown`: the store holds a record for the cluster that this version
- * cannot read (a newer version's state, a hand edit); such a cluster is never leased and its
- * record never rewritten.
+ * work, and frees it. `quarantined`: cleanup failed too many times in a row (a namespace that
+ * never finishes terminating); never leased, retried rarely, returned to service by an
+ * operator (POST /cleanup). `unknown`: the store holds a record for the cluster that this
+ * version cannot read (a newer version's state, a hand edit); such a cluster is never leased
+ * and its record never rewritten.
  */
-export type ClusterState = 'free' | 'leased' | 'dirty' | 'cleaning' | 'unknown';
+export type ClusterState = 'free' | 'leased' | 'dirty' | 'cleaning' | 'quarantined' | 'unknown';
 
 /** What the lessee's per-lease credentials are (the token itself is never stored). */
 export interface LeaseCredentials {
@@ -447,14 +449,23 @@ export function cleanupBackoffMs(attempts: number): number {
   return Math.min(15_000, 1000 * 2 ** Math.max(0, attempts - 1));
 }
 
+/** When cleanup gives up for a while: after this many failed attempts in a row, quarantine, retried this rarely. */
+export interface CleanupLimits {
+  maxAttempts: number;
+  quarantineRetryMs: number;
+}
+
+export const defaultCleanupLimits: CleanupLimits = { maxAttempts: 5, quarantineRetryMs: 3_600_000 };
+
 /**
- * Clusters a janitor may take now: dirty and due, or cleaning under a claim that lapsed. An
- * expired lease the reaper has not written down yet waits for it (so its end is logged).
+ * Clusters a janitor may take now: dirty or quarantined and due, or cleaning under a claim
+ * that lapsed. An expired lease the reaper has not written down yet waits for it (so its end
+ * is logged).
  */
 export function cleanupDue(table: LeaseTable, { now, clusters }: DecisionContext): Cluster[] {
   return clusters.filter((cluster) => {
     const entry = table.clusters[cluster.id];
-    if (entry?.state === 'dirty') return (entry.cleanup?.retryAt ?? 0) <= now;
+    if (entry?.state === 'dirty' || entry?.state === 'quarantined') return (entry.cleanup?.retryAt ?? 0) <= now;
     return entry?.state === 'cleaning' && (entry.cleanup?.deadline ?? 0) <= now;
   });
 }
@@ -492,9 +503,11 @@ function heldBy(entry: ClusterEntry | undefined, owner: string): boolean {
   return entry?.state === 'cleaning' && entry.cleanup?.owner === owner;
 }
 
-/** What a janitor tells the table while it works: credentials now confirmed revoked. */
+/** What a janitor tells the table while it works: credentials now confirmed revoked, what it waits for. */
 export interface CleanupProgress {
   revoked?: readonly string[];
+  /** Shown in /leases as the cleanup's last_error meanwhile (e.g. namespaces stuck terminating). */
+  note?: string;
 }
 
 /**
@@ -508,7 +521,15 @@ export function renewCleanup(clusterId: string, owner: string, claimMs: number, 
     if (!heldBy(entry, owner)) return { table, result: false };
     const { revoke, ...cleanup } = entry.cleanup ?? { attempts: 0 };
     const left = (revoke ?? []).filter((leaseId) => !progress.revoked?.includes(leaseId));
-    const renewed: ClusterEntry = { ...entry, cleanup: { ...cleanup, deadline: now + claimMs, ...(left.length > 0 && { revoke: left }) } };
+    const renewed: ClusterEntry = {
+      ...entry,
+      cleanup: {
+        ...cleanup,
+        deadline: now + claimMs,
+        ...(progress.note !== undefined && { lastError: progress.note }),
+        ...(left.length > 0 && { revoke: left }),
+      },
+    };
     return { table: withEntry(table, clusterId, renewed), result: true };
   };
 }
@@ -552,23 +573,62 @@ export function releaseOwnClaims(owner: string): Decision<string[]> {
   };
 }
 
-/** The cleanup failed: dirty again, retried after a backoff; the reason shows in /leases. */
-export function failCleanup(clusterId: string, owner: string, reason: string): Decision<boolean> {
+/**
+ * The cleanup failed: dirty again, retried after a backoff; the reason shows in /leases. After
+ * `limits.maxAttempts` failures in a row the cluster is quarantined instead: never leased,
+ * retried only every `limits.quarantineRetryMs`, until a retry succeeds or an operator
+ * returns it to service. The answer says which (false: the claim was not this janitor's).
+ */
+export function failCleanup(
+  clusterId: string,
+  owner: string,
+  reason: string,
+  limits: CleanupLimits = defaultCleanupLimits,
+): Decision<'dirty' | 'quarantined' | false> {
   return (table, { now }) => {
     const entry = table.clusters[clusterId];
     if (!heldBy(entry, owner)) return { table, result: false };
     const attempts = (entry.cleanup?.attempts ?? 0) + 1;
-    const dirty: ClusterEntry = {
-      state: 'dirty',
+    const state = attempts >= limits.maxAttempts ? 'quarantined' : 'dirty';
+    const failed: ClusterEntry = {
+      state,
       ...(entry.idleSince !== undefined && { idleSince: entry.idleSince }),
       cleanup: {
         attempts,
         lastError: reason,
-        retryAt: now + cleanupBackoffMs(attempts),
+        retryAt: now + (state === 'quarantined' ? limits.quarantineRetryMs : cleanupBackoffMs(attempts)),
         ...(entry.cleanup?.revoke?.length && { revoke: entry.cleanup.revoke }),
       },
     };
-    return { table: withEntry(table, clusterId, dirty), result: true };
+    return { table: withEntry(table, clusterId, failed), result: state };
+  };
+}
+
+/**
+ * An operator returns a cluster to service (POST /cleanup): a quarantined (or dirty) cluster
+ * is dirty again, due now, with its attempts reset; what it must still revoke stays.
+ * NotFoundError when the pool has no such cluster; ClusterStateError in any other state.
+ */
+export function retryCleanup(clusterId: string): Decision<{ view: ClusterView; now: number }> {
+  return (table, context) => {
+    const cluster = context.clusters.find((candidate) => candidate.id === clusterId);
+    if (!cluster) throw new NotFoundError('no cluster of the pool has this id', { reason: 'NoSuchCluster' });
+    const entry = table.clusters[clusterId];
+    if (entry?.state !== 'quarantined' && entry?.state !== 'dirty') {
+      const state = effectiveState(table, cluster, context.now, context.endState);
+      throw new ClusterStateError(`the cluster is ${state}: only a quarantined or dirty cluster can be cleaned again`);
+    }
+    const dirty: ClusterEntry = {
+      state: 'dirty',
+      ...(entry.idleSince !== undefined && { idleSince: entry.idleSince }),
+      cleanup: {
+        attempts: 0,
+        ...(entry.cleanup?.lastError !== undefined && { lastError: entry.cleanup.lastError }),
+        ...(entry.cleanup?.revoke?.length && { revoke: entry.cleanup.revoke }),
+      },
+    };
+    const next = withEntry(table, clusterId, dirty);
+    return { table: next, result: { view: describeClusters(next, { ...context, clusters: [cluster] })[0], now: context.now } };
   };
 }
 
@@ -596,7 +656,7 @@ export function describeClusters(table: LeaseTable, { now, clusters, endState }:
       cluster,
       state,
       ...(state === 'free' && Number.isFinite(since) && { idleSince: since }),
-      ...((state === 'dirty' || state === 'cleaning') && entry?.cleanup && { cleanup: entry.cleanup }),
+      ...((state === 'dirty' || state === 'cleaning' || state === 'quarantined') && entry?.cleanup && { cleanup: entry.cleanup }),
       ...(lease && { lease }),
       ...(legacy && !lease && { legacy }),
     };

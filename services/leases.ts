@@ -230,7 +230,7 @@ export class LeaseService {
 
   /** Clusters of the pool by state, for the metrics. */
   async countStates(): Promise<Record<string, number>> {
-    const counts: Record<string, number> = { free: 0, leased: 0, dirty: 0, cleaning: 0, unavailable: 0, unknown: 0 };
+    const counts: Record<string, number> = { free: 0, leased: 0, dirty: 0, cleaning: 0, quarantined: 0, unavailable: 0, unknown: 0 };
     for (const view of (await this.list()).clusters) counts[view.state] = (counts[view.state] ?? 0) + 1;
     return counts;
   }

@@ -126,6 +126,7 @@ export async function buildServices(config: Config, logger: Logger, options: Bui
       // A claim outlasts a few calls to the cluster, so that renewing it between them is enough.
       claimMs: Math.max(60_000, 3 * config.backendTimeoutSeconds * 1000),
       callTimeoutMs: config.backendTimeoutSeconds * 1000,
+      limits: { maxAttempts: config.cleanupMaxAttempts, quarantineRetryMs: config.quarantineRetrySeconds * 1000 },
       ...options.janitor,
     },
     logger,
@@ -142,6 +143,7 @@ export async function buildServices(config: Config, logger: Logger, options: Bui
   return {
     deps: {
       leases,
+      cleanup: janitor,
       authenticate: createAuthenticator({
         ...(options.authToken !== undefined && { sharedToken: options.authToken }),
         ...(config.oidc && { oidc: { ...config.oidc, timeoutMs: config.backendTimeoutSeconds * 1000 } }),

@@ -11,6 +11,7 @@ const T0 = Date.parse('2026-01-01T00:00:00Z');
 describe('cluster records', () => {
   const cases: Array<[string, ClusterEntry]> = [
     ['a dirty cluster with lease credentials to revoke', { state: 'dirty', idleSince: T0, cleanup: { attempts: 0, revoke: ['feedfacecafe'] } }],
+    ['a quarantined cluster', { state: 'quarantined', idleSince: T0, cleanup: { attempts: 5, lastError: 'deleting namespaces failed: still terminating after 300 s: e2e (finalizers: example.com/x)', retryAt: T0 + 3_600_000 } }],
     ['a cluster being cleaned', { state: 'cleaning', idleSince: T0, cleanup: { owner: 'claimer-0', deadline: T0 + 60_000, attempts: 2, lastError: 'deleting namespaces failed', revoke: ['0123456789ab'] } }],
   ];
   for (const [name, entry] of cases) {

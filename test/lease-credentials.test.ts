@@ -513,6 +513,71 @@ describe('cleanup before reuse', () => {
     assert.equal(cluster.isTokenValid(tokenOf(lease.body.kubeconfig)), true);
   });
 
+  test('a namespace that never finishes terminating shows in /leases, and after CLEANUP_MAX_ATTEMPTS its cluster is quarantined until POST /cleanup', async () => {
+    const app = await startTestApp({
+      clusters: [labCluster()],
+      poolSettings: {},
+      env: { PROTECTED_NAMESPACES: 'ci-*', CLEANUP_MAX_ATTEMPTS: '2', QUARANTINE_RETRY_SECONDS: '3600' },
+      janitor: { pollMs: 50, namespacePollMs: 20, namespaceNoticeMs: 100, namespaceWaitMs: 1_500 },
+    });
+    apps.push(app);
+    const lease = await call(app, 'POST', '/lease', { max_time: 900 });
+    // A finalizer whose controller never comes (uninstalled with the lessee's operator).
+    await lesseeApi(lease.body.kubeconfig).createNamespace({ body: { metadata: { name: 'stuck-run', finalizers: ['example.com/teardown'] } } });
+    await call(app, 'DELETE', `/lease/${lease.body.token}`);
+    await until(async () => /stuck-run/.test((await stateOf(app)).cleanup?.last_error ?? ''), 'the stuck namespace to show in /leases');
+    const waiting = await stateOf(app);
+    assert.equal(waiting.state, 'cleaning');
+    assert.equal(waiting.cleanup.attempts, 0);
+    assert.equal(waiting.cleanup.last_error, 'waiting for namespaces to terminate: stuck-run (finalizers: example.com/teardown; SomeFinalizersRemain)');
+
+    // The wait is bounded: the attempt fails, naming what is stuck, and is retried after its backoff.
+    await until(async () => (await stateOf(app)).cleanup?.attempts === 1, 'the first attempt to give up');
+    assert.match((await stateOf(app)).cleanup.last_error, /^deleting namespaces failed: still terminating after 2 s: stuck-run \(finalizers: example\.com\/teardown/);
+    app.clock.advance(2);
+    await until(async () => (await stateOf(app)).state === 'quarantined', 'the cluster to be quarantined');
+    const quarantined = await stateOf(app);
+    assert.equal(quarantined.cleanup.attempts, 2);
+    assert.equal(quarantined.cleanup.retry_at, new Date(app.clock.now() + 3_600_000).toISOString());
+    const metrics = await (await app.request('GET', '/metrics', { auth: null })).text();
+    assert.match(metrics, /^k8s_claimer_clusters\{state="quarantined"\} 1$/m);
+    assert.equal((await call(app, 'POST', '/lease', { max_time: 60 })).status, 409, 'never leased while quarantined');
+    // Retried rarely: not after the usual backoff.
+    app.clock.advance(60);
+    await sleep(200);
+    assert.equal((await stateOf(app)).cleanup.attempts, 2);
+
+    // The operator finds the stuck finalizer, removes it, and returns the cluster to service.
+    const admin = new KubeConfig();
+    admin.loadFromOptions(cluster.kubeConfigOptions(POOL_TOKEN));
+    await admin.makeApiClient(CoreV1Api).patchNamespace({ name: 'stuck-run', body: { metadata: { finalizers: null } } }, mergePatch());
+    assert.equal(cluster.getObject('namespaces', undefined, 'stuck-run'), undefined);
+    const returned = await call(app, 'POST', '/cleanup', { cluster: 'static/lab-1' });
+    assert.equal(returned.status, 200);
+    assert.equal(returned.body.state, 'dirty');
+    assert.equal(returned.body.cleanup.attempts, 0);
+    await until(async () => (await stateOf(app)).state === 'free', 'the cluster to be cleaned and free');
+    assert.equal((await call(app, 'POST', '/lease', { max_time: 60 })).status, 200);
+  });
+
+  test('POST /cleanup - 400 for a bad body, 404 for a cluster the pool does not have, 409 unless quarantined or dirty, 401 without auth', async () => {
+    const app = await claimer({ LEASE_CREDENTIALS: 'pool', CLEANUP: 'none' });
+    const cases: Array<[unknown, number]> = [
+      [{}, 400],
+      [{ cluster: 7 }, 400],
+      [{ cluster: '' }, 400],
+      ['[]', 400],
+      [{ cluster: 'static/nope' }, 404],
+      [{ cluster: 'static/lab-1' }, 409],
+    ];
+    for (const [body, status] of cases) assert.equal((await call(app, 'POST', '/cleanup', body)).status, status, JSON.stringify(body));
+    assert.equal((await call(app, 'POST', '/cleanup', { cluster: 'static/lab-1' })).body.reason, 'WrongClusterState');
+    await call(app, 'POST', '/lease', { max_time: 60 });
+    assert.equal((await call(app, 'POST', '/cleanup', { cluster: 'static/lab-1' })).status, 409, 'a leased cluster is not cleaned');
+    assert.equal((await app.request('POST', '/cleanup', { body: { cluster: 'static/lab-1' }, auth: null })).status, 401);
+    assert.equal((await app.request('GET', '/cleanup')).status, 405);
+  });
+
   test('two replicas: one janitor per cluster, the cleanup runs once', async () => {
     // The replicas share their lease table through the Kubernetes store of the claimer's own cluster.
     const home = await startKube();

@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { LeaseNotFoundError, NoClusterAvailableError } from '../services/errors.ts';
+import { ClusterStateError, LeaseNotFoundError, NoClusterAvailableError, NotFoundError } from '../services/errors.ts';
 import {
   acquire,
   cleanupBackoffMs,
+  cleanupDue,
+  describeClusters,
   effectiveState,
   emptyTable,
   failCleanup,
@@ -12,6 +14,7 @@ import {
   release,
   releaseOwnClaims,
   renewCleanup,
+  retryCleanup,
   startCleanup,
   type AcquireResult,
   type LeaseTable,
@@ -218,6 +221,48 @@ describe('the life cycle with cleanup: free -> leased -> dirty -> cleaning -> fr
     const late = renewCleanup('zone-a/c1', 'a', 60_000)(leasedAgain, dirtyContext(T0 + 110_004));
     assert.equal(late.result, false);
     assert.equal(late.table, leasedAgain, 'a lost claim changes nothing');
+  });
+
+  test('after maxAttempts failures in a row the cluster is quarantined: never leased, retried rarely, until an operator returns it', () => {
+    const limits = { maxAttempts: 3, quarantineRetryMs: 3_600_000 };
+    const { table: leased } = acquire({ tokenHash: tokenA, durationSeconds: 10 })(emptyTable, dirtyContext(T0));
+    let table = release(tokenA)(leased, dirtyContext(T0)).table;
+    let now = T0;
+    const outcomes: unknown[] = [];
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      table = startCleanup('zone-a/c1', 'a', 60_000)(table, dirtyContext(now)).table;
+      const failed = failCleanup('zone-a/c1', 'a', 'deleting namespaces failed: still terminating', limits)(table, dirtyContext(now));
+      outcomes.push(failed.result);
+      table = failed.table;
+      now = table.clusters['zone-a/c1'].cleanup?.retryAt ?? now;
+    }
+    assert.deepEqual(outcomes, ['dirty', 'dirty', 'quarantined']);
+    assert.equal(table.clusters['zone-a/c1'].state, 'quarantined');
+    assert.equal(now - T0, 1000 + 2000 + 3_600_000, 'quarantine retries after an hour, not a backoff');
+    assert.throws(() => acquire({ tokenHash: tokenB, durationSeconds: 10 })(table, dirtyContext(now)), allLeased);
+    assert.equal(describeClusters(table, dirtyContext(now))[0].state, 'quarantined');
+    assert.deepEqual(cleanupDue(table, dirtyContext(now - 1)), []);
+    assert.deepEqual(cleanupDue(table, dirtyContext(now)).map((due) => due.id), ['zone-a/c1']);
+    // A retry that fails again stays quarantined; one that succeeds frees the cluster.
+    const retried = startCleanup('zone-a/c1', 'a', 60_000)(table, dirtyContext(now)).table;
+    assert.equal(failCleanup('zone-a/c1', 'a', 'again', limits)(retried, dirtyContext(now)).result, 'quarantined');
+    assert.equal(finishCleanup('zone-a/c1', 'a')(retried, dirtyContext(now)).table.clusters['zone-a/c1'].state, 'free');
+
+    const returned = retryCleanup('zone-a/c1')(table, dirtyContext(now - 1_000_000));
+    assert.deepEqual(returned.table.clusters['zone-a/c1'].cleanup, { attempts: 0, lastError: 'deleting namespaces failed: still terminating' });
+    assert.equal(returned.result.view.state, 'dirty');
+    assert.deepEqual(cleanupDue(returned.table, dirtyContext(now - 1_000_000)).map((due) => due.id), ['zone-a/c1'], 'due at once');
+  });
+
+  test('retryCleanup: NotFound for a cluster the pool does not have; ClusterStateError unless quarantined or dirty', () => {
+    const { table: leased } = acquire({ tokenHash: tokenA, durationSeconds: 10 })(emptyTable, dirtyContext(T0));
+    assert.throws(() => retryCleanup('zone-a/nope')(leased, dirtyContext(T0)), NotFoundError);
+    assert.throws(() => retryCleanup('zone-a/c1')(emptyTable, dirtyContext(T0)), ClusterStateError, 'never leased: free');
+    assert.throws(() => retryCleanup('zone-a/c1')(leased, dirtyContext(T0)), ClusterStateError);
+    const cleaning = startCleanup('zone-a/c1', 'a', 60_000)(release(tokenA)(leased, dirtyContext(T0)).table, dirtyContext(T0)).table;
+    assert.throws(() => retryCleanup('zone-a/c1')(cleaning, dirtyContext(T0)), ClusterStateError);
+    const unknown: LeaseTable = { clusters: { 'zone-a/c1': { state: 'unknown' } }, legacy: {}, waiters: {} };
+    assert.throws(() => retryCleanup('zone-a/c1')(unknown, dirtyContext(T0)), ClusterStateError, 'an unreadable record is never rewritten');
   });
 
   test('a failed cleanup backs off 1, 2, 4, 8 s, then 15 s at most, and keeps its reason', () => {

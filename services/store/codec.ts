@@ -34,7 +34,7 @@ const CleanupRecord = v.object({
 
 const ClusterRecord = v.object({
   cluster: v.pipe(v.string(), v.nonEmpty()),
-  state: v.picklist(['free', 'leased', 'dirty', 'cleaning']),
+  state: v.picklist(['free', 'leased', 'dirty', 'cleaning', 'quarantined']),
   idle_since: v.optional(Time),
   lease: v.optional(LeaseRecord),
   cleanup: v.optional(CleanupRecord),
