@@ -132,9 +132,10 @@ class HeldClaim implements Fence {
     this.heldUntil = claimedAt + claimMs;
   }
 
-  /** The credentials of these leases are confirmed revoked. */
-  revoked(leaseIds: readonly string[]): void {
-    if (leaseIds.length > 0) this.progress = { ...this.progress, revoked: leaseIds };
+  /** The credentials of these leases are confirmed revoked: the table is told, renewing the claim. */
+  async revoked(leaseIds: readonly string[]): Promise<void> {
+    this.progress = { ...this.progress, revoked: leaseIds };
+    await this.renew();
   }
 
   /** Shows what the work waits for in /leases (as the cleanup's last_error), renewing the claim. */
@@ -290,7 +291,8 @@ export class Janitor implements CleanupControl {
       // Credentials recorded for the ended lease are revoked whatever the mode is now.
       const revoke = this.options.revokeEveryCleanup || claimed.revoke.length > 0;
       const revoked = revoke ? await this.revoker.revoke(cluster, claimed.revoke, claim) : 0;
-      claim.revoked(claimed.revoke);
+      // Confirmed: the table stops naming these leases' credentials (later failures need no hurry).
+      if (claimed.revoke.length > 0) await claim.revoked(claimed.revoke);
       let deleted: string[] = [];
       if (this.options.cleanup === 'namespaces') {
         step = 'deleting namespaces';

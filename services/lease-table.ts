@@ -577,7 +577,9 @@ export function releaseOwnClaims(owner: string): Decision<string[]> {
  * The cleanup failed: dirty again, retried after a backoff; the reason shows in /leases. After
  * `limits.maxAttempts` failures in a row the cluster is quarantined instead: never leased,
  * retried only every `limits.quarantineRetryMs`, until a retry succeeds or an operator
- * returns it to service. The answer says which (false: the claim was not this janitor's).
+ * returns it to service — except while credentials of an ended lease are not yet confirmed
+ * revoked: those keep being retried at the usual backoff. The answer says which state it is
+ * in now (false: the claim was not this janitor's).
  */
 export function failCleanup(
   clusterId: string,
@@ -590,13 +592,14 @@ export function failCleanup(
     if (!heldBy(entry, owner)) return { table, result: false };
     const attempts = (entry.cleanup?.attempts ?? 0) + 1;
     const state = attempts >= limits.maxAttempts ? 'quarantined' : 'dirty';
+    const rarely = state === 'quarantined' && !entry.cleanup?.revoke?.length;
     const failed: ClusterEntry = {
       state,
       ...(entry.idleSince !== undefined && { idleSince: entry.idleSince }),
       cleanup: {
         attempts,
         lastError: reason,
-        retryAt: now + (state === 'quarantined' ? limits.quarantineRetryMs : cleanupBackoffMs(attempts)),
+        retryAt: now + (rarely ? limits.quarantineRetryMs : cleanupBackoffMs(attempts)),
         ...(entry.cleanup?.revoke?.length && { revoke: entry.cleanup.revoke }),
       },
     };

@@ -254,6 +254,19 @@ describe('the life cycle with cleanup: free -> leased -> dirty -> cleaning -> fr
     assert.deepEqual(cleanupDue(returned.table, dirtyContext(now - 1_000_000)).map((due) => due.id), ['zone-a/c1'], 'due at once');
   });
 
+  test('a quarantined cluster whose lease credentials are not yet revoked keeps being retried at the usual backoff', () => {
+    const limits = { maxAttempts: 1, quarantineRetryMs: 3_600_000 };
+    const credentials = { user: 'lessee', group: 'system:masters' };
+    const { table: leased } = acquire({ tokenHash: tokenA, leaseId: 'feedfacecafe', durationSeconds: 10, credentials })(emptyTable, dirtyContext(T0));
+    const claimed = startCleanup('zone-a/c1', 'a', 60_000)(release(tokenA)(leased, dirtyContext(T0)).table, dirtyContext(T0)).table;
+    const failed = failCleanup('zone-a/c1', 'a', 'revoking the lease credentials failed', limits)(claimed, dirtyContext(T0));
+    assert.equal(failed.result, 'quarantined');
+    assert.deepEqual(failed.table.clusters['zone-a/c1'].cleanup, { attempts: 1, lastError: 'revoking the lease credentials failed', retryAt: T0 + 1000, revoke: ['feedfacecafe'] });
+    // Once revocation is confirmed, a later failure waits the quarantine's long retry.
+    const confirmed = renewCleanup('zone-a/c1', 'a', 60_000, { revoked: ['feedfacecafe'] })(claimed, dirtyContext(T0)).table;
+    assert.equal(failCleanup('zone-a/c1', 'a', 'deleting namespaces failed', limits)(confirmed, dirtyContext(T0)).table.clusters['zone-a/c1'].cleanup?.retryAt, T0 + 3_600_000);
+  });
+
   test('retryCleanup: NotFound for a cluster the pool does not have; ClusterStateError unless quarantined or dirty', () => {
     const { table: leased } = acquire({ tokenHash: tokenA, durationSeconds: 10 })(emptyTable, dirtyContext(T0));
     assert.throws(() => retryCleanup('zone-a/nope')(leased, dirtyContext(T0)), NotFoundError);
