@@ -10,6 +10,7 @@ import {
   AppError,
   BadRequestError,
   ClientGoneError,
+  ClusterStateError,
   ContentionError,
   LeaseNotFoundError,
   MethodNotAllowedError,
@@ -23,11 +24,13 @@ import {
   UnauthorizedError,
 } from './services/errors.ts';
 import { json } from './services/http.ts';
+import type { CleanupControl } from './services/janitor.ts';
 import type { LeaseService } from './services/leases.ts';
 import type { Backend, Metrics } from './services/metrics.ts';
 
 export interface AppDeps {
   leases: LeaseService;
+  cleanup: CleanupControl;
   authenticate: Authenticator;
   logger: Logger;
   metrics: Metrics;
@@ -71,6 +74,7 @@ const STATUS_OF: ReadonlyArray<[new (...args: never[]) => AppError, number]> = [
   [MethodNotAllowedError, 405],
   [LeaseNotFoundError, 409],
   [NoClusterAvailableError, 409],
+  [ClusterStateError, 409],
   [PayloadTooLargeError, 413],
   [TooManyWaitersError, 429],
   [ContentionError, 503],

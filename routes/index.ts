@@ -2,6 +2,7 @@
 // at run time (the same app runs under tsx and Deno). A test checks it against the files.
 
 import type { RouteModule } from '../app.ts';
+import * as cleanup from './cleanup.ts';
 import * as healthz from './healthz.ts';
 import * as lease from './lease.ts';
 import * as leases from './leases.ts';
@@ -23,6 +24,7 @@ export interface RouteEntry {
 }
 
 export const manifest: readonly RouteEntry[] = [
+  { file: 'cleanup.ts', module: cleanup, auth: true },
   { file: 'healthz.ts', module: healthz, auth: false },
   { file: 'lease.ts', module: lease, auth: true },
   { file: 'lease/[token].ts', module: leaseByToken, auth: true },

@@ -33,12 +33,13 @@ td.note, td.cleanup { overflow-wrap: anywhere; max-width: 22rem; }
 .badge-leased { color: #0969da; background: #0969da1a; }
 .badge-dirty { color: #9a6700; background: #9a67001a; }
 .badge-cleaning { color: #8250df; background: #8250df1a; }
+.badge-quarantined { color: #bc4c00; background: #bc4c001a; }
 .badge-unavailable { color: var(--muted); background: #59636e1a; }
 .badge-unknown { color: #d1242f; background: #d1242f1a; }
 @media (prefers-color-scheme: dark) {
   :root { --fg: #e6edf3; --muted: #9198a1; --bg: #0d1117; --line: #3d444d; --head: #151b23; }
   .badge-free { color: #3fb950; } .badge-leased { color: #4493f8; } .badge-dirty { color: #d29922; }
-  .badge-cleaning { color: #ab7df8; } .badge-unknown { color: #f85149; }
+  .badge-cleaning { color: #ab7df8; } .badge-quarantined { color: #f0883e; } .badge-unknown { color: #f85149; }
 }
 `;
 
@@ -48,7 +49,7 @@ const SCRIPT = `
 'use strict';
 (function () {
   var TOKEN_KEY = 'k8s-claimer.token';
-  var STATES = ['free', 'leased', 'dirty', 'cleaning', 'unavailable', 'unknown'];
+  var STATES = ['free', 'leased', 'dirty', 'cleaning', 'quarantined', 'unavailable', 'unknown'];
   var asked = Number(new URLSearchParams(location.search).get('refresh'));
   var refreshSeconds = asked >= 1 ? Math.min(asked, 300) : 5;
   var byId = function (id) { return document.getElementById(id); };
@@ -141,7 +142,9 @@ const SCRIPT = `
     var name = cell('th', '', cluster.name);
     name.scope = 'row';
     var stateCell = cell('td', 'state');
-    stateCell.append(cell('span', 'badge badge-' + state, state));
+    var badge = cell('span', 'badge badge-' + state, state);
+    if (state === 'quarantined') badge.title = 'Cleanup failed too often; POST /cleanup returns it to service';
+    stateCell.append(badge);
     var expires = cell('td', 'expires');
     if (state === 'leased' && typeof cluster.seconds_left === 'number') {
       // From seconds_left rather than expires_at alone: the browser's clock may differ from the server's.
@@ -171,6 +174,7 @@ const SCRIPT = `
     byId('n-free').textContent = count(['free']);
     byId('n-leased').textContent = count(['leased']);
     byId('n-cleaning').textContent = count(['dirty', 'cleaning']);
+    byId('n-quarantined').textContent = count(['quarantined']);
     byId('n-waiting').textContent = Number(body.waiting) || 0;
     var now = Date.now();
     rows.replaceChildren(...clusters.map(function (cluster) { return row(cluster, now); }));
@@ -245,6 +249,7 @@ function page(nonce: string): string {
 <div><dt>Free</dt><dd id="n-free">0</dd></div>
 <div><dt>Leased</dt><dd id="n-leased">0</dd></div>
 <div><dt title="dirty or cleaning">Cleaning</dt><dd id="n-cleaning">0</dd></div>
+<div><dt title="cleanup failed too often; POST /cleanup returns one to service">Quarantined</dt><dd id="n-quarantined">0</dd></div>
 <div><dt>Waiting</dt><dd id="n-waiting">0</dd></div>
 </dl>
 <table>

@@ -67,6 +67,10 @@ export interface Config {
    */
   replicaName: string;
   gke?: GkeConfig;
+  /** Failed cleanup attempts in a row after which a cluster is quarantined. */
+  cleanupMaxAttempts: number;
+  /** How often a quarantined cluster's cleanup is tried again. */
+  quarantineRetrySeconds: number;
 }
 
 export class ConfigError extends Error {}
@@ -150,6 +154,8 @@ const Environment = v.object({
   // Set by the Deployment from the downward API (metadata.name): survives container restarts.
   POD_NAME: v.optional(v.pipe(v.string(), v.regex(/^[\w.-]{1,253}$/, 'must be a pod name'))),
   GKE_EMULATOR_HOST: v.optional(v.pipe(v.string(), v.regex(/^[^\s/:]+:\d+$/, 'must be host:port'))),
+  CLEANUP_MAX_ATTEMPTS: integer(1, 1_000, 5),
+  QUARANTINE_RETRY_SECONDS: integer(1, 604_800, 3_600),
 });
 
 type Variable = keyof v.InferInput<typeof Environment>;
@@ -260,5 +266,7 @@ export function loadConfig(environment: Record<string, string | undefined>, defa
     replicaName: env.REPLICA_NAME ?? env.POD_NAME?.slice(0, 63) ?? `${hostname().slice(0, 56)}-${randomBytes(3).toString('hex')}`,
     ...(oidc && { oidc }),
     ...(gke && { gke }),
+    cleanupMaxAttempts: env.CLEANUP_MAX_ATTEMPTS,
+    quarantineRetrySeconds: env.QUARANTINE_RETRY_SECONDS,
   };
 }

@@ -1,18 +1,27 @@
 // What a lessee's kubeconfig carries (kube-control's auth request, sign and flush-departed):
 // - `serviceaccount` (default): per-lease credentials. A ServiceAccount for the lease in
 //   namespace k8s-claimer-leases, a ClusterRoleBinding to the ClusterRole its group maps to, and
-//   a token from the TokenRequest API. Revoked when the lease ends by deleting both (the
-//   janitor does it, and retries until it succeeds).
+//   a token from the TokenRequest API.
 // - `google-token` / `pool`: the earlier behaviour, the provider's own credentials for lessees.
+//
+// Revocation (the janitor's, between leases) goes by what the lessee cannot change: the ended
+// leases' ids, kept in the lease table (names follow from them), every ServiceAccount of the
+// lease namespace whatever its labels, and every binding that gives anything to an account of
+// that namespace or to its group. A lessee with cluster-admin can strip labels; it cannot make
+// its token outlive its ServiceAccount.
 
-import { buildKubeconfig } from './kubeconfig.ts';
+import type { RbacV1Subject } from '@kubernetes/client-node';
 import { ClusterAccess, ignoreConflict, ignoreMissing } from './cluster-access.ts';
+import { buildKubeconfig } from './kubeconfig.ts';
 import type { Lease } from './lease-table.ts';
 import type { Cluster, ClusterProvider } from './providers/types.ts';
 
 export const LEASES_NAMESPACE = 'k8s-claimer-leases';
 export const MANAGED_BY = { 'app.kubernetes.io/managed-by': 'k8s-claimer' };
-const MANAGED_SELECTOR = 'app.kubernetes.io/managed-by=k8s-claimer';
+/** The group every ServiceAccount of the lease namespace is in. */
+const LEASES_GROUP = `system:serviceaccounts:${LEASES_NAMESPACE}`;
+/** A ServiceAccount's user name, which a binding may name instead of the account. */
+const LEASES_USER_PREFIX = `system:serviceaccount:${LEASES_NAMESPACE}:`;
 
 export interface Issued {
   kubeconfig: string;
@@ -25,8 +34,6 @@ export interface CredentialIssuer {
   readonly perLease: boolean;
   /** The lessee's kubeconfig for a lease just granted (or being extended: a fresh token). */
   issue(cluster: Cluster, lease: Lease, tokenSeconds: number): Promise<Issued>;
-  /** Removes every credential the claimer issued in the cluster (it is between leases). */
-  revokeAll(cluster: Cluster): Promise<number>;
   /** Removes the credentials of one lease (it ended while they were being made). */
   revokeLease(cluster: Cluster, leaseId: string): Promise<void>;
 }
@@ -37,10 +44,6 @@ export class ProviderCredentials implements CredentialIssuer {
 
   async issue(cluster: Cluster): Promise<Issued> {
     return { kubeconfig: await this.provider.kubeconfigFor(cluster) };
-  }
-
-  async revokeAll(): Promise<number> {
-    return 0;
   }
 
   async revokeLease(): Promise<void> {}
@@ -96,21 +99,6 @@ export class ServiceAccountCredentials implements CredentialIssuer {
     await ignoreMissing(rbac.deleteClusterRoleBinding({ name: bindingName(leaseId) }));
     await ignoreMissing(core.deleteNamespacedServiceAccount({ name: serviceAccountName(leaseId), namespace: LEASES_NAMESPACE }));
   }
-
-  async revokeAll(cluster: Cluster): Promise<number> {
-    const { core, rbac } = await this.access.clientsFor(cluster);
-    const bindings = await rbac.listClusterRoleBinding({ labelSelector: MANAGED_SELECTOR });
-    for (const binding of bindings.items) {
-      if (binding.metadata?.name) await ignoreMissing(rbac.deleteClusterRoleBinding({ name: binding.metadata.name }));
-    }
-    const accounts = await ignoreMissing(core.listNamespacedServiceAccount({ namespace: LEASES_NAMESPACE, labelSelector: MANAGED_SELECTOR }));
-    for (const account of accounts?.items ?? []) {
-      if (account.metadata?.name) {
-        await ignoreMissing(core.deleteNamespacedServiceAccount({ name: account.metadata.name, namespace: LEASES_NAMESPACE }));
-      }
-    }
-    return bindings.items.length + (accounts?.items.length ?? 0);
-  }
 }
 
 export function serviceAccountName(leaseId: string): string {
@@ -119,4 +107,94 @@ export function serviceAccountName(leaseId: string): string {
 
 export function bindingName(leaseId: string): string {
   return `k8s-claimer-lease-${leaseId}`;
+}
+
+/** Whether a binding gives anything to an account of the lease namespace, or to all of them. */
+export function grantsLeaseAccounts(binding: { metadata?: { namespace?: string }; subjects?: RbacV1Subject[] }): boolean {
+  return (binding.subjects ?? []).some(
+    (subject) =>
+      (subject.kind === 'ServiceAccount' && (subject.namespace ?? binding.metadata?.namespace) === LEASES_NAMESPACE) ||
+      (subject.kind === 'Group' && subject.name === LEASES_GROUP) ||
+      (subject.kind === 'User' && subject.name.startsWith(LEASES_USER_PREFIX)),
+  );
+}
+
+export class RevocationUnconfirmedError extends Error {
+  constructor(left: readonly string[], rounds: number) {
+    super(`still there after ${rounds} rounds of deleting them: ${left.slice(0, 5).join(', ')}${left.length > 5 ? ` and ${left.length - 5} more` : ''}`);
+    this.name = 'RevocationUnconfirmedError';
+  }
+}
+
+/**
+ * How destructive work is fenced by the janitor's claim on the cluster: each throws (and the
+ * work stops) once the claim is no longer the janitor's.
+ */
+export interface Fence {
+  /** Before a batch of deletes: the claim is renewed. */
+  step(): Promise<void>;
+  /** Before one delete: the claim outlasts the call (renewed if need be). */
+  call(): Promise<void>;
+}
+
+const unfenced: Fence = { step: async () => undefined, call: async () => undefined };
+
+interface Doomed {
+  what: string;
+  remove(): Promise<unknown>;
+}
+
+/**
+ * Revokes every credential of ended leases in a cluster, and confirms it by listing again. Any
+ * ServiceAccount of the lease namespace goes, `default` included (Kubernetes makes a new one,
+ * with a new uid, so tokens of the old one die); `default` goes last in each round, once the
+ * accounts that could mint a token for its successor are gone.
+ */
+export class LeaseCredentialRevoker {
+  constructor(
+    private readonly access: ClusterAccess,
+    /** Rounds of deleting before revocation counts as failed (a lessee still racing it). */
+    private readonly maxRounds = 3,
+  ) {}
+
+  /** Returns how many objects it deleted. */
+  async revoke(cluster: Cluster, leaseIds: readonly string[], fence: Fence = unfenced): Promise<number> {
+    const { core, rbac } = await this.access.clientsFor(cluster);
+    const bindingNames = new Set(leaseIds.map(bindingName));
+    let deleted = 0;
+    let defaultReplaced = false;
+    for (let round = 1; ; round++) {
+      const [accounts, clusterBindings, bindings] = await Promise.all([
+        ignoreMissing(core.listNamespacedServiceAccount({ namespace: LEASES_NAMESPACE })).then((list) => list?.items ?? []),
+        rbac.listClusterRoleBinding(),
+        rbac.listRoleBindingForAllNamespaces(),
+      ]);
+      const doomed: Doomed[] = [
+        ...accounts
+          .map((account) => account.metadata?.name ?? '')
+          .filter((name) => name !== '' && name !== 'default')
+          .map((name) => ({ what: `ServiceAccount ${name}`, remove: () => core.deleteNamespacedServiceAccount({ name, namespace: LEASES_NAMESPACE }) })),
+        ...clusterBindings.items
+          .filter((binding) => bindingNames.has(binding.metadata?.name ?? '') || grantsLeaseAccounts(binding))
+          .map((binding) => binding.metadata?.name ?? '')
+          .map((name) => ({ what: `ClusterRoleBinding ${name}`, remove: () => rbac.deleteClusterRoleBinding({ name }) })),
+        ...bindings.items.filter(grantsLeaseAccounts).map((binding) => {
+          const { name = '', namespace = '' } = binding.metadata ?? {};
+          return { what: `RoleBinding ${namespace}/${name}`, remove: () => rbac.deleteNamespacedRoleBinding({ name, namespace }) };
+        }),
+      ];
+      if (doomed.length === 0 && defaultReplaced) return deleted;
+      if (round > this.maxRounds) throw new RevocationUnconfirmedError(doomed.map((item) => item.what), this.maxRounds);
+      const defaultAccount = accounts.some((account) => account.metadata?.name === 'default');
+      if (defaultAccount) {
+        doomed.push({ what: 'ServiceAccount default', remove: () => core.deleteNamespacedServiceAccount({ name: 'default', namespace: LEASES_NAMESPACE }) });
+      }
+      await fence.step();
+      for (const item of doomed) {
+        await fence.call();
+        if (await ignoreMissing(item.remove())) deleted++;
+      }
+      defaultReplaced = true;
+    }
+  }
 }

@@ -70,6 +70,13 @@ export class StoreFullError extends AppError {
   }
 }
 
+/** The cluster is not in a state that allows what was asked (e.g. cleaning again a free cluster). */
+export class ClusterStateError extends AppError {
+  constructor(message: string) {
+    super(message, { reason: 'WrongClusterState' });
+  }
+}
+
 /** No live lease has the given token (never existed, released, or expired). */
 export class LeaseNotFoundError extends AppError {
   constructor() {

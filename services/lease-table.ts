@@ -5,7 +5,7 @@
 
 import { isDeepStrictEqual } from 'node:util';
 import { canonicalFilter, filterDigest, matches, type ClusterFilter } from './cluster-filter.ts';
-import { BadRequestError, LeaseNotFoundError, NoClusterAvailableError, TooManyWaitersError } from './errors.ts';
+import { BadRequestError, ClusterStateError, LeaseNotFoundError, NoClusterAvailableError, NotFoundError, TooManyWaitersError } from './errors.ts';
 import { isLeasable, type Cluster } from './providers/types.ts';
 import { afterGrant, afterNewcomer, computeQueue, rememberOrder, ticketLive, ticketOrder, type Queue } from './queue.ts';
 import { hashToken, tokenHashesEqual } from './tokens.ts';
@@ -14,11 +14,13 @@ import { hashToken, tokenHashesEqual } from './tokens.ts';
  * The life cycle: free -> leased -> dirty -> cleaning -> free. A lease's end (release or
  * expiry) leaves the cluster `dirty` when there is work to do before the next lease (revoking
  * the lease's credentials, deleting namespaces); a janitor claims it (`cleaning`), does the
- * work, and frees it. `unknown`: the store holds a record for the cluster that this version
- * cannot read (a newer version's state, a hand edit); such a cluster is never leased and its
- * record never rewritten.
+ * work, and frees it. `quarantined`: cleanup failed too many times in a row (a namespace that
+ * never finishes terminating); never leased, retried rarely, returned to service by an
+ * operator (POST /cleanup). `unknown`: the store holds a record for the cluster that this
+ * version cannot read (a newer version's state, a hand edit); such a cluster is never leased
+ * and its record never rewritten.
  */
-export type ClusterState = 'free' | 'leased' | 'dirty' | 'cleaning' | 'unknown';
+export type ClusterState = 'free' | 'leased' | 'dirty' | 'cleaning' | 'quarantined' | 'unknown';
 
 /** What the lessee's per-lease credentials are (the token itself is never stored). */
 export interface LeaseCredentials {
@@ -38,6 +40,11 @@ export interface Cleanup {
   lastError?: string;
   /** Not before this time: failures back off. */
   retryAt?: number;
+  /**
+   * Ids of ended leases whose per-lease credentials are not yet confirmed revoked (their
+   * names follow from the ids). Kept until revocation is confirmed, whatever the mode is now.
+   */
+  revoke?: readonly string[];
 }
 
 export interface Lease {
@@ -143,13 +150,18 @@ export type EffectiveState = ClusterState;
 export function effectiveState(table: LeaseTable, cluster: Cluster, now: number, endState: 'free' | 'dirty' = 'free'): EffectiveState {
   const entry = table.clusters[cluster.id];
   if (liveLease(entry, now) || liveLegacyLease(table, cluster.name, now)) return 'leased';
-  if (entry?.state === 'leased') return endState;
+  if (entry?.state === 'leased') return entry.lease?.credentials ? 'dirty' : endState;
   return entry?.state ?? 'free';
 }
 
-/** The entry a lease's end leaves behind. */
-function ended(at: number, endState: 'free' | 'dirty' = 'free'): ClusterEntry {
-  return endState === 'dirty' ? { state: 'dirty', idleSince: at, cleanup: { attempts: 0 } } : { state: 'free', idleSince: at };
+/**
+ * The entry a lease's end leaves behind. A lease with credentials of its own names them for
+ * revocation and leaves the cluster dirty whatever the configuration says now (it may have
+ * been switched to pool credentials since the lease began).
+ */
+function ended(at: number, endState: 'free' | 'dirty' = 'free', lease?: Lease): ClusterEntry {
+  if (endState !== 'dirty' && !lease?.credentials) return { state: 'free', idleSince: at };
+  return { state: 'dirty', idleSince: at, cleanup: { attempts: 0, ...(lease?.credentials && { revoke: [lease.id] }) } };
 }
 
 /** When the cluster became idle: released, expired, or never leased at all (-Infinity). */
@@ -514,7 +526,7 @@ export function release(tokenHash: string): Decision<{ clusterId: string; note?:
     const live = findLive(table, tokenHash, now);
     if (live) {
       return {
-        table: withEntry(table, live.clusterId, ended(now, endState)),
+        table: withEntry(table, live.clusterId, ended(now, endState, live.lease)),
         result: { clusterId: live.clusterId, ...(live.lease.note !== undefined && { note: live.lease.note }) },
       };
     }
@@ -630,7 +642,7 @@ export function reap(options: ReapOptions = {}): Decision<Reaped> {
       if (entry !== original) result.clamped.push(clusterId);
       const lease = entry.lease;
       if (entry.state === 'leased' && lease && now >= lease.expiresAt) {
-        entry = ended(lease.expiresAt, endState);
+        entry = ended(lease.expiresAt, endState, lease);
         result.ended.push({
           clusterId,
           expiredAt: lease.expiresAt,
@@ -718,36 +730,89 @@ export function cleanupBackoffMs(attempts: number): number {
   return Math.min(15_000, 1000 * 2 ** Math.max(0, attempts - 1));
 }
 
+/** When cleanup gives up for a while: after this many failed attempts in a row, quarantine, retried this rarely. */
+export interface CleanupLimits {
+  maxAttempts: number;
+  quarantineRetryMs: number;
+}
+
+export const defaultCleanupLimits: CleanupLimits = { maxAttempts: 5, quarantineRetryMs: 3_600_000 };
+
 /**
- * Clusters a janitor may take now: dirty and due, or cleaning under a claim that lapsed. An
- * expired lease the reaper has not written down yet waits for it (so its end is logged).
+ * Clusters a janitor may take now: dirty or quarantined and due, or cleaning under a claim
+ * that lapsed. An expired lease the reaper has not written down yet waits for it (so its end
+ * is logged).
  */
 export function cleanupDue(table: LeaseTable, { now, clusters }: DecisionContext): Cluster[] {
   return clusters.filter((cluster) => {
     const entry = table.clusters[cluster.id];
-    if (entry?.state === 'dirty') return (entry.cleanup?.retryAt ?? 0) <= now;
+    if (entry?.state === 'dirty' || entry?.state === 'quarantined') return (entry.cleanup?.retryAt ?? 0) <= now;
     return entry?.state === 'cleaning' && (entry.cleanup?.deadline ?? 0) <= now;
   });
 }
 
+/** What a janitor that claimed a cluster must do besides the configured cleanup. */
+export interface CleanupClaim {
+  /** Leases whose credentials must be revoked (and confirmed gone) before the cluster is free. */
+  revoke: readonly string[];
+}
+
 /** A janitor claims a cluster to clean it; false when it is not due (another replica has it). */
-export function startCleanup(clusterId: string, owner: string, claimMs: number): Decision<boolean> {
+export function startCleanup(clusterId: string, owner: string, claimMs: number): Decision<CleanupClaim | false> {
   return (table, context) => {
     const cluster = context.clusters.find((candidate) => candidate.id === clusterId);
     if (!cluster || !cleanupDue(table, { ...context, clusters: [cluster] }).length) return { table, result: false };
     const entry = table.clusters[clusterId];
     const attempts = entry?.cleanup?.attempts ?? 0;
+    const revoke = entry?.cleanup?.revoke ?? [];
     const cleaning: ClusterEntry = {
       state: 'cleaning',
       idleSince: entry?.state === 'leased' && entry.lease ? entry.lease.expiresAt : entry?.idleSince ?? context.now,
-      cleanup: { owner, deadline: context.now + claimMs, attempts, ...(entry?.cleanup?.lastError && { lastError: entry.cleanup.lastError }) },
+      cleanup: {
+        owner,
+        deadline: context.now + claimMs,
+        attempts,
+        ...(entry?.cleanup?.lastError && { lastError: entry.cleanup.lastError }),
+        ...(revoke.length > 0 && { revoke }),
+      },
     };
-    return { table: withEntry(table, clusterId, cleaning), result: true };
+    return { table: withEntry(table, clusterId, cleaning), result: { revoke } };
   };
 }
 
 function heldBy(entry: ClusterEntry | undefined, owner: string): boolean {
   return entry?.state === 'cleaning' && entry.cleanup?.owner === owner;
+}
+
+/** What a janitor tells the table while it works: credentials now confirmed revoked, what it waits for. */
+export interface CleanupProgress {
+  revoked?: readonly string[];
+  /** Shown in /leases as the cleanup's last_error meanwhile (e.g. namespaces stuck terminating). */
+  note?: string;
+}
+
+/**
+ * A janitor at work keeps its claim: the deadline moves to `claimMs` from now. False when the
+ * claim is no longer this janitor's (taken over, and maybe cleaned and leased again): it must
+ * stop at once, touching nothing more in the cluster.
+ */
+export function renewCleanup(clusterId: string, owner: string, claimMs: number, progress: CleanupProgress = {}): Decision<boolean> {
+  return (table, { now }) => {
+    const entry = table.clusters[clusterId];
+    if (!heldBy(entry, owner)) return { table, result: false };
+    const { revoke, ...cleanup } = entry.cleanup ?? { attempts: 0 };
+    const left = (revoke ?? []).filter((leaseId) => !progress.revoked?.includes(leaseId));
+    const renewed: ClusterEntry = {
+      ...entry,
+      cleanup: {
+        ...cleanup,
+        deadline: now + claimMs,
+        ...(progress.note !== undefined && { lastError: progress.note }),
+        ...(left.length > 0 && { revoke: left }),
+      },
+    };
+    return { table: withEntry(table, clusterId, renewed), result: true };
+  };
 }
 
 /** The cluster is clean: free for the next lease. False when another janitor took it over. */
@@ -758,18 +823,96 @@ export function finishCleanup(clusterId: string, owner: string): Decision<boolea
   };
 }
 
-/** The cleanup failed: dirty again, retried after a backoff; the reason shows in /leases. */
-export function failCleanup(clusterId: string, owner: string, reason: string): Decision<boolean> {
+/** The clusters this owner's claims hold. */
+export function ownClaims(table: LeaseTable, owner: string): string[] {
+  return Object.keys(table.clusters).filter((clusterId) => heldBy(table.clusters[clusterId], owner));
+}
+
+/**
+ * A replica starting up gives back the claims it left when it stopped (its name survives
+ * restarts): dirty again and due now, with their attempts, reasons and credentials to revoke.
+ * Nothing of that work is running any more, so nobody need wait for those claims to lapse.
+ */
+export function releaseOwnClaims(owner: string): Decision<string[]> {
+  return (table) => {
+    const released = ownClaims(table, owner);
+    if (released.length === 0) return { table, result: released };
+    const clusters = { ...table.clusters };
+    for (const clusterId of released) {
+      const { idleSince: since, cleanup } = clusters[clusterId];
+      clusters[clusterId] = {
+        state: 'dirty',
+        ...(since !== undefined && { idleSince: since }),
+        cleanup: {
+          attempts: cleanup?.attempts ?? 0,
+          ...(cleanup?.lastError !== undefined && { lastError: cleanup.lastError }),
+          ...(cleanup?.revoke?.length && { revoke: cleanup.revoke }),
+        },
+      };
+    }
+    return { table: { ...table, clusters }, result: released };
+  };
+}
+
+/**
+ * The cleanup failed: dirty again, retried after a backoff; the reason shows in /leases. After
+ * `limits.maxAttempts` failures in a row the cluster is quarantined instead: never leased,
+ * retried only every `limits.quarantineRetryMs`, until a retry succeeds or an operator
+ * returns it to service — except while credentials of an ended lease are not yet confirmed
+ * revoked: those keep being retried at the usual backoff. The answer says which state it is
+ * in now (false: the claim was not this janitor's).
+ */
+export function failCleanup(
+  clusterId: string,
+  owner: string,
+  reason: string,
+  limits: CleanupLimits = defaultCleanupLimits,
+): Decision<'dirty' | 'quarantined' | false> {
   return (table, { now }) => {
     const entry = table.clusters[clusterId];
     if (!heldBy(entry, owner)) return { table, result: false };
     const attempts = (entry.cleanup?.attempts ?? 0) + 1;
+    const state = attempts >= limits.maxAttempts ? 'quarantined' : 'dirty';
+    const rarely = state === 'quarantined' && !entry.cleanup?.revoke?.length;
+    const failed: ClusterEntry = {
+      state,
+      ...(entry.idleSince !== undefined && { idleSince: entry.idleSince }),
+      cleanup: {
+        attempts,
+        lastError: reason,
+        retryAt: now + (rarely ? limits.quarantineRetryMs : cleanupBackoffMs(attempts)),
+        ...(entry.cleanup?.revoke?.length && { revoke: entry.cleanup.revoke }),
+      },
+    };
+    return { table: withEntry(table, clusterId, failed), result: state };
+  };
+}
+
+/**
+ * An operator returns a cluster to service (POST /cleanup): a quarantined (or dirty) cluster
+ * is dirty again, due now, with its attempts reset; what it must still revoke stays.
+ * NotFoundError when the pool has no such cluster; ClusterStateError in any other state.
+ */
+export function retryCleanup(clusterId: string): Decision<{ view: ClusterView; now: number }> {
+  return (table, context) => {
+    const cluster = context.clusters.find((candidate) => candidate.id === clusterId);
+    if (!cluster) throw new NotFoundError('no cluster of the pool has this id', { reason: 'NoSuchCluster' });
+    const entry = table.clusters[clusterId];
+    if (entry?.state !== 'quarantined' && entry?.state !== 'dirty') {
+      const state = effectiveState(table, cluster, context.now, context.endState);
+      throw new ClusterStateError(`the cluster is ${state}: only a quarantined or dirty cluster can be cleaned again`);
+    }
     const dirty: ClusterEntry = {
       state: 'dirty',
       ...(entry.idleSince !== undefined && { idleSince: entry.idleSince }),
-      cleanup: { attempts, lastError: reason, retryAt: now + cleanupBackoffMs(attempts) },
+      cleanup: {
+        attempts: 0,
+        ...(entry.cleanup?.lastError !== undefined && { lastError: entry.cleanup.lastError }),
+        ...(entry.cleanup?.revoke?.length && { revoke: entry.cleanup.revoke }),
+      },
     };
-    return { table: withEntry(table, clusterId, dirty), result: true };
+    const next = withEntry(table, clusterId, dirty);
+    return { table: next, result: { view: describeClusters(next, { ...context, clusters: [cluster] })[0], now: context.now } };
   };
 }
 
@@ -797,7 +940,7 @@ export function describeClusters(table: LeaseTable, { now, clusters, endState }:
       cluster,
       state,
       ...(state === 'free' && Number.isFinite(since) && { idleSince: since }),
-      ...((state === 'dirty' || state === 'cleaning') && entry?.cleanup && { cleanup: entry.cleanup }),
+      ...((state === 'dirty' || state === 'cleaning' || state === 'quarantined') && entry?.cleanup && { cleanup: entry.cleanup }),
       ...(lease && { lease }),
       ...(legacy && !lease && { legacy }),
     };

@@ -243,7 +243,7 @@ export class LeaseService {
   async countStates(): Promise<Record<string, number> | undefined> {
     const known = await this.writePath.cachedView();
     if (!known) return undefined;
-    const counts: Record<string, number> = { free: 0, leased: 0, dirty: 0, cleaning: 0, unavailable: 0, unknown: 0 };
+    const counts: Record<string, number> = { free: 0, leased: 0, dirty: 0, cleaning: 0, quarantined: 0, unavailable: 0, unknown: 0 };
     for (const view of describeClusters(known.table, known.context)) counts[view.state] = (counts[view.state] ?? 0) + 1;
     return counts;
   }

@@ -11,7 +11,7 @@ export class Metrics {
   readonly registry = new Registry();
   private readonly clusters = new Gauge({
     name: 'k8s_claimer_clusters',
-    help: 'Clusters of the pool by state (free, leased, dirty, cleaning, unavailable, unknown), as of the last scrape',
+    help: 'Clusters of the pool by state (free, leased, dirty, cleaning, quarantined, unavailable, unknown), as of the last scrape',
     labelNames: ['state'] as const,
     registers: [this.registry],
     collect: async () => {

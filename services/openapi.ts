@@ -58,7 +58,7 @@ export const openApiDocument = {
   info: {
     title: 'k8s-claimer',
     version: '1',
-    description: 'Leases whole Kubernetes clusters from a pool to CI jobs. Every /lease and /leases route needs the shared token, raw or as Bearer.',
+    description: 'Leases whole Kubernetes clusters from a pool to CI jobs. Every /lease, /leases and /cleanup route needs the shared token, raw or as Bearer.',
   },
   components: {
     securitySchemes: { sharedToken: { type: 'http', scheme: 'bearer' } },
@@ -74,7 +74,7 @@ export const openApiDocument = {
             minimum: 0,
             description: 'PATCH beyond MAX_LEASE_SECONDS (400): the largest max_time that would be accepted now, in whole seconds (0: none)',
           },
-          reason: { type: 'string', enum: ['NoMatchingCluster', 'AllLeased', 'LeaseNotFound', 'Contention', 'ShuttingDown'] },
+          reason: { type: 'string', enum: ['NoMatchingCluster', 'AllLeased', 'LeaseNotFound', 'Contention', 'ShuttingDown', 'NoSuchCluster', 'WrongClusterState', 'TooManyWaiters', 'StoreFull'] },
           request_id: { type: 'string' },
         },
       },
@@ -86,7 +86,7 @@ export const openApiDocument = {
           location: { type: 'string' },
           version: { type: 'string' },
           labels: { type: 'object', additionalProperties: { type: 'string' } },
-          state: { type: 'string', enum: ['free', 'leased', 'dirty', 'cleaning', 'unavailable', 'unknown'] },
+          state: { type: 'string', enum: ['free', 'leased', 'dirty', 'cleaning', 'quarantined', 'unavailable', 'unknown'] },
           status: { type: 'string' },
           idle_since: { type: 'string', format: 'date-time' },
           started_at: { type: 'string', format: 'date-time' },
@@ -94,7 +94,15 @@ export const openApiDocument = {
           seconds_left: { type: 'integer' },
           note: { type: ['string', 'null'] },
           holder: { type: ['string', 'null'] },
-          cleanup: { type: 'object', properties: { attempts: { type: 'integer' }, last_error: { type: ['string', 'null'] }, retry_at: { type: 'string', format: 'date-time' } } },
+          cleanup: {
+            type: 'object',
+            description: 'Of a dirty, cleaning or quarantined cluster',
+            properties: {
+              attempts: { type: 'integer', description: 'Failed attempts in a row' },
+              last_error: { type: ['string', 'null'], description: 'Why the last attempt failed, or what the current one waits for' },
+              retry_at: { type: 'string', format: 'date-time' },
+            },
+          },
         },
       },
       Facts: {
@@ -197,6 +205,26 @@ export const openApiDocument = {
           },
           401: unauthorized,
           500: backend,
+        },
+      },
+    },
+    '/cleanup': {
+      post: {
+        summary: 'Return a quarantined (or dirty) cluster to service: it is cleaned again now, its attempts reset',
+        security: [{ sharedToken: [] }],
+        requestBody: {
+          required: true,
+          content: json({ type: 'object', required: ['cluster'], properties: { cluster: { type: 'string', description: 'The cluster id, as /leases shows it' } } }),
+        },
+        responses: {
+          200: { description: 'The cluster as /leases shows it, now dirty', content: json({ $ref: '#/components/schemas/Cluster' }) },
+          400: error('A bad body'),
+          401: unauthorized,
+          404: error('No cluster of the pool has this id (reason NoSuchCluster)'),
+          409: error('The cluster is neither quarantined nor dirty (reason WrongClusterState)'),
+          413: error('Body over 64 KiB'),
+          500: backend,
+          503: contention,
         },
       },
     },

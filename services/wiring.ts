@@ -6,7 +6,7 @@ import type { AppDeps } from '../app.ts';
 import { createAuthenticator } from './auth.ts';
 import type { Config } from './config.ts';
 import { ClusterAccess } from './cluster-access.ts';
-import { ProviderCredentials, ServiceAccountCredentials } from './credentials.ts';
+import { LeaseCredentialRevoker, ProviderCredentials, ServiceAccountCredentials } from './credentials.ts';
 import { Facts } from './facts.ts';
 import { Janitor, type JanitorOptions } from './janitor.ts';
 import { LeaseService } from './leases.ts';
@@ -122,7 +122,24 @@ export async function buildServices(config: Config, logger: Logger, options: Bui
   // Without cleanup work the janitor only frees what an earlier configuration left dirty: a
   // slow poll will do.
   const pollMs = policy.endState === 'dirty' ? 2_000 : 30_000;
-  const janitor = new Janitor(writePath, access, issuer, { cleanup: policy.cleanup, protectedNamespaces, pollMs, ...options.janitor }, logger);
+  const janitor = new Janitor(
+    writePath,
+    access,
+    new LeaseCredentialRevoker(access),
+    {
+      owner: config.replicaName,
+      cleanup: policy.cleanup,
+      revokeEveryCleanup: policy.perLease,
+      protectedNamespaces,
+      pollMs,
+      // A claim outlasts a few calls to the cluster, so that renewing it between them is enough.
+      claimMs: Math.max(60_000, 3 * config.backendTimeoutSeconds * 1000),
+      callTimeoutMs: config.backendTimeoutSeconds * 1000,
+      limits: { maxAttempts: config.cleanupMaxAttempts, quarantineRetryMs: config.quarantineRetrySeconds * 1000 },
+      ...options.janitor,
+    },
+    logger,
+  );
   janitor.onCleanup(({ ok, ms }) => {
     metrics.cleanupSeconds.observe({ outcome: ok ? 'ok' : 'failed' }, ms / 1000);
     if (!ok) {
@@ -135,6 +152,7 @@ export async function buildServices(config: Config, logger: Logger, options: Bui
   return {
     deps: {
       leases,
+      cleanup: janitor,
       authenticate: createAuthenticator({
         ...(options.authToken !== undefined && { sharedToken: options.authToken }),
         ...(config.oidc && { oidc: { ...config.oidc, timeoutMs: config.backendTimeoutSeconds * 1000 } }),

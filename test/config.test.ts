@@ -114,6 +114,14 @@ describe('configuration from the environment', () => {
     assert.deepEqual(config.oidc?.allowedSubjects, ['repo:a/*', 'repo:b/c:*']);
   });
 
+  test('quarantine: CLEANUP_MAX_ATTEMPTS (default 5) and QUARANTINE_RETRY_SECONDS (default an hour)', () => {
+    assert.deepEqual([loadConfig({}, defaults).cleanupMaxAttempts, loadConfig({}, defaults).quarantineRetrySeconds], [5, 3600]);
+    const config = loadConfig({ CLEANUP_MAX_ATTEMPTS: '12', QUARANTINE_RETRY_SECONDS: '600' }, defaults);
+    assert.deepEqual([config.cleanupMaxAttempts, config.quarantineRetrySeconds], [12, 600]);
+    assert.throws(() => loadConfig({ CLEANUP_MAX_ATTEMPTS: '0' }, defaults), /CLEANUP_MAX_ATTEMPTS must be a whole number from 1/);
+    assert.throws(() => loadConfig({ QUARANTINE_RETRY_SECONDS: 'hourly' }, defaults), /QUARANTINE_RETRY_SECONDS/);
+  });
+
   test('GKE mode with an emulator needs no account file', () => {
     const config = loadConfig({ GOOGLE_CLOUD_PROJECT_ID: 'proj', AUTH_TOKEN: 't', GKE_EMULATOR_HOST: '127.0.0.1:9999' }, defaults);
     assert.deepEqual(config.gke, { projectId: 'proj', zone: '-', emulatorHost: '127.0.0.1:9999' });

@@ -473,10 +473,14 @@ describe('k8s/ manifests', () => {
     if (container.startupProbe) assert.equal(container.startupProbe.httpGet?.path, '/healthz', 'startup waits for the socket, not for GKE');
   });
 
-  test('the environment comes from the ConfigMap and the Secret', async () => {
+  test('the environment comes from the ConfigMap, the Secret and the pod\'s own name', async () => {
     const { container, configMap } = await fixture();
     assert.deepEqual(container.envFrom, [{ configMapRef: { name: configMap.metadata?.name } }]);
-    const fromSecret = Object.fromEntries((container.env ?? []).map((variable) => [variable.name, variable.valueFrom?.secretKeyRef]));
+    const fromPod = (container.env ?? []).filter((variable) => variable.valueFrom?.fieldRef);
+    assert.deepEqual(fromPod.map((variable) => [variable.name, variable.valueFrom?.fieldRef?.fieldPath]), [['POD_NAME', 'metadata.name']]);
+    const fromSecret = Object.fromEntries(
+      (container.env ?? []).filter((variable) => !variable.valueFrom?.fieldRef).map((variable) => [variable.name, variable.valueFrom?.secretKeyRef]),
+    );
     assert.deepEqual(Object.keys(fromSecret).sort(), ['AUTH_TOKEN', 'GOOGLE_CLOUD_ACCOUNT_FILE_BASE64']);
     for (const [name, reference] of Object.entries(fromSecret)) {
       assert.deepEqual(reference, { name: 'k8s-claimer', key: name }, `${name} comes from the Secret k8s-claimer`);

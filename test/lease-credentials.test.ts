@@ -4,9 +4,9 @@
 import assert from 'node:assert/strict';
 import { rm } from 'node:fs/promises';
 import { after, afterEach, before, beforeEach, describe, test } from 'node:test';
-import { CoreV1Api, KubeConfig } from '@kubernetes/client-node';
+import { CoreV1Api, KubeConfig, PatchStrategy, RbacAuthorizationV1Api, setHeaderOptions, type RbacV1Subject } from '@kubernetes/client-node';
 import { parse } from 'yaml';
-import { matchRequest, startFakeKubeApiserver, type FakeKubeApiserver, type FakeKubeApiserverOptions } from './fakes/kube-apiserver.ts';
+import { matchRequest, startFakeKubeApiserver, type FakeKubeApiserver, type FakeKubeApiserverOptions, type KubeObject } from './fakes/kube-apiserver.ts';
 import { TEST_TLS_CERT, TEST_TLS_KEY } from './fakes/tls-fixture.ts';
 import { ManualClock, poolOf, startTestApp, tempDir, type PoolCluster, type TestApp } from './support/harness.ts';
 import { seedLeaseService, startKube, writeKubeconfig } from './support/kube.ts';
@@ -63,6 +63,35 @@ function lesseeApi(kubeconfigBase64: string): CoreV1Api {
   const kubeConfig = new KubeConfig();
   kubeConfig.loadFromString(Buffer.from(kubeconfigBase64, 'base64').toString('utf8'));
   return kubeConfig.makeApiClient(CoreV1Api);
+}
+
+function lesseeRbac(kubeconfigBase64: string): RbacAuthorizationV1Api {
+  const kubeConfig = new KubeConfig();
+  kubeConfig.loadFromString(Buffer.from(kubeconfigBase64, 'base64').toString('utf8'));
+  return kubeConfig.makeApiClient(RbacAuthorizationV1Api);
+}
+
+const mergePatch = () => setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
+
+/** Bindings that still give something to an account of the lease namespace, or to its group. */
+function bindingsToLeaseNamespace(fake: FakeKubeApiserver): string[] {
+  const grants = (subject: RbacV1Subject) =>
+    (subject.kind === 'ServiceAccount' && subject.namespace === 'k8s-claimer-leases') ||
+    (subject.kind === 'Group' && subject.name === 'system:serviceaccounts:k8s-claimer-leases');
+  return [...fake.listObjects('clusterrolebindings'), ...fake.listObjects('rolebindings')]
+    .filter((binding: KubeObject & { subjects?: RbacV1Subject[] }) => (binding.subjects ?? []).some(grants))
+    .map((binding) => `${binding.metadata.namespace ?? ''}/${binding.metadata.name}`);
+}
+
+/** Swaps the fake cluster for one with other options (afterEach closes it). */
+async function restartCluster(options: FakeKubeApiserverOptions): Promise<void> {
+  await cluster.close();
+  cluster = await startFakeKubeApiserver({
+    tls: { cert: TEST_TLS_CERT, key: TEST_TLS_KEY },
+    requireToken: (token, fake) => token === POOL_TOKEN || fake.isTokenValid(token),
+    ...options,
+  });
+  seedCluster(cluster);
 }
 
 function tokenOf(kubeconfigBase64: string): string {
@@ -157,6 +186,54 @@ describe('per-lease credentials', () => {
     await assert.rejects(lesseeApi(lease.body.kubeconfig).listNamespace(), (error: { code?: number }) => error.code === 401);
   });
 
+  test('a lessee that strips the claimer\'s labels and makes accounts and bindings of its own keeps none of them', async () => {
+    // As on a real cluster, the lease namespace has a `default` account, made again when deleted.
+    await restartCluster({ serviceAccountController: true });
+    const app = await claimer();
+    const lease = await call(app, 'POST', '/lease', { max_time: 900 });
+    const token = tokenOf(lease.body.kubeconfig);
+    const core = lesseeApi(lease.body.kubeconfig);
+    const rbac = lesseeRbac(lease.body.kubeconfig);
+    const namespace = 'k8s-claimer-leases';
+    const [own] = (await core.listNamespacedServiceAccount({ namespace, labelSelector: 'app.kubernetes.io/managed-by=k8s-claimer' })).items;
+    const [binding] = (await rbac.listClusterRoleBinding({ labelSelector: 'app.kubernetes.io/managed-by=k8s-claimer' })).items;
+    const unlabelled = { metadata: { labels: null } };
+    await core.patchNamespacedServiceAccount({ name: own.metadata?.name as string, namespace, body: unlabelled }, mergePatch());
+    await rbac.patchClusterRoleBinding({ name: binding.metadata?.name as string, body: unlabelled }, mergePatch());
+    // An account of its own, a token of the namespace's default account, a binding in a
+    // protected namespace (never deleted) and one to the whole namespace's group.
+    await core.createNamespacedServiceAccount({ namespace, body: { metadata: { name: 'helper' } } });
+    const mint = async (name: string) =>
+      (await core.createNamespacedServiceAccountToken({ name, namespace, body: { spec: { audiences: [], expirationSeconds: 86_400 } } })).status?.token as string;
+    const tokens = [token, await mint('helper'), await mint('default')];
+    await rbac.createNamespacedRoleBinding({
+      namespace: 'ci-tools',
+      body: {
+        metadata: { name: 'stays-around' },
+        roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'admin' },
+        subjects: [{ kind: 'ServiceAccount', name: 'helper', namespace }],
+      },
+    });
+    await rbac.createClusterRoleBinding({
+      body: {
+        metadata: { name: 'every-lease-account' },
+        roleRef: { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: 'cluster-admin' },
+        subjects: [{ kind: 'Group', apiGroup: 'rbac.authorization.k8s.io', name: `system:serviceaccounts:${namespace}` }],
+      },
+    });
+    const defaultUid = cluster.getObject('serviceaccounts', namespace, 'default')?.metadata.uid;
+    assert.ok(tokens.every((minted) => cluster.isTokenValid(minted)));
+
+    assert.equal((await call(app, 'DELETE', `/lease/${lease.body.token}`)).status, 200);
+    await until(async () => (await stateOf(app)).state === 'free', 'the cluster to be cleaned');
+    assert.deepEqual(tokens.map((minted) => cluster.isTokenValid(minted)), [false, false, false]);
+    assert.deepEqual(bindingsToLeaseNamespace(cluster), []);
+    const accounts = cluster.listObjects('serviceaccounts', namespace);
+    assert.deepEqual(accounts.map((account) => account.metadata.name), ['default']);
+    assert.notEqual(accounts[0].metadata.uid, defaultUid, 'the default account was made again');
+    await assert.rejects(core.listNamespace(), (error: { code?: number }) => error.code === 401);
+  });
+
   test('expiry found by the reaper revokes the credentials too, and is logged once', async () => {
     const app = await claimer({ REAP_INTERVAL_SECONDS: '1' });
     const lease = await call(app, 'POST', '/lease', { max_time: 30 });
@@ -167,29 +244,46 @@ describe('per-lease credentials', () => {
     assert.equal(app.logs.lines.filter((line) => line.event === 'lease.expired').length, 1);
   });
 
-  test('dirty clusters left by an earlier configuration are freed after a switch to pool credentials and no cleanup', async () => {
+  /**
+   * A claimer with per-lease credentials and no cleanup leases the cluster (and does what
+   * `meanwhile` says); then it stops, and one with the same store and clock starts with pool
+   * credentials and no cleanup.
+   */
+  async function switchToPool(meanwhile: (first: TestApp, leaseToken: string) => Promise<void> = async () => undefined) {
     const shared = await tempDir();
     after(() => rm(shared, { recursive: true, force: true }));
-    const first = await startTestApp({ clusters: [labCluster()], folder: shared, poolSettings: {}, env: { CLEANUP: 'none' }, janitor: { pollMs: 50 } });
+    const start = (env: Record<string, string>, clock?: TestApp['clock']) =>
+      startTestApp({ clusters: [labCluster()], folder: shared, poolSettings: {}, env, janitor: { pollMs: 50 }, ...(clock && { clock }) });
+    const first = await start({ CLEANUP: 'none' });
     apps.push(first);
     const lease = await call(first, 'POST', '/lease', { max_time: 900 });
-    // The cluster's API server is away: the revocation fails and the cluster stays dirty.
-    cluster.failNext(100, 500, { match: (request) => request.method !== 'GET' || request.resource === 'clusterrolebindings' });
-    await call(first, 'DELETE', `/lease/${lease.body.token}`);
-    await until(async () => (await stateOf(first)).cleanup?.attempts === 1, 'a failed cleanup');
+    await meanwhile(first, lease.body.token);
     await first.close();
     apps.splice(apps.indexOf(first), 1);
-    const second = await startTestApp({
-      clusters: [labCluster()],
-      folder: shared,
-      poolSettings: {},
-      env: { LEASE_CREDENTIALS: 'pool', CLEANUP: 'none' },
-      janitor: { pollMs: 50 },
-      clock: first.clock,
-    });
+    const second = await start({ LEASE_CREDENTIALS: 'pool', CLEANUP: 'none' }, first.clock);
     apps.push(second);
+    return { second, leaseToken: lease.body.token as string, token: tokenOf(lease.body.kubeconfig) };
+  }
+
+  test('dirty clusters left by an earlier configuration are revoked, then freed, after a switch to pool credentials and no cleanup', async () => {
+    const { second, token } = await switchToPool(async (first, leaseToken) => {
+      // The cluster's API server is away: the revocation fails and the cluster stays dirty.
+      const away = cluster.failNext(100, 500, { match: (request) => request.method !== 'GET' || request.resource === 'clusterrolebindings' });
+      await call(first, 'DELETE', `/lease/${leaseToken}`);
+      await until(async () => (await stateOf(first)).cleanup?.attempts === 1, 'a failed cleanup');
+      away.cancel();
+    });
     second.clock.advance(2);
     await until(async () => (await stateOf(second)).state === 'free', 'the dirty cluster to be freed');
+    assert.equal(cluster.isTokenValid(token), false, 'the per-lease token outlived its lease');
+    assert.deepEqual(cluster.listObjects('serviceaccounts', 'k8s-claimer-leases'), []);
+  });
+
+  test('a lease with per-lease credentials that ends after a switch to pool credentials is revoked before its cluster is free', async () => {
+    const { second, token, leaseToken } = await switchToPool();
+    assert.equal((await call(second, 'DELETE', `/lease/${leaseToken}`)).status, 200);
+    await until(async () => (await stateOf(second)).state === 'free', 'the cluster to be freed');
+    assert.equal(cluster.isTokenValid(token), false, 'the per-lease token outlived its lease');
   });
 
   test('a failed revocation is retried until it succeeds, and shows in /leases meanwhile', async () => {
@@ -377,6 +471,168 @@ describe('cleanup before reuse', () => {
     await until(async () => (await stateOf(app)).state === 'free', 'the credentials to be revoked');
     assert.ok(cluster.getObject('namespaces', undefined, 'stays'));
     assert.equal(cluster.listObjects('serviceaccounts', 'k8s-claimer-leases').length, 0);
+  });
+
+  test('a replica that restarts in the middle of a cleanup takes its own claim back at once instead of waiting for it to lapse', async () => {
+    const shared = await tempDir();
+    after(() => rm(shared, { recursive: true, force: true }));
+    const clock = new ManualClock();
+    const start = () =>
+      startTestApp({
+        clusters: [labCluster()],
+        folder: shared,
+        poolSettings: {},
+        env: { PROTECTED_NAMESPACES: 'ci-*', REPLICA_NAME: 'claimer-0' },
+        janitor: { pollMs: 50, namespacePollMs: 20 },
+        clock,
+      });
+    const crashed = await start();
+    apps.push(crashed);
+    const lease = await call(crashed, 'POST', '/lease', { max_time: 900 });
+    await lesseeApi(lease.body.kubeconfig).createNamespace({ body: { metadata: { name: 'e2e-run' } } });
+    // The replica dies while its janitor deletes the namespace: the claim stays in the table.
+    const held = cluster.hang(matchRequest({ method: 'DELETE', resource: 'namespaces' }));
+    await call(crashed, 'DELETE', `/lease/${lease.body.token}`);
+    await until(() => held.held > 0, 'the janitor to be deleting namespaces');
+    held.stop();
+    assert.equal((await stateOf(crashed)).state, 'cleaning');
+    await crashed.close();
+    apps.splice(apps.indexOf(crashed), 1);
+    // Restarted under the same name (the pod's), with no time passing on the claimer's clock.
+    const restarted = await start();
+    apps.push(restarted);
+    await until(async () => (await stateOf(restarted)).state === 'free', 'the restarted replica to clean the cluster');
+    assert.equal(cluster.getObject('namespaces', undefined, 'e2e-run'), undefined);
+    assert.ok(restarted.logs.lines.some((line) => line.event === 'cleanup.reclaimed'));
+  });
+
+  test('a janitor whose claim was taken over meanwhile deletes nothing of the next lease', async () => {
+    const home = await startKube();
+    seedLeaseService(home);
+    after(() => home.close());
+    const clock = new ManualClock();
+    const replica = async () => {
+      const app = await startTestApp({
+        clusters: [labCluster()],
+        poolSettings: {},
+        env: { PROTECTED_NAMESPACES: 'ci-*', LEASE_STORE: 'kubernetes', KUBECONFIG: await writeKubeconfig(folder, home.url, 'fenced-kubeconfig') },
+        janitor: { pollMs: 50, namespacePollMs: 20, claimMs: 60_000 },
+        clock,
+      });
+      apps.push(app);
+      return app;
+    };
+    const first = await replica();
+    const lease = await call(first, 'POST', '/lease', { max_time: 900 });
+    await lesseeApi(lease.body.kubeconfig).createNamespace({ body: { metadata: { name: 'first-run' } } });
+    // The first janitor stalls on its way to the namespace deletes (a slow API server)...
+    const listing = cluster.hang((request) => request.method === 'GET' && request.resource === 'namespaces' && request.name === undefined);
+    await call(first, 'DELETE', `/lease/${lease.body.token}`);
+    await until(() => listing.held > 0, 'the first janitor to list the namespaces');
+    listing.stop();
+    // ... long enough for its claim to lapse: a second replica takes over, cleans, and the
+    // cluster is leased again, with a namespace of the new lease.
+    clock.advance(61);
+    const second = await replica();
+    await until(async () => (await stateOf(second)).state === 'free', 'the second janitor to clean the cluster');
+    assert.equal(cluster.getObject('namespaces', undefined, 'first-run'), undefined);
+    const next = await call(second, 'POST', '/lease', { max_time: 900 });
+    assert.equal(next.status, 200);
+    await lesseeApi(next.body.kubeconfig).createNamespace({ body: { metadata: { name: 'second-run' } } });
+    const nextToken = tokenOf(next.body.kubeconfig);
+
+    listing.release();
+    const deletedSecond = () => cluster.countRequests({ method: 'DELETE', resource: 'namespaces', name: 'second-run' }) > 0;
+    const abandoned = () => first.logs.lines.some((line) => line.event === 'cleanup.abandoned');
+    await until(() => deletedSecond() || abandoned(), 'the first janitor to go on');
+    assert.equal(deletedSecond(), false, 'the stale janitor deleted a namespace of the next lease');
+    await sleep(100);
+    assert.ok(cluster.getObject('namespaces', undefined, 'second-run'));
+    assert.equal(cluster.isTokenValid(nextToken), true, "the next lease's credentials were revoked");
+    assert.equal((await stateOf(second)).state, 'leased');
+  });
+
+  test('a janitor never starts a delete that its claim might not outlast', async () => {
+    // A claim shorter than one call's timeout: no delete can be started safely.
+    const app = await startTestApp({
+      clusters: [labCluster()],
+      poolSettings: {},
+      env: { PROTECTED_NAMESPACES: 'ci-*' },
+      janitor: { pollMs: 50, namespacePollMs: 20, claimMs: 5_000, callTimeoutMs: 10_000 },
+    });
+    apps.push(app);
+    const lease = await call(app, 'POST', '/lease', { max_time: 900 });
+    cluster.resetCounts();
+    await call(app, 'DELETE', `/lease/${lease.body.token}`);
+    await until(async () => (await stateOf(app)).cleanup?.attempts === 1, 'the attempt to fail');
+    assert.equal(cluster.countRequests({ method: 'DELETE' }), 0);
+    assert.match((await stateOf(app)).cleanup.last_error, /^revoking the lease credentials failed/);
+    assert.equal(cluster.isTokenValid(tokenOf(lease.body.kubeconfig)), true);
+  });
+
+  test('a namespace that never finishes terminating shows in /leases, and after CLEANUP_MAX_ATTEMPTS its cluster is quarantined until POST /cleanup', async () => {
+    const app = await startTestApp({
+      clusters: [labCluster()],
+      poolSettings: {},
+      env: { PROTECTED_NAMESPACES: 'ci-*', CLEANUP_MAX_ATTEMPTS: '2', QUARANTINE_RETRY_SECONDS: '3600' },
+      janitor: { pollMs: 50, namespacePollMs: 20, namespaceNoticeMs: 100, namespaceWaitMs: 1_500 },
+    });
+    apps.push(app);
+    const lease = await call(app, 'POST', '/lease', { max_time: 900 });
+    // A finalizer whose controller never comes (uninstalled with the lessee's operator).
+    await lesseeApi(lease.body.kubeconfig).createNamespace({ body: { metadata: { name: 'stuck-run', finalizers: ['example.com/teardown'] } } });
+    await call(app, 'DELETE', `/lease/${lease.body.token}`);
+    await until(async () => /stuck-run/.test((await stateOf(app)).cleanup?.last_error ?? ''), 'the stuck namespace to show in /leases');
+    const waiting = await stateOf(app);
+    assert.equal(waiting.state, 'cleaning');
+    assert.equal(waiting.cleanup.attempts, 0);
+    assert.equal(waiting.cleanup.last_error, 'waiting for namespaces to terminate: stuck-run (finalizers: example.com/teardown; SomeFinalizersRemain)');
+
+    // The wait is bounded: the attempt fails, naming what is stuck, and is retried after its backoff.
+    await until(async () => (await stateOf(app)).cleanup?.attempts === 1, 'the first attempt to give up');
+    assert.match((await stateOf(app)).cleanup.last_error, /^deleting namespaces failed: still terminating after 2 s: stuck-run \(finalizers: example\.com\/teardown/);
+    app.clock.advance(2);
+    await until(async () => (await stateOf(app)).state === 'quarantined', 'the cluster to be quarantined');
+    const quarantined = await stateOf(app);
+    assert.equal(quarantined.cleanup.attempts, 2);
+    assert.equal(quarantined.cleanup.retry_at, new Date(app.clock.now() + 3_600_000).toISOString());
+    const metrics = await (await app.request('GET', '/metrics', { auth: null })).text();
+    assert.match(metrics, /^k8s_claimer_clusters\{state="quarantined"\} 1$/m);
+    assert.equal((await call(app, 'POST', '/lease', { max_time: 60 })).status, 409, 'never leased while quarantined');
+    // Retried rarely: not after the usual backoff.
+    app.clock.advance(60);
+    await sleep(200);
+    assert.equal((await stateOf(app)).cleanup.attempts, 2);
+
+    // The operator finds the stuck finalizer, removes it, and returns the cluster to service.
+    const admin = new KubeConfig();
+    admin.loadFromOptions(cluster.kubeConfigOptions(POOL_TOKEN));
+    await admin.makeApiClient(CoreV1Api).patchNamespace({ name: 'stuck-run', body: { metadata: { finalizers: null } } }, mergePatch());
+    assert.equal(cluster.getObject('namespaces', undefined, 'stuck-run'), undefined);
+    const returned = await call(app, 'POST', '/cleanup', { cluster: 'static/lab-1' });
+    assert.equal(returned.status, 200);
+    assert.equal(returned.body.state, 'dirty');
+    assert.equal(returned.body.cleanup.attempts, 0);
+    await until(async () => (await stateOf(app)).state === 'free', 'the cluster to be cleaned and free');
+    assert.equal((await call(app, 'POST', '/lease', { max_time: 60 })).status, 200);
+  });
+
+  test('POST /cleanup - 400 for a bad body, 404 for a cluster the pool does not have, 409 unless quarantined or dirty, 401 without auth', async () => {
+    const app = await claimer({ LEASE_CREDENTIALS: 'pool', CLEANUP: 'none' });
+    const cases: Array<[unknown, number]> = [
+      [{}, 400],
+      [{ cluster: 7 }, 400],
+      [{ cluster: '' }, 400],
+      ['[]', 400],
+      [{ cluster: 'static/nope' }, 404],
+      [{ cluster: 'static/lab-1' }, 409],
+    ];
+    for (const [body, status] of cases) assert.equal((await call(app, 'POST', '/cleanup', body)).status, status, JSON.stringify(body));
+    assert.equal((await call(app, 'POST', '/cleanup', { cluster: 'static/lab-1' })).body.reason, 'WrongClusterState');
+    await call(app, 'POST', '/lease', { max_time: 60 });
+    assert.equal((await call(app, 'POST', '/cleanup', { cluster: 'static/lab-1' })).status, 409, 'a leased cluster is not cleaned');
+    assert.equal((await app.request('POST', '/cleanup', { body: { cluster: 'static/lab-1' }, auth: null })).status, 401);
+    assert.equal((await app.request('GET', '/cleanup')).status, 405);
   });
 
   test('two replicas: one janitor per cluster, the cleanup runs once', async () => {

@@ -1,10 +1,12 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { isDeepStrictEqual } from 'node:util';
-import { BadRequestError, LeaseNotFoundError, NoClusterAvailableError } from '../services/errors.ts';
+import { BadRequestError, ClusterStateError, LeaseNotFoundError, NoClusterAvailableError, NotFoundError } from '../services/errors.ts';
 import {
   acquire,
   cleanupBackoffMs,
+  cleanupDue,
+  describeClusters,
   effectiveState,
   emptyTable,
   extend,
@@ -15,6 +17,9 @@ import {
   recordTokenExpiry,
   refreshedTokenSeconds,
   release,
+  releaseOwnClaims,
+  renewCleanup,
+  retryCleanup,
   startCleanup,
   type AcquireResult,
   type LeaseTable,
@@ -146,14 +151,136 @@ describe('the life cycle with cleanup: free -> leased -> dirty -> cleaning -> fr
     const { table: leased } = acquire({ tokenHash: tokenA, durationSeconds: 10 })(emptyTable, dirtyContext(T0));
     const { table: dirty } = release(tokenA)(leased, dirtyContext(T0 + 1));
     const claimed = startCleanup('zone-a/c1', 'replica-a', 60_000)(dirty, dirtyContext(T0 + 2));
-    assert.equal(claimed.result, true);
+    assert.deepEqual(claimed.result, { revoke: [] });
     assert.equal(startCleanup('zone-a/c1', 'replica-b', 60_000)(claimed.table, dirtyContext(T0 + 3)).result, false);
     assert.equal(finishCleanup('zone-a/c1', 'replica-b')(claimed.table, dirtyContext(T0 + 4)).result, false);
     const takenOver = startCleanup('zone-a/c1', 'replica-b', 60_000)(claimed.table, dirtyContext(T0 + 2 + 60_000));
-    assert.equal(takenOver.result, true);
+    assert.deepEqual(takenOver.result, { revoke: [] });
     assert.equal(finishCleanup('zone-a/c1', 'replica-a')(takenOver.table, dirtyContext(T0 + 60_010)).result, false);
     const done = finishCleanup('zone-a/c1', 'replica-b')(takenOver.table, dirtyContext(T0 + 60_020));
     assert.deepEqual(done.table.clusters['zone-a/c1'], { state: 'free', idleSince: T0 + 60_020 });
+  });
+
+  test('a lease with credentials of its own leaves its id in the dirty record until a janitor frees the cluster', () => {
+    const credentials = { user: 'lessee', group: 'system:masters' };
+    const { table: leased, result } = acquire({ tokenHash: tokenA, leaseId: 'feedfacecafe', durationSeconds: 10, credentials })(emptyTable, dirtyContext(T0));
+    assert.ok(result.granted);
+    const { table: dirty } = release(tokenA)(leased, dirtyContext(T0 + 1));
+    assert.deepEqual(dirty.clusters['zone-a/c1'].cleanup, { attempts: 0, revoke: ['feedfacecafe'] });
+    const expired = reap()(leased, dirtyContext(T0 + 10_000)).table;
+    assert.deepEqual(expired.clusters['zone-a/c1'].cleanup?.revoke, ['feedfacecafe']);
+    const claimed = startCleanup('zone-a/c1', 'a', 60_000)(dirty, dirtyContext(T0 + 2));
+    assert.deepEqual(claimed.result, { revoke: ['feedfacecafe'] });
+    const { table: failed } = failCleanup('zone-a/c1', 'a', 'revoking the lease credentials failed')(claimed.table, dirtyContext(T0 + 3));
+    assert.deepEqual(failed.clusters['zone-a/c1'].cleanup?.revoke, ['feedfacecafe']);
+    const takenOver = startCleanup('zone-a/c1', 'b', 60_000)(failed, dirtyContext(T0 + 60_000));
+    assert.deepEqual(takenOver.result, { revoke: ['feedfacecafe'] });
+    assert.deepEqual(finishCleanup('zone-a/c1', 'b')(takenOver.table, dirtyContext(T0 + 60_001)).table.clusters['zone-a/c1'], { state: 'free', idleSince: T0 + 60_001 });
+  });
+
+  test('without cleanup work configured, a lease that had credentials of its own still ends dirty, never free', () => {
+    const freeContext = (now: number) => ({ now, clusters, endState: 'free' as const });
+    const credentials = { user: 'lessee', group: 'system:masters' };
+    const { table: leased } = acquire({ tokenHash: tokenA, leaseId: 'feedfacecafe', durationSeconds: 10, credentials })(emptyTable, freeContext(T0));
+    assert.deepEqual(release(tokenA)(leased, freeContext(T0 + 1)).table.clusters['zone-a/c1'].cleanup, { attempts: 0, revoke: ['feedfacecafe'] });
+    // Expired and not yet written down by the reaper: not free for the next request either.
+    assert.equal(effectiveState(leased, clusters[0], T0 + 10_000, 'free'), 'dirty');
+    assert.throws(() => acquire({ tokenHash: tokenB, durationSeconds: 10 })(leased, freeContext(T0 + 10_000)), allLeased);
+    assert.equal(reap()(leased, freeContext(T0 + 10_000)).table.clusters['zone-a/c1'].state, 'dirty');
+  });
+
+  test('a restarted replica gives back its own claims, due at once; other replicas\' claims stay', () => {
+    const two = [cluster('c1'), cluster('c2')];
+    const context = (now: number) => ({ now, clusters: two, endState: 'dirty' as const });
+    const dirtyEntry = { state: 'dirty' as const, idleSince: T0, cleanup: { attempts: 2, lastError: 'deleting namespaces failed', revoke: ['feedfacecafe'] } };
+    let table: LeaseTable = { clusters: { 'zone-a/c1': dirtyEntry, 'zone-a/c2': { ...dirtyEntry, cleanup: { attempts: 0 } } }, legacy: {}, waiters: {}, filters: {}, replicas: {} };
+    table = startCleanup('zone-a/c1', 'claimer-0', 60_000)(table, context(T0 + 1)).table;
+    table = startCleanup('zone-a/c2', 'claimer-1', 60_000)(table, context(T0 + 1)).table;
+    const { table: released, result } = releaseOwnClaims('claimer-0')(table, context(T0 + 2));
+    assert.deepEqual(result, ['zone-a/c1']);
+    assert.deepEqual(released.clusters['zone-a/c1'], dirtyEntry);
+    assert.equal(released.clusters['zone-a/c2'], table.clusters['zone-a/c2']);
+    assert.deepEqual(startCleanup('zone-a/c1', 'claimer-0', 60_000)(released, context(T0 + 2)).result, { revoke: ['feedfacecafe'] });
+    const nothing = releaseOwnClaims('claimer-0')(released, context(T0 + 3));
+    assert.equal(nothing.table, released, 'nothing to give back changes nothing');
+  });
+
+  test('renewCleanup moves the deadline for the owner only; once taken over or freed the claim is lost', () => {
+    const credentials = { user: 'lessee', group: 'system:masters' };
+    const { table: leased } = acquire({ tokenHash: tokenA, leaseId: 'feedfacecafe', durationSeconds: 10, credentials })(emptyTable, dirtyContext(T0));
+    const { table: dirty } = release(tokenA)(leased, dirtyContext(T0));
+    const { table: claimed } = startCleanup('zone-a/c1', 'a', 60_000)(dirty, dirtyContext(T0));
+    const renewed = renewCleanup('zone-a/c1', 'a', 60_000)(claimed, dirtyContext(T0 + 50_000));
+    assert.equal(renewed.result, true);
+    assert.deepEqual(renewed.table.clusters['zone-a/c1'].cleanup, { owner: 'a', deadline: T0 + 110_000, attempts: 0, revoke: ['feedfacecafe'] });
+    // Not lapsed at the old deadline any more: nobody may take it over then.
+    assert.equal(startCleanup('zone-a/c1', 'b', 60_000)(renewed.table, dirtyContext(T0 + 60_000)).result, false);
+    // Revocation confirmed: the lease's id leaves the record with the next renewal.
+    const confirmed = renewCleanup('zone-a/c1', 'a', 60_000, { revoked: ['feedfacecafe'] })(renewed.table, dirtyContext(T0 + 51_000));
+    assert.equal(confirmed.table.clusters['zone-a/c1'].cleanup?.revoke, undefined);
+    assert.equal(renewCleanup('zone-a/c1', 'b', 60_000)(renewed.table, dirtyContext(T0 + 51_000)).result, false);
+    const takenOver = startCleanup('zone-a/c1', 'b', 60_000)(renewed.table, dirtyContext(T0 + 110_000)).table;
+    assert.equal(renewCleanup('zone-a/c1', 'a', 60_000)(takenOver, dirtyContext(T0 + 110_001)).result, false);
+    const freed = finishCleanup('zone-a/c1', 'b')(takenOver, dirtyContext(T0 + 110_002)).table;
+    const leasedAgain = acquire({ tokenHash: tokenB, durationSeconds: 10 })(freed, dirtyContext(T0 + 110_003)).table;
+    const late = renewCleanup('zone-a/c1', 'a', 60_000)(leasedAgain, dirtyContext(T0 + 110_004));
+    assert.equal(late.result, false);
+    assert.equal(late.table, leasedAgain, 'a lost claim changes nothing');
+  });
+
+  test('after maxAttempts failures in a row the cluster is quarantined: never leased, retried rarely, until an operator returns it', () => {
+    const limits = { maxAttempts: 3, quarantineRetryMs: 3_600_000 };
+    const { table: leased } = acquire({ tokenHash: tokenA, durationSeconds: 10 })(emptyTable, dirtyContext(T0));
+    let table = release(tokenA)(leased, dirtyContext(T0)).table;
+    let now = T0;
+    const outcomes: unknown[] = [];
+    for (let attempt = 1; attempt <= 3; attempt++) {
+      table = startCleanup('zone-a/c1', 'a', 60_000)(table, dirtyContext(now)).table;
+      const failed = failCleanup('zone-a/c1', 'a', 'deleting namespaces failed: still terminating', limits)(table, dirtyContext(now));
+      outcomes.push(failed.result);
+      table = failed.table;
+      now = table.clusters['zone-a/c1'].cleanup?.retryAt ?? now;
+    }
+    assert.deepEqual(outcomes, ['dirty', 'dirty', 'quarantined']);
+    assert.equal(table.clusters['zone-a/c1'].state, 'quarantined');
+    assert.equal(now - T0, 1000 + 2000 + 3_600_000, 'quarantine retries after an hour, not a backoff');
+    assert.throws(() => acquire({ tokenHash: tokenB, durationSeconds: 10 })(table, dirtyContext(now)), allLeased);
+    assert.equal(describeClusters(table, dirtyContext(now))[0].state, 'quarantined');
+    assert.deepEqual(cleanupDue(table, dirtyContext(now - 1)), []);
+    assert.deepEqual(cleanupDue(table, dirtyContext(now)).map((due) => due.id), ['zone-a/c1']);
+    // A retry that fails again stays quarantined; one that succeeds frees the cluster.
+    const retried = startCleanup('zone-a/c1', 'a', 60_000)(table, dirtyContext(now)).table;
+    assert.equal(failCleanup('zone-a/c1', 'a', 'again', limits)(retried, dirtyContext(now)).result, 'quarantined');
+    assert.equal(finishCleanup('zone-a/c1', 'a')(retried, dirtyContext(now)).table.clusters['zone-a/c1'].state, 'free');
+
+    const returned = retryCleanup('zone-a/c1')(table, dirtyContext(now - 1_000_000));
+    assert.deepEqual(returned.table.clusters['zone-a/c1'].cleanup, { attempts: 0, lastError: 'deleting namespaces failed: still terminating' });
+    assert.equal(returned.result.view.state, 'dirty');
+    assert.deepEqual(cleanupDue(returned.table, dirtyContext(now - 1_000_000)).map((due) => due.id), ['zone-a/c1'], 'due at once');
+  });
+
+  test('a quarantined cluster whose lease credentials are not yet revoked keeps being retried at the usual backoff', () => {
+    const limits = { maxAttempts: 1, quarantineRetryMs: 3_600_000 };
+    const credentials = { user: 'lessee', group: 'system:masters' };
+    const { table: leased } = acquire({ tokenHash: tokenA, leaseId: 'feedfacecafe', durationSeconds: 10, credentials })(emptyTable, dirtyContext(T0));
+    const claimed = startCleanup('zone-a/c1', 'a', 60_000)(release(tokenA)(leased, dirtyContext(T0)).table, dirtyContext(T0)).table;
+    const failed = failCleanup('zone-a/c1', 'a', 'revoking the lease credentials failed', limits)(claimed, dirtyContext(T0));
+    assert.equal(failed.result, 'quarantined');
+    assert.deepEqual(failed.table.clusters['zone-a/c1'].cleanup, { attempts: 1, lastError: 'revoking the lease credentials failed', retryAt: T0 + 1000, revoke: ['feedfacecafe'] });
+    // Once revocation is confirmed, a later failure waits the quarantine's long retry.
+    const confirmed = renewCleanup('zone-a/c1', 'a', 60_000, { revoked: ['feedfacecafe'] })(claimed, dirtyContext(T0)).table;
+    assert.equal(failCleanup('zone-a/c1', 'a', 'deleting namespaces failed', limits)(confirmed, dirtyContext(T0)).table.clusters['zone-a/c1'].cleanup?.retryAt, T0 + 3_600_000);
+  });
+
+  test('retryCleanup: NotFound for a cluster the pool does not have; ClusterStateError unless quarantined or dirty', () => {
+    const { table: leased } = acquire({ tokenHash: tokenA, durationSeconds: 10 })(emptyTable, dirtyContext(T0));
+    assert.throws(() => retryCleanup('zone-a/nope')(leased, dirtyContext(T0)), NotFoundError);
+    assert.throws(() => retryCleanup('zone-a/c1')(emptyTable, dirtyContext(T0)), ClusterStateError, 'never leased: free');
+    assert.throws(() => retryCleanup('zone-a/c1')(leased, dirtyContext(T0)), ClusterStateError);
+    const cleaning = startCleanup('zone-a/c1', 'a', 60_000)(release(tokenA)(leased, dirtyContext(T0)).table, dirtyContext(T0)).table;
+    assert.throws(() => retryCleanup('zone-a/c1')(cleaning, dirtyContext(T0)), ClusterStateError);
+    const unknown: LeaseTable = { clusters: { 'zone-a/c1': { state: 'unknown' } }, legacy: {}, waiters: {}, filters: {}, replicas: {} };
+    assert.throws(() => retryCleanup('zone-a/c1')(unknown, dirtyContext(T0)), ClusterStateError, 'an unreadable record is never rewritten');
   });
 
   test('a failed cleanup backs off 1, 2, 4, 8 s, then 15 s at most, and keeps its reason', () => {
@@ -164,7 +291,7 @@ describe('the life cycle with cleanup: free -> leased -> dirty -> cleaning -> fr
     const { table: failed } = failCleanup('zone-a/c1', 'a', 'deleting namespaces failed')(claimed, dirtyContext(T0 + 500));
     assert.deepEqual(failed.clusters['zone-a/c1'].cleanup, { attempts: 1, lastError: 'deleting namespaces failed', retryAt: T0 + 1500 });
     assert.equal(startCleanup('zone-a/c1', 'a', 60_000)(failed, dirtyContext(T0 + 1499)).result, false);
-    assert.equal(startCleanup('zone-a/c1', 'a', 60_000)(failed, dirtyContext(T0 + 1500)).result, true);
+    assert.deepEqual(startCleanup('zone-a/c1', 'a', 60_000)(failed, dirtyContext(T0 + 1500)).result, { revoke: [] });
   });
 });
 

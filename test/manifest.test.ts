@@ -32,8 +32,8 @@ test('route paths follow from file names', () => {
   assert.equal(routePath('index.ts'), '/');
 });
 
-test('every /lease and /leases route requires auth; health, readiness, metrics, OpenAPI and the status page do not', () => {
-  for (const entry of manifest) assert.equal(entry.auth, pathOf(entry).startsWith('/lease'), entry.file);
+test('every /lease, /leases and /cleanup route requires auth; health, readiness, metrics, OpenAPI and the status page do not', () => {
+  for (const entry of manifest) assert.equal(entry.auth, pathOf(entry).startsWith('/lease') || pathOf(entry) === '/cleanup', entry.file);
 });
 
 test('a path is given explicitly only where the file name cannot say it', () => {

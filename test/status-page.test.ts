@@ -4,7 +4,7 @@
 
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { rm } from 'node:fs/promises';
+import { rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { Browser, Page } from 'playwright-core';
@@ -202,6 +202,42 @@ describe('the status page', () => {
       await page.locator('tbody tr').nth(2).waitFor();
       assert.deepEqual(problems, []);
       await page.context().close();
+    });
+
+    test('a quarantined cluster shows as such with its reason, and as free again once POST /cleanup returned it', async () => {
+      const own = await tempDir();
+      const storeFile = join(own, 'leases.json');
+      const reason = 'deleting namespaces failed: still terminating after 300 s: e2e-7 (finalizers: example.com/teardown)';
+      const retryAt = new Date(Date.now() + 3_600_000).toISOString();
+      // The table as a claimer left it after five failed cleanups of pool-1.
+      const quarantined = { cluster: 'static/pool-1', state: 'quarantined', idle_since: new Date().toISOString(), cleanup: { attempts: 5, last_error: reason, retry_at: retryAt } };
+      await writeFile(storeFile, JSON.stringify({ format: 'k8s-claimer/lease-table/v1', version: 1, clusters: [quarantined], legacy: {}, waiters: [] }));
+      const quarantineServer = await startServerProcess(process.execPath, ['--import', 'tsx', 'main.ts'], {
+        AUTH_TOKEN: TOKEN,
+        STATIC_POOL_FILE: await writePool(own, poolOf(2)),
+        LEASE_STORE_FILE: storeFile,
+      });
+      try {
+        assert.ok(browser, 'the browser did not start');
+        const page = await (await browser.newContext()).newPage();
+        await page.goto(`${quarantineServer.url}/?refresh=1`);
+        await signIn(page, TOKEN);
+        const row = rowOf(page, 'pool-1');
+        await row.locator('td.state .badge-quarantined').waitFor({ timeout: 5000 });
+        assert.equal(await row.locator('td.state').textContent(), 'quarantined');
+        assert.match((await row.locator('td.cleanup').textContent()) ?? '', /^attempt 5 · deleting namespaces failed: still terminating after 300 s: e2e-7 \(finalizers: example\.com\/teardown\) · retry at /);
+        assert.equal(await page.locator('#n-quarantined').textContent(), '1');
+        assert.equal(await page.locator('#n-free').textContent(), '1');
+
+        const returned = await fetch(`${quarantineServer.url}/cleanup`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}` }, body: JSON.stringify({ cluster: 'static/pool-1' }) });
+        assert.equal(returned.status, 200);
+        await row.locator('td.state .badge-free').waitFor({ timeout: 5000 });
+        assert.equal(await page.locator('#n-quarantined').textContent(), '0');
+        await page.context().close();
+      } finally {
+        await quarantineServer.stop();
+        await rm(own, { recursive: true, force: true });
+      }
     });
 
     test('a wrong token shows "wrong token" and asks again', async () => {

@@ -11,8 +11,10 @@ const Time = v.pipe(
   v.transform((text) => Date.parse(text)),
 );
 
+const LeaseId = v.pipe(v.string(), v.regex(/^[0-9a-f]{8,64}$/, 'not a lease id'));
+
 const LeaseRecord = v.object({
-  id: v.optional(v.pipe(v.string(), v.regex(/^[0-9a-f]{8,64}$/, 'not a lease id'))),
+  id: v.optional(LeaseId),
   token_sha256: v.pipe(v.string(), v.regex(/^[0-9a-f]{64}$/, 'not a SHA-256 hex digest')),
   started_at: Time,
   expires_at: Time,
@@ -27,11 +29,13 @@ const CleanupRecord = v.object({
   attempts: v.pipe(v.number(), v.integer(), v.minValue(0)),
   last_error: v.optional(v.string()),
   retry_at: v.optional(Time),
+  // Written since the janitor revokes by lease id; older records have none.
+  revoke: v.optional(v.pipe(v.array(LeaseId), v.maxLength(64, 'at most 64 lease ids'))),
 });
 
 const ClusterRecord = v.object({
   cluster: v.pipe(v.string(), v.nonEmpty()),
-  state: v.picklist(['free', 'leased', 'dirty', 'cleaning']),
+  state: v.picklist(['free', 'leased', 'dirty', 'cleaning', 'quarantined']),
   idle_since: v.optional(Time),
   missing_since: v.optional(Time),
   lease: v.optional(LeaseRecord),
@@ -70,6 +74,7 @@ export function encodeEntry(clusterId: string, entry: ClusterEntry): ClusterReco
         attempts: cleanup.attempts,
         ...(cleanup.lastError !== undefined && { last_error: cleanup.lastError }),
         ...(cleanup.retryAt !== undefined && { retry_at: iso(cleanup.retryAt) }),
+        ...(cleanup.revoke?.length && { revoke: [...cleanup.revoke] }),
       },
     }),
   };
@@ -117,6 +122,7 @@ export function decodeEntry(record: unknown): Decoded<{ clusterId: string; entry
         attempts: cleanup.attempts,
         ...(cleanup.last_error !== undefined && { lastError: cleanup.last_error }),
         ...(cleanup.retry_at !== undefined && { retryAt: cleanup.retry_at }),
+        ...(cleanup.revoke?.length && { revoke: cleanup.revoke }),
       },
     }),
   };

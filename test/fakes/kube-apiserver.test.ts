@@ -400,6 +400,43 @@ test('namespace deletion with delay: Terminating, then gone with its contents', 
   await core.createNamespace({ body: { metadata: { name: 'lease-1' } } });
 });
 
+test('namespace finalizers: a finalizer nobody removes keeps the namespace Terminating; removing it ends the deletion', async (t) => {
+  const { fake, core } = await setup(t);
+  await core.createNamespace({ body: { metadata: { name: 'stuck', finalizers: ['example.com/cleanup'] } } });
+  await core.createNamespacedService({ namespace: 'stuck', body: service('web') });
+  await core.createNamespace({ body: { metadata: { name: 'custom' }, spec: { finalizers: ['example.com/spec'] } } });
+  assert.deepEqual((await core.readNamespace({ name: 'custom' })).spec?.finalizers, ['example.com/spec', 'kubernetes']);
+
+  await core.deleteNamespace({ name: 'stuck' });
+  await core.deleteNamespace({ name: 'custom' });
+  const stuck = await core.readNamespace({ name: 'stuck' });
+  // The namespace controller did its part (contents gone, its own finalizer removed) and waits.
+  assert.equal(stuck.status?.phase, 'Terminating');
+  assert.deepEqual(stuck.spec?.finalizers, []);
+  assert.deepEqual(stuck.metadata?.finalizers, ['example.com/cleanup']);
+  assert.equal(stuck.status?.conditions?.[0]?.type, 'NamespaceFinalizersRemaining');
+  assert.equal(fake.getObject('services', 'stuck', 'web'), undefined);
+  assert.deepEqual((await core.readNamespace({ name: 'custom' })).spec?.finalizers, ['example.com/spec']);
+
+  await core.patchNamespace({ name: 'stuck', body: { metadata: { finalizers: null } } }, mergePatchOptions());
+  await apiError(core.readNamespace({ name: 'stuck' }), 404);
+  assert.ok(fake.getObject('namespaces', undefined, 'custom'), 'a spec finalizer is removed only through /finalize');
+});
+
+test('the ServiceAccount controller (opt-in): every namespace has a default account, made again with a new uid when deleted', async (t) => {
+  const { fake, core } = await setup(t, { serviceAccountController: true });
+  await core.createNamespace({ body: { metadata: { name: 'ci' } } });
+  const first = await core.readNamespacedServiceAccount({ namespace: 'ci', name: 'default' });
+  const token = fake.issueToken('ci', 'default').token;
+  assert.equal(fake.isTokenValid(token), true);
+  await core.deleteNamespacedServiceAccount({ namespace: 'ci', name: 'default' });
+  const second = await core.readNamespacedServiceAccount({ namespace: 'ci', name: 'default' });
+  assert.notEqual(second.metadata?.uid, first.metadata?.uid);
+  assert.equal(fake.isTokenValid(token), false, 'a token of the old account dies with it');
+  await core.deleteNamespace({ name: 'ci' });
+  assert.equal(fake.getObject('serviceaccounts', 'ci', 'default'), undefined, 'nothing is made again in a namespace that goes');
+});
+
 test('cluster-scoped RBAC kinds and label selectors', async (t) => {
   const { rbac, core } = await setup(t);
   const binding = (name: string, lease: string) => ({

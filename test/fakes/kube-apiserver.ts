@@ -169,9 +169,11 @@ export const BUILTIN_RESOURCES: readonly ResourceDefinition[] = [
     namespaced: false,
     validateName: validateDns1123Label,
     prepareForCreate(obj) {
-      // The apiserver always adds the "kubernetes" finalizer, starts namespaces Active
-      // and stamps the immutable name label (since 1.21).
-      obj.spec = { finalizers: ['kubernetes'] };
+      // The apiserver always adds the "kubernetes" finalizer (keeping any others the client
+      // asked for), starts namespaces Active and stamps the immutable name label (since 1.21).
+      const asked = asRecord(obj.spec)?.finalizers;
+      const finalizers = Array.isArray(asked) ? asked.map(String) : [];
+      obj.spec = { finalizers: finalizers.includes('kubernetes') ? finalizers : [...finalizers, 'kubernetes'] };
       obj.status = { phase: 'Active' };
       obj.metadata.labels = { ...obj.metadata.labels, 'kubernetes.io/metadata.name': obj.metadata.name ?? '' };
     },
@@ -732,6 +734,12 @@ export interface FakeKubeApiserverOptions {
   namespaceDeletionDelayMs?: number;
   /** Creating namespaced objects in a namespace that doesn't exist → 404 (as on a real cluster). Default false, for terser tests. */
   strictNamespaces?: boolean;
+  /**
+   * What kube-controller-manager's ServiceAccount controller does: every namespace gets a
+   * `default` ServiceAccount, made again (with a new uid) whenever it is deleted while its
+   * namespace is Active. Default false, for terser tests.
+   */
+  serviceAccountController?: boolean;
   /** gitVersion reported by GET /version. */
   gitVersion?: string;
   /** Extra resource kinds, in addition to BUILTIN_RESOURCES. */
@@ -862,6 +870,9 @@ export class FakeKubeApiserver {
   private namespaceDeletionDelayMs: number;
   private requireToken: FakeKubeApiserverOptions['requireToken'];
   private readonly strictNamespaces: boolean;
+  private readonly serviceAccountController: boolean;
+  /** Namespaces removed at once by deleteObject(): no controller recreates anything in them. */
+  private readonly removingNamespaces = new Set<string>();
   private readonly gitVersion: string;
   private readonly defaultAudiences: string[];
   private readonly maxTokenExpirationSeconds: number | undefined;
@@ -878,6 +889,7 @@ export class FakeKubeApiserver {
     this.namespaceDeletionDelayMs = options.namespaceDeletionDelayMs ?? 0;
     this.requireToken = options.requireToken;
     this.strictNamespaces = options.strictNamespaces ?? false;
+    this.serviceAccountController = options.serviceAccountController ?? false;
     this.gitVersion = options.gitVersion ?? 'v1.30.0-fake';
     this.defaultAudiences = options.defaultAudiences ?? ['https://kubernetes.default.svc.cluster.local'];
     this.maxTokenExpirationSeconds = options.maxTokenExpirationSeconds;
@@ -1519,7 +1531,13 @@ export class FakeKubeApiserver {
     // Like the real apiserver, a no-op update doesn't create a new resourceVersion or event.
     if (deepEqual(next, prev)) return structuredClone(prev);
     if (this.isDryRun(query)) return structuredClone(next);
-    return this.commitUpdate(def, prev, next);
+    const updated = this.commitUpdate(def, prev, next);
+    // The last finalizer of a Terminating namespace was removed: it goes now.
+    if (def.group === '' && def.plural === 'namespaces' && this.namespaceUnblocked(updated)) {
+      const stored = this.store(def).get(storeKey(undefined, name));
+      if (stored) this.commitDelete(def, stored);
+    }
+    return updated;
   }
 
   private validate(def: ResourceDefinition, obj: KubeObject): void {
@@ -1561,26 +1579,67 @@ export class FakeKubeApiserver {
     const result = this.commitUpdate(def, ns, terminating);
     if (this.namespaceDeletionDelayMs <= 0) {
       // Still answer with the Terminating object, as a real apiserver would.
-      this.finalizeNamespace(name);
+      this.runNamespaceController(name);
     } else {
       const timer = setTimeout(() => {
         this.namespaceTimers.delete(name);
-        this.finalizeNamespace(name);
+        this.runNamespaceController(name);
       }, this.namespaceDeletionDelayMs);
       this.namespaceTimers.set(name, timer);
     }
     return result;
   }
 
-  /** What the namespace controller does: delete everything inside, then the namespace. */
+  /** Removes a namespace and everything in it at once, whatever its finalizers say. */
   private finalizeNamespace(name: string): void {
+    this.removingNamespaces.add(name);
+    try {
+      this.deleteNamespaceContents(name);
+      const def = this.resource('namespaces');
+      const ns = this.store(def).get(storeKey(undefined, name));
+      if (ns) this.commitDelete(def, ns);
+    } finally {
+      this.removingNamespaces.delete(name);
+    }
+  }
+
+  private deleteNamespaceContents(name: string): void {
     for (const def of this.resources) {
       if (!def.namespaced) continue;
       for (const obj of this.sortedObjects(def, name)) this.commitDelete(def, obj);
     }
+  }
+
+  /**
+   * What the namespace controller does: delete everything inside and remove its own
+   * `kubernetes` finalizer. The namespace goes only once no finalizer is left: another
+   * spec.finalizers entry or any metadata.finalizers entry (whose controller may never come)
+   * keeps it Terminating, as on a real cluster.
+   */
+  private runNamespaceController(name: string): void {
+    this.deleteNamespaceContents(name);
     const def = this.resource('namespaces');
     const ns = this.store(def).get(storeKey(undefined, name));
-    if (ns) this.commitDelete(def, ns);
+    if (!ns) return;
+    const next = structuredClone(ns);
+    const spec = asRecord(next.spec) ?? {};
+    spec.finalizers = (Array.isArray(spec.finalizers) ? spec.finalizers : []).filter((finalizer) => finalizer !== 'kubernetes');
+    next.spec = spec;
+    if (this.namespaceUnblocked(next)) {
+      this.commitDelete(def, ns);
+      return;
+    }
+    next.status = {
+      ...asRecord(ns.status),
+      phase: 'Terminating',
+      conditions: [{ type: 'NamespaceFinalizersRemaining', status: 'True', reason: 'SomeFinalizersRemain', message: 'Some finalizers remain on the namespace' }],
+    };
+    this.commitUpdate(def, ns, next);
+  }
+
+  private namespaceUnblocked(ns: KubeObject): boolean {
+    const pending = (finalizers: unknown) => Array.isArray(finalizers) && finalizers.length > 0;
+    return Boolean(ns.metadata.deletionTimestamp) && !pending(asRecord(ns.spec)?.finalizers) && !pending(ns.metadata.finalizers);
   }
 
   // ---- tokens --------------------------------------------------------------------------
@@ -1748,7 +1807,21 @@ export class FakeKubeApiserver {
     stored.metadata.resourceVersion = this.nextRv();
     this.store(def).set(storeKey(stored.metadata.namespace, stored.metadata.name ?? ''), stored);
     this.emit({ rv: this.rv, type: 'ADDED', def, object: stored });
+    if (def.group === '' && def.plural === 'namespaces') this.ensureDefaultServiceAccount(stored.metadata.name ?? '');
     return structuredClone(stored);
+  }
+
+  /** The ServiceAccount controller (when enabled): a `default` account in every Active namespace. */
+  private ensureDefaultServiceAccount(namespace: string): void {
+    if (!this.serviceAccountController || this.removingNamespaces.has(namespace)) return;
+    const ns = this.store(this.resource('namespaces')).get(storeKey(undefined, namespace));
+    const def = this.resource('serviceaccounts');
+    if (!ns || ns.metadata.deletionTimestamp || this.store(def).has(storeKey(namespace, 'default'))) return;
+    this.commitCreate(def, {
+      apiVersion: 'v1',
+      kind: 'ServiceAccount',
+      metadata: { name: 'default', namespace, uid: randomUUID(), creationTimestamp: new Date().toISOString().replace(/\.\d{3}Z$/, 'Z') },
+    });
   }
 
   private commitUpdate(def: ResourceDefinition, prev: KubeObject, next: KubeObject): KubeObject {
@@ -1765,6 +1838,9 @@ export class FakeKubeApiserver {
     const tombstone = structuredClone(obj);
     tombstone.metadata.resourceVersion = this.nextRv();
     this.emit({ rv: this.rv, type: 'DELETED', def, object: tombstone });
+    if (def.group === '' && def.plural === 'serviceaccounts' && obj.metadata.name === 'default') {
+      this.ensureDefaultServiceAccount(obj.metadata.namespace ?? '');
+    }
     return structuredClone(tombstone);
   }
 

@@ -93,6 +93,8 @@ export async function writePool(
   return path;
 }
 
+let replicas = 0;
+
 export interface TestApp {
   app: App;
   services: Services;
@@ -129,6 +131,8 @@ export async function startTestApp(
       AUTH_TOKEN,
       STATIC_POOL_FILE: poolFile,
       LEASE_STORE_FILE: join(folder, 'leases.json'),
+      // Replicas of one test run in one process: each gets a name of its own, as pods do.
+      REPLICA_NAME: `test-replica-${++replicas}`,
       ...options.env,
     },
     { staticPoolFile: poolFile },
