@@ -71,6 +71,8 @@ export interface Config {
   cleanupMaxAttempts: number;
   /** How often a quarantined cluster's cleanup is tried again. */
   quarantineRetrySeconds: number;
+  /** Quarantine waits until a cluster has waited this long for its cleanup. */
+  quarantineAfterSeconds: number;
 }
 
 export class ConfigError extends Error {}
@@ -156,6 +158,7 @@ const Environment = v.object({
   GKE_EMULATOR_HOST: v.optional(v.pipe(v.string(), v.regex(/^[^\s/:]+:\d+$/, 'must be host:port'))),
   CLEANUP_MAX_ATTEMPTS: integer(1, 1_000, 5),
   QUARANTINE_RETRY_SECONDS: integer(1, 604_800, 3_600),
+  QUARANTINE_AFTER_SECONDS: integer(0, 604_800, 600),
 });
 
 type Variable = keyof v.InferInput<typeof Environment>;
@@ -268,5 +271,6 @@ export function loadConfig(environment: Record<string, string | undefined>, defa
     ...(gke && { gke }),
     cleanupMaxAttempts: env.CLEANUP_MAX_ATTEMPTS,
     quarantineRetrySeconds: env.QUARANTINE_RETRY_SECONDS,
+    quarantineAfterSeconds: env.QUARANTINE_AFTER_SECONDS,
   };
 }

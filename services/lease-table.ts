@@ -585,6 +585,8 @@ export interface ReapOptions {
   maxLeaseMs?: number;
   /** The longest a waiter's ticket lives without renewal. */
   ticketTtlMs?: number;
+  /** The furthest ahead a cleanup claim's deadline or a retry may be (the quarantine's retry). */
+  maxCleanupWaitMs?: number;
 }
 
 export interface Reaped {
@@ -604,9 +606,14 @@ const DEFAULT_TICKET_TTL_MS = 30_000;
  * nothing lasts longer than the limits allow, so that no record outlives its purpose because
  * a replica's clock ran ahead. Returns the same object when nothing needs changing.
  */
-function clampEntry(entry: ClusterEntry, now: number, maxLeaseMs: number): ClusterEntry {
+function clampEntry(entry: ClusterEntry, now: number, maxLeaseMs: number, maxCleanupWaitMs: number): ClusterEntry {
   const future = now + CLOCK_SKEW_MS;
   let clamped = entry;
+  const cleanup = entry.cleanup;
+  if (cleanup && ((cleanup.deadline ?? 0) > now + maxCleanupWaitMs || (cleanup.retryAt ?? 0) > now + maxCleanupWaitMs)) {
+    // A claim or a retry dated past any the janitor makes: due now rather than in a year.
+    clamped = { ...clamped, cleanup: { ...cleanup, ...(cleanup.deadline !== undefined && { deadline: Math.min(cleanup.deadline, now) }), ...(cleanup.retryAt !== undefined && { retryAt: Math.min(cleanup.retryAt, now + maxCleanupWaitMs) }) } };
+  }
   if (entry.idleSince !== undefined && entry.idleSince > future) clamped = { ...clamped, idleSince: now };
   if (entry.missingSince !== undefined && entry.missingSince > future) clamped = { ...clamped, missingSince: now };
   const lease = entry.lease;
@@ -630,6 +637,7 @@ export function reap(options: ReapOptions = {}): Decision<Reaped> {
   const forgetMs = options.forgetDepartedMs ?? 0;
   const maxLeaseMs = options.maxLeaseMs ?? Number.POSITIVE_INFINITY;
   const ticketTtlMs = options.ticketTtlMs ?? DEFAULT_TICKET_TTL_MS;
+  const maxCleanupWaitMs = options.maxCleanupWaitMs ?? Number.POSITIVE_INFINITY;
   return (table, { now, endState, clusters }) => {
     const result: Reaped = { ended: [], forgotten: [], clamped: [] };
     const present = new Set<string>();
@@ -638,7 +646,7 @@ export function reap(options: ReapOptions = {}): Decision<Reaped> {
     for (const [clusterId, original] of Object.entries(table.clusters)) {
       // A record this version cannot read is never rewritten.
       if (original.state === 'unknown') continue;
-      let entry = clampEntry(original, now, maxLeaseMs);
+      let entry = clampEntry(original, now, maxLeaseMs, maxCleanupWaitMs);
       if (entry !== original) result.clamped.push(clusterId);
       const lease = entry.lease;
       if (entry.state === 'leased' && lease && now >= lease.expiresAt) {
@@ -734,9 +742,15 @@ export function cleanupBackoffMs(attempts: number): number {
 export interface CleanupLimits {
   maxAttempts: number;
   quarantineRetryMs: number;
+  /**
+   * Quarantine also needs the cluster to have waited for cleanup this long since its lease
+   * ended: attempts that fail at once (its API server away for a few seconds, during an
+   * upgrade) must not put it out of service for an hour.
+   */
+  quarantineAfterMs: number;
 }
 
-export const defaultCleanupLimits: CleanupLimits = { maxAttempts: 5, quarantineRetryMs: 3_600_000 };
+export const defaultCleanupLimits: CleanupLimits = { maxAttempts: 5, quarantineRetryMs: 3_600_000, quarantineAfterMs: 600_000 };
 
 /**
  * Clusters a janitor may take now: dirty or quarantined and due, or cleaning under a claim
@@ -872,7 +886,8 @@ export function failCleanup(
     const entry = table.clusters[clusterId];
     if (!heldBy(entry, owner)) return { table, result: false };
     const attempts = (entry.cleanup?.attempts ?? 0) + 1;
-    const state = attempts >= limits.maxAttempts ? 'quarantined' : 'dirty';
+    const waitingSince = entry.idleSince ?? now;
+    const state = attempts >= limits.maxAttempts && now - waitingSince >= limits.quarantineAfterMs ? 'quarantined' : 'dirty';
     const rarely = state === 'quarantined' && !entry.cleanup?.revoke?.length;
     const failed: ClusterEntry = {
       state,

@@ -114,7 +114,13 @@ export async function buildServices(config: Config, logger: Logger, options: Bui
     writePath,
     logger,
     config.reapIntervalSeconds * 1000,
-    { forgetDepartedMs: config.forgetDepartedSeconds * 1000, maxLeaseMs: config.maxLeaseSeconds * 1000, ticketTtlMs: waiting.ticketTtlMs },
+    {
+      forgetDepartedMs: config.forgetDepartedSeconds * 1000,
+      maxLeaseMs: config.maxLeaseSeconds * 1000,
+      ticketTtlMs: waiting.ticketTtlMs,
+      // A claim lasts minutes; a retry waits at most the quarantine's; a day's margin beyond both.
+      maxCleanupWaitMs: config.quarantineRetrySeconds * 1000 + 86_400_000,
+    },
     metrics,
   );
   // The lease store's own namespace is never cleaned, should its cluster be in the pool.
@@ -135,7 +141,7 @@ export async function buildServices(config: Config, logger: Logger, options: Bui
       // A claim outlasts a few calls to the cluster, so that renewing it between them is enough.
       claimMs: Math.max(60_000, 3 * config.backendTimeoutSeconds * 1000),
       callTimeoutMs: config.backendTimeoutSeconds * 1000,
-      limits: { maxAttempts: config.cleanupMaxAttempts, quarantineRetryMs: config.quarantineRetrySeconds * 1000 },
+      limits: { maxAttempts: config.cleanupMaxAttempts, quarantineRetryMs: config.quarantineRetrySeconds * 1000, quarantineAfterMs: config.quarantineAfterSeconds * 1000 },
       ...options.janitor,
     },
     logger,

@@ -574,7 +574,7 @@ describe('cleanup before reuse', () => {
     const app = await startTestApp({
       clusters: [labCluster()],
       poolSettings: {},
-      env: { PROTECTED_NAMESPACES: 'ci-*', CLEANUP_MAX_ATTEMPTS: '2', QUARANTINE_RETRY_SECONDS: '3600' },
+      env: { PROTECTED_NAMESPACES: 'ci-*', CLEANUP_MAX_ATTEMPTS: '2', QUARANTINE_RETRY_SECONDS: '3600', QUARANTINE_AFTER_SECONDS: '0' },
       janitor: { pollMs: 50, namespacePollMs: 20, namespaceNoticeMs: 100, namespaceWaitMs: 1_500 },
     });
     apps.push(app);

@@ -229,7 +229,7 @@ describe('the life cycle with cleanup: free -> leased -> dirty -> cleaning -> fr
   });
 
   test('after maxAttempts failures in a row the cluster is quarantined: never leased, retried rarely, until an operator returns it', () => {
-    const limits = { maxAttempts: 3, quarantineRetryMs: 3_600_000 };
+    const limits = { maxAttempts: 3, quarantineRetryMs: 3_600_000, quarantineAfterMs: 0 };
     const { table: leased } = acquire({ tokenHash: tokenA, durationSeconds: 10 })(emptyTable, dirtyContext(T0));
     let table = release(tokenA)(leased, dirtyContext(T0)).table;
     let now = T0;
@@ -259,8 +259,22 @@ describe('the life cycle with cleanup: free -> leased -> dirty -> cleaning -> fr
     assert.deepEqual(cleanupDue(returned.table, dirtyContext(now - 1_000_000)).map((due) => due.id), ['zone-a/c1'], 'due at once');
   });
 
+  test('quarantine waits until the cluster has waited QUARANTINE_AFTER_SECONDS: failures in quick succession stay dirty', () => {
+    const limits = { maxAttempts: 2, quarantineRetryMs: 3_600_000, quarantineAfterMs: 600_000 };
+    const { table: leased } = acquire({ tokenHash: tokenA, durationSeconds: 10 })(emptyTable, dirtyContext(T0));
+    let table = release(tokenA)(leased, dirtyContext(T0)).table;
+    const fail = (now: number) => {
+      table = startCleanup('zone-a/c1', 'a', 60_000)(table, dirtyContext(now)).table;
+      const failed = failCleanup('zone-a/c1', 'a', 'the API server did not answer', limits)(table, dirtyContext(now));
+      table = failed.table;
+      return failed.result;
+    };
+    assert.deepEqual([fail(T0 + 1_000), fail(T0 + 5_000), fail(T0 + 20_000)], ['dirty', 'dirty', 'dirty']);
+    assert.equal(fail(T0 + 600_000), 'quarantined');
+  });
+
   test('a quarantined cluster whose lease credentials are not yet revoked keeps being retried at the usual backoff', () => {
-    const limits = { maxAttempts: 1, quarantineRetryMs: 3_600_000 };
+    const limits = { maxAttempts: 1, quarantineRetryMs: 3_600_000, quarantineAfterMs: 0 };
     const credentials = { user: 'lessee', group: 'system:masters' };
     const { table: leased } = acquire({ tokenHash: tokenA, leaseId: 'feedfacecafe', durationSeconds: 10, credentials })(emptyTable, dirtyContext(T0));
     const claimed = startCleanup('zone-a/c1', 'a', 60_000)(release(tokenA)(leased, dirtyContext(T0)).table, dirtyContext(T0)).table;
@@ -356,6 +370,18 @@ describe('the reaper', () => {
     const later = forgetful(table, { now: T0 + 24 * HOUR, clusters: [c] });
     assert.equal(later.table.clusters['zone-a/c'].state, 'free');
     assert.deepEqual([later.table.legacy, later.table.waiters, later.table.filters, later.table.replicas], [{}, {}, {}, {}]);
+  });
+
+  test('a cleanup claim or retry dated a year ahead is due now, not in a year', () => {
+    const c = cluster('c');
+    const year = 365 * 24 * HOUR;
+    const stuck: LeaseTable = { ...emptyTable, clusters: { 'zone-a/c': { state: 'cleaning', idleSince: T0, cleanup: { owner: 'skewed', deadline: T0 + year, attempts: 0 } } } };
+    const reaper = reap({ maxCleanupWaitMs: 2 * HOUR });
+    const { table, result } = reaper(stuck, { now: T0, clusters: [c], endState: 'dirty' });
+    assert.deepEqual(result.clamped, ['zone-a/c']);
+    assert.deepEqual(cleanupDue(table, { now: T0, clusters: [c] }).map((due) => due.id), ['zone-a/c']);
+    const later: LeaseTable = { ...emptyTable, clusters: { 'zone-a/c': { state: 'quarantined', idleSince: T0, cleanup: { attempts: 5, retryAt: T0 + year } } } };
+    assert.equal(reaper(later, { now: T0, clusters: [c] }).table.clusters['zone-a/c'].cleanup?.retryAt, T0 + 2 * HOUR);
   });
 
   test('a lease longer than MAX_LEASE_SECONDS from its start is cut; a record within the limits is left as it is', () => {
