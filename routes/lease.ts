@@ -1,7 +1,12 @@
-// POST /lease - auth. 200 lease granted; 400 bad body; 401; 409 no cluster (reason
-// NoMatchingCluster, or AllLeased with Retry-After, also when `wait` ran out); 413; 500; 503.
+// POST /lease - auth. 200 lease granted (also for a retry with the Idempotency-Key of a live
+// lease: the same lease, under a new token); 400 bad body or header; 401; 409 no cluster (reason
+// NoMatchingCluster, or AllLeased with Retry-After, also when `wait` ran out), or a request with
+// the same Idempotency-Key still in progress; 413; 422 the Idempotency-Key was used with another
+// body; 429 too many waiters; 500; 503.
 
 import { Buffer } from 'node:buffer';
+import { createHash } from 'node:crypto';
+import { parseItem, Token } from 'structured-headers';
 import * as v from 'valibot';
 import type { RouteContext } from '../app.ts';
 import { compilePattern, type ClusterFilter } from '../services/cluster-filter.ts';
@@ -71,6 +76,43 @@ function filterOf(body: { cluster_regex?: string; cluster_version?: string; labe
   return filter;
 }
 
+/**
+ * The Idempotency-Key header (the IETF draft's: a structured-field string; a bare token is taken
+ * too, as many clients send one), at most 255 characters. Undefined when absent.
+ */
+function idempotencyKeyOf(request: Request): string | undefined {
+  const header = request.headers.get('idempotency-key');
+  if (header === null) return undefined;
+  let key: unknown;
+  try {
+    [key] = parseItem(header);
+  } catch {
+    key = undefined;
+  }
+  const text = key instanceof Token ? key.toString() : key;
+  if (typeof text !== 'string' || text.length === 0 || text.length > 255) {
+    throw new BadRequestError('Idempotency-Key: must be a quoted string of 1 to 255 characters, e.g. "8e03978e-40d5-43e8-bc93-6894a57f9324"', ['Idempotency-Key']);
+  }
+  return text;
+}
+
+/** What makes a retry the same request: every field of the body, in a fixed order. */
+function fingerprintOf(body: Record<string, unknown>): string {
+  const labels = body.labels as Record<string, string> | undefined;
+  const canonical = JSON.stringify([
+    body.max_time,
+    body.cluster_regex ?? '',
+    body.cluster_version ?? '',
+    body.cloud_provider ?? '',
+    labels ? Object.entries(labels).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)) : [],
+    body.note ?? null,
+    body.gpu ?? false,
+    body.auth ?? null,
+    body.wait ?? 0,
+  ]);
+  return createHash('sha256').update(canonical).digest('hex').slice(0, 32);
+}
+
 /** The seed's response fields, plus `uuid` (what the original Go CLI reads) and the lease's end. */
 function grantedBody(granted: GrantedLease) {
   return {
@@ -90,6 +132,7 @@ function grantedBody(granted: GrantedLease) {
 }
 
 export async function POST(request: Request, context: RouteContext): Promise<Response> {
+  const idempotencyKey = idempotencyKeyOf(request);
   const body = parseBody(acquireBody(context.maxLeaseSeconds), await readJsonBody(request));
   if (body.cloud_provider && !context.leases.servesProvider(body.cloud_provider)) {
     throw new BadRequestError('cloud_provider: not a provider this claimer serves', ['cloud_provider']);
@@ -106,6 +149,7 @@ export async function POST(request: Request, context: RouteContext): Promise<Res
       waitSeconds: body.wait ?? 0,
       signal: request.signal,
       ...(body.auth && { auth: body.auth }),
+      ...(idempotencyKey !== undefined && { idempotency: { key: idempotencyKey, fingerprint: fingerprintOf(body) } }),
     },
     context.log,
   );

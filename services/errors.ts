@@ -77,6 +77,20 @@ export class ClusterStateError extends AppError {
   }
 }
 
+/** A request reused an Idempotency-Key of a live lease with another body: it is another request (422). */
+export class IdempotencyKeyReusedError extends AppError {
+  constructor() {
+    super('this Idempotency-Key was used for a request with another body', { reason: 'IdempotencyKeyReused' });
+  }
+}
+
+/** A request with this Idempotency-Key is still being answered (409): retry once it is done. */
+export class IdempotencyConflictError extends AppError {
+  constructor() {
+    super('a request with this Idempotency-Key is still being answered', { reason: 'RequestInProgress' });
+  }
+}
+
 /** No live lease has the given token (never existed, released, or expired). */
 export class LeaseNotFoundError extends AppError {
   constructor() {

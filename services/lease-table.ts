@@ -5,7 +5,15 @@
 
 import { isDeepStrictEqual } from 'node:util';
 import { canonicalFilter, filterDigest, matches, type ClusterFilter } from './cluster-filter.ts';
-import { BadRequestError, ClusterStateError, LeaseNotFoundError, NoClusterAvailableError, NotFoundError, TooManyWaitersError } from './errors.ts';
+import {
+  BadRequestError,
+  ClusterStateError,
+  IdempotencyKeyReusedError,
+  LeaseNotFoundError,
+  NoClusterAvailableError,
+  NotFoundError,
+  TooManyWaitersError,
+} from './errors.ts';
 import { isLeasable, type Cluster } from './providers/types.ts';
 import { afterGrant, afterNewcomer, computeQueue, rememberOrder, ticketLive, ticketOrder, type Queue } from './queue.ts';
 import { hashToken, tokenHashesEqual } from './tokens.ts';
@@ -58,6 +66,13 @@ export interface Lease {
   note?: string;
   holder?: string;
   credentials?: LeaseCredentials;
+  /** The request's Idempotency-Key (a digest with its principal) and a digest of its body. */
+  idempotency?: Idempotency;
+}
+
+export interface Idempotency {
+  key: string;
+  fingerprint: string;
 }
 
 export interface ClusterEntry {
@@ -306,6 +321,8 @@ export interface AcquireRequest {
   credentials?: { user: string; group: string };
   note?: string;
   holder?: string;
+  /** The request's Idempotency-Key and body digest: a retry gets the same lease back. */
+  idempotency?: Idempotency;
   filter?: ClusterFilter;
   /**
    * A request that may wait: when nothing is free it is queued under this ticket (or stays
@@ -327,8 +344,18 @@ export interface WaitRequest {
 }
 
 export type AcquireResult =
-  | { granted: true; cluster: Cluster; lease: Lease }
+  /** `replayed`: a retry with the Idempotency-Key of a live lease, which now answers to the new token. */
+  | { granted: true; cluster: Cluster; lease: Lease; replayed?: boolean }
   | { granted: false; retryAfterSeconds: number };
+
+/** The live lease a retry with this Idempotency-Key means, if any. */
+function findByIdempotencyKey(table: LeaseTable, key: string, now: number): { clusterId: string; lease: Lease } | undefined {
+  for (const [clusterId, entry] of Object.entries(table.clusters)) {
+    const lease = liveLease(entry, now);
+    if (lease?.idempotency?.key === key) return { clusterId, lease };
+  }
+  return undefined;
+}
 
 /**
  * Leases the matching free cluster that has been idle the longest (ties broken by id, so the
@@ -342,6 +369,18 @@ export function acquire(request: AcquireRequest): Decision<AcquireResult> {
     const already = findLive(table, request.tokenHash, now);
     const landed = already && clusters.find((cluster) => cluster.id === already.clusterId);
     if (already && landed) return { table, result: { granted: true, cluster: landed, lease: already.lease } };
+    const idempotency = request.idempotency;
+    const earlier = idempotency && findByIdempotencyKey(table, idempotency.key, now);
+    if (idempotency && earlier) {
+      // A retry of a request whose answer was lost: the same lease, now under this request's
+      // token (the lost one dies with the answer nobody got). Another body is another request.
+      if (earlier.lease.idempotency?.fingerprint !== idempotency.fingerprint) throw new IdempotencyKeyReusedError();
+      const cluster = clusters.find((candidate) => candidate.id === earlier.clusterId);
+      if (cluster) {
+        const lease: Lease = { ...earlier.lease, tokenHash: request.tokenHash };
+        return { table: withEntry(table, earlier.clusterId, { state: 'leased', lease }), result: { granted: true, cluster, lease, replayed: true } };
+      }
+    }
     const filter = request.filter ?? {};
     const ticket = request.wait?.ticket;
     const queue = queueOf(table, context);
@@ -359,6 +398,7 @@ export function acquire(request: AcquireRequest): Decision<AcquireResult> {
         ...(request.credentials && {
           credentials: { ...request.credentials, tokenExpiresAt: now + tokenLifetimeSeconds(request.durationSeconds) * 1000 },
         }),
+        ...(idempotency && { idempotency }),
       };
       const base = ticket ? withoutWaiter(table, ticket) : table;
       const next = withEntry(base, cluster.id, { state: 'leased', lease });

@@ -2,10 +2,10 @@
 // does the work outside the table (building the lessee's kubeconfig) after the commit.
 
 import type { Logger } from 'pino';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import type { ClusterFilter } from './cluster-filter.ts';
 import type { CredentialIssuer } from './credentials.ts';
-import { ClientGoneError, LeaseNotFoundError, NoClusterAvailableError, NotReadyError } from './errors.ts';
+import { AppError, ClientGoneError, IdempotencyConflictError, LeaseNotFoundError, NoClusterAvailableError, NotReadyError } from './errors.ts';
 import type { Facts, HandOffFacts } from './facts.ts';
 import type { Metrics } from './metrics.ts';
 import {
@@ -21,10 +21,12 @@ import {
   tokenDiesEarlier,
   tokenLifetimeSeconds,
   type ClusterView,
+  type Idempotency,
   type Lease,
 } from './lease-table.ts';
 import type { Cluster, ClusterProvider } from './providers/types.ts';
 import { hashToken, newLeaseToken } from './tokens.ts';
+import type { UnclearGrants } from './unclear-grants.ts';
 import type { Granted, Waiting } from './waiting.ts';
 import type { WritePath } from './write-path.ts';
 
@@ -39,6 +41,8 @@ export interface AcquireOptions {
   signal?: AbortSignal;
   /** kube-control's auth request: the user the credentials are for, and the group (-> ClusterRole). */
   auth?: { user?: string; group?: string };
+  /** The Idempotency-Key header and a digest of the request body: a retry gets its lease back. */
+  idempotency?: { key: string; fingerprint: string };
 }
 
 export interface GrantedLease {
@@ -69,8 +73,12 @@ export class LeaseService {
     private readonly waiting: Waiting,
     private readonly options: { maxLeaseSeconds: number; groupRoles: Record<string, string>; defaultGroup: string },
     private readonly logger: Logger,
+    private readonly unclear: UnclearGrants,
     private readonly metrics?: Metrics,
   ) {}
+
+  /** Idempotency keys (as stored) of acquires in progress on this replica. */
+  private readonly inFlight = new Set<string>();
 
   /** Whether `cloud_provider` names the configured provider. */
   servesProvider(name: string): boolean {
@@ -83,9 +91,16 @@ export class LeaseService {
   }
 
   async acquire(options: AcquireOptions, log: Logger = this.logger): Promise<GrantedLease> {
+    // The key is the client's, per principal: two CI systems may well pick the same key.
+    const idempotency = options.idempotency && {
+      key: createHash('sha256').update(`idempotency:${options.holder ?? ''}:${options.idempotency.key}`).digest('hex').slice(0, 32),
+      fingerprint: options.idempotency.fingerprint,
+    };
+    if (idempotency && this.inFlight.has(idempotency.key)) throw new IdempotencyConflictError();
+    if (idempotency) this.inFlight.add(idempotency.key);
     const stopTimer = this.metrics?.acquireSeconds.startTimer({ waited: options.waitSeconds ? 'yes' : 'no' });
     try {
-      const granted = await this.acquireNow(options, log);
+      const granted = await this.acquireNow(options, idempotency, log);
       this.metrics?.granted.inc();
       stopTimer?.({ outcome: 'granted' });
       return granted;
@@ -93,10 +108,12 @@ export class LeaseService {
       if (error instanceof NoClusterAvailableError) this.metrics?.refused.inc({ reason: error.reason });
       stopTimer?.({ outcome: error instanceof NoClusterAvailableError ? 'refused' : 'error' });
       throw error;
+    } finally {
+      if (idempotency) this.inFlight.delete(idempotency.key);
     }
   }
 
-  private async acquireNow(options: AcquireOptions, log: Logger): Promise<GrantedLease> {
+  private async acquireNow(options: AcquireOptions, idempotency: Idempotency | undefined, log: Logger): Promise<GrantedLease> {
     const token = newLeaseToken();
     const tokenHash = hashToken(token);
     const request = {
@@ -109,6 +126,7 @@ export class LeaseService {
       ...(options.filter && { filter: options.filter }),
       ...(options.note !== undefined && { note: options.note }),
       ...(options.holder !== undefined && { holder: options.holder }),
+      ...(idempotency && { idempotency }),
     };
     let granted: Granted;
     try {
@@ -123,7 +141,7 @@ export class LeaseService {
     } catch (error) {
       // A store failure may hide a write that lands later: undo it then, or its cluster would
       // stay leased to a token nobody knows. Refusals changed nothing.
-      if (!(error instanceof NoClusterAvailableError || error instanceof ClientGoneError)) this.undoLater(tokenHash, log);
+      if (!(error instanceof AppError)) this.unclear.add(tokenHash, this.writePath.now() + options.durationSeconds * 1000);
       throw error;
     }
     const { cluster, lease } = granted;
@@ -174,17 +192,6 @@ export class LeaseService {
       await this.issuer.revokeLease(cluster, leaseId);
       throw error;
     }
-  }
-
-  /** Releases a lease whose acquire failed unclearly, now and once more a little later. */
-  private undoLater(tokenHash: string, log: Logger): void {
-    const undo = () =>
-      this.writePath.submit(release(tokenHash)).then(
-        ({ clusterId }) => log.warn({ cluster: clusterId }, 'undid a lease whose acquire had failed'),
-        () => undefined,
-      );
-    void undo();
-    setTimeout(() => void undo(), 5_000).unref?.();
   }
 
   async release(token: string, log: Logger = this.logger): Promise<void> {

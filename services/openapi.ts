@@ -11,7 +11,7 @@ const unauthorized = error('Missing or wrong Authorization', { 'WWW-Authenticate
 const badToken = error('The token is not a UUID');
 const noLease = error('No live lease has this token (never existed, released, or expired)');
 const backend = error('The lease store, the pool or a cluster could not be reached; the cause is in the log');
-const contention = error('The store stayed contended past the retry budget, or the replica is starting or stopping', retryAfter);
+const contention = error('The store stayed contended past the retry budget, the lease table is full (StoreFull), or the replica is starting or stopping', retryAfter);
 const json = (schema: unknown) => ({ 'application/json': { schema } });
 const tokenParameter = { name: 'token', in: 'path', required: true, schema: { type: 'string', format: 'uuid' }, description: 'The lease token' };
 const providerParameter = { name: 'provider', in: 'path', required: true, schema: { type: 'string' }, description: 'Ignored: the original CLI sends it' };
@@ -162,6 +162,15 @@ export const openApiDocument = {
       post: {
         summary: 'Lease a cluster',
         security: [{ sharedToken: [] }],
+        parameters: [
+          {
+            name: 'Idempotency-Key',
+            in: 'header',
+            required: false,
+            description: 'A structured-field string (or a bare token), at most 255 characters: a retry with the key of a live lease and the same body gets that lease back, under a new token',
+            schema: { type: 'string', maxLength: 257 },
+          },
+        ],
         requestBody: {
           required: true,
           description: 'Read as JSON whatever the Content-Type says; at most 64 KiB',
@@ -185,8 +194,10 @@ export const openApiDocument = {
           200: { description: 'Leased', content: json({ $ref: '#/components/schemas/Granted' }) },
           400: error('A malformed body, a bad field, an invalid pattern, an unknown provider or group'),
           401: unauthorized,
-          409: error('NoMatchingCluster, or AllLeased (with Retry-After: seconds until the soonest matching end)', retryAfter),
+          409: error('NoMatchingCluster, or AllLeased (with Retry-After: seconds until the soonest matching end), or RequestInProgress (a request with this Idempotency-Key is still being answered)', retryAfter),
           413: error('Body over 64 KiB'),
+          422: error('IdempotencyKeyReused: the Idempotency-Key of a live lease with another body'),
+          429: error('TooManyWaiters: WAIT_MAX_TOTAL or WAIT_MAX_PER_PRINCIPAL requests wait already (with Retry-After)', retryAfter),
           500: backend,
           503: contention,
         },

@@ -12,6 +12,7 @@ import { Janitor, type JanitorOptions } from './janitor.ts';
 import { LeaseService } from './leases.ts';
 import { Metrics } from './metrics.ts';
 import { startReaper } from './reaper.ts';
+import { UnclearGrants } from './unclear-grants.ts';
 import { Waiting, type WaitingOptions } from './waiting.ts';
 import { StaticProvider } from './providers/static.ts';
 import type { ClusterProvider } from './providers/types.ts';
@@ -96,6 +97,7 @@ export async function buildServices(config: Config, logger: Logger, options: Bui
   const issuer = policy.perLease ? new ServiceAccountCredentials(access, config.groupRoles) : new ProviderCredentials(provider);
   const waiting = new Waiting(writePath, logger, { replicaName: config.replicaName, caps: config.waitCaps, ...options.waiting });
   const metrics = new Metrics({ processMetrics: options.processMetrics ?? true });
+  const unclear = new UnclearGrants(writePath, clock, logger);
   const leases = new LeaseService(
     writePath,
     provider,
@@ -105,6 +107,7 @@ export async function buildServices(config: Config, logger: Logger, options: Bui
     waiting,
     { maxLeaseSeconds: config.maxLeaseSeconds, groupRoles: config.groupRoles, defaultGroup: config.defaultGroup },
     logger,
+    unclear,
     metrics,
   );
   metrics.countStates = () => leases.countStates();
@@ -174,6 +177,7 @@ export async function buildServices(config: Config, logger: Logger, options: Bui
       janitor.stop();
       stopReaper();
       waiting.close();
+      unclear.close();
       stopWatching();
       await provider.close?.();
       await store.close?.();

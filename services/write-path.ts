@@ -102,6 +102,11 @@ export class WritePath {
     });
   }
 
+  /** The time on this replica's clock. */
+  now(): number {
+    return this.clock.now();
+  }
+
   /** The pool and the time, without reading the table. */
   async context(): Promise<DecisionContext> {
     return { now: this.clock.now(), clusters: await this.listClusters(), endState: this.endState };

@@ -323,6 +323,28 @@ describe('Kubernetes lease store', () => {
     await Promise.all(waiting);
   });
 
+  test('an acquire whose write lands long after it failed is released when it shows up: no orphan lease for its whole max_time', async () => {
+    const app = await replica(poolOf(1), undefined, { BACKEND_TIMEOUT_SECONDS: '1' });
+    assert.equal((await app.request('GET', '/leases')).status, 200);
+    // Every write is held by the apiserver: the claimer times out and answers 500, while the
+    // first write is still queued there, to be applied later.
+    const held = fake.hang((request) => request.method === 'PATCH', { applyAbandoned: true });
+    const failed = await app.request('POST', '/lease', { body: { max_time: 3600 } });
+    assert.equal(failed.status, 500);
+    await new Promise((resolve) => setTimeout(resolve, 6_000));
+    assert.equal(Object.values(leaseAnnotations(fake)).filter((value) => value.includes('"leased"')).length, 0);
+    held.release();
+    // The held write lands now; the claimer sees it through its watch and gives the cluster back.
+    const deadline = Date.now() + 5_000;
+    const leased = () => Object.values(leaseAnnotations(fake)).filter((value) => value.includes('"state":"leased"')).length;
+    while (Date.now() < deadline && !(app.logs.lines.some((line) => line.event === 'lease.undone') && leased() === 0)) {
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    assert.ok(app.logs.lines.some((line) => line.event === 'lease.undone'), 'the late lease was never undone');
+    assert.equal(leased(), 0);
+    assert.equal((await lease(app)).status, 200);
+  });
+
   test('the apiserver refusing the annotations (422) is a 500, never a retry loop', async () => {
     const app = await replica();
     fake.failNext(1, 422, { match: (request) => request.method === 'PATCH' });

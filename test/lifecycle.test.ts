@@ -358,6 +358,65 @@ describe('waiting for a cluster', () => {
   });
 });
 
+describe('Idempotency-Key on POST /lease', () => {
+  const post = (app: TestApp, body: unknown, key?: string, signal?: AbortSignal) =>
+    app.request('POST', '/lease', { body, headers: key === undefined ? {} : { 'idempotency-key': key }, signal }).then(async (response) => ({
+      status: response.status,
+      body: await response.json(),
+    }));
+
+  test('a retry after a lost answer gets its own lease back, under a new token; never a second cluster', async () => {
+    await withApp({ clusters: poolOf(3).map((cluster) => ({ ...cluster, labels: { a: '1', b: '2' } })) }, async (app) => {
+      const body = { max_time: 600, note: 'job 42', labels: { a: '1', b: '2' } };
+      const lost = await post(app, body, '"job-42-attempt"');
+      assert.equal(lost.status, 200);
+      // The same body, its labels in another order: the same request.
+      const retried = await post(app, { note: 'job 42', labels: { b: '2', a: '1' }, max_time: 600 }, '"job-42-attempt"');
+      assert.equal(retried.status, 200);
+      assert.equal(retried.body.cluster_id, lost.body.cluster_id);
+      assert.equal(retried.body.expires_at, lost.body.expires_at);
+      assert.notEqual(retried.body.token, lost.body.token);
+      const listed = await call(app, 'GET', '/leases');
+      assert.equal(listed.body.clusters.filter((cluster: { state: string }) => cluster.state === 'leased').length, 1);
+      // The lost answer's token is dead; the retry's holds the lease.
+      assert.equal((await call(app, 'GET', `/lease/${lost.body.token}`)).status, 409);
+      assert.equal((await call(app, 'DELETE', `/lease/${retried.body.token}`)).status, 200);
+      // Once the lease is gone the key means nothing: a new request gets a new lease.
+      assert.equal((await post(app, body, '"job-42-attempt"')).status, 200);
+    });
+  });
+
+  test('the same key with another body is 422; a bare token is accepted as a key; a malformed header is 400 and changes nothing', async () => {
+    await withApp({ clusters: poolOf(3) }, async (app) => {
+      assert.equal((await post(app, { max_time: 600 }, 'plain-token-key')).status, 200);
+      const other = await post(app, { max_time: 601 }, 'plain-token-key');
+      assert.equal(other.status, 422);
+      assert.equal(other.body.reason, 'IdempotencyKeyReused');
+      for (const bad of ['"unterminated', '"', `"${'k'.repeat(256)}"`, '(list)', '12']) {
+        const answer = await post(app, { max_time: 600 }, bad);
+        assert.equal(answer.status, 400, bad);
+        assert.deepEqual(answer.body.fields, ['Idempotency-Key']);
+      }
+      assert.equal((await call(app, 'GET', '/leases')).body.clusters.filter((cluster: { state: string }) => cluster.state === 'leased').length, 1);
+    });
+  });
+
+  test('a request with a key that is still being answered is 409 RequestInProgress', async () => {
+    await withApp({ clusters: poolOf(1), waiting: { pollMs: 50, ticketTtlMs: 3_000 } }, async (app) => {
+      const held = await call(app, 'POST', '/lease', { max_time: 600 });
+      const gone = new AbortController();
+      const first = post(app, { max_time: 60, wait: 30 }, '"waiting-key"', gone.signal).catch(() => undefined);
+      await sleep(100);
+      const second = await post(app, { max_time: 60, wait: 30 }, '"waiting-key"');
+      assert.equal(second.status, 409);
+      assert.equal(second.body.reason, 'RequestInProgress');
+      gone.abort();
+      await first;
+      await call(app, 'DELETE', `/lease/${held.body.token}`);
+    });
+  });
+});
+
 describe('many waiters', () => {
   test('2,000 waiters: a released cluster wakes only the waiter it goes to, not all 2,000', async () => {
     await withApp({ clusters: poolOf(1), waiting: { pollMs: 60_000, ticketTtlMs: 60_000 }, env: { WAIT_MAX_TOTAL: '5000', WAIT_MAX_PER_PRINCIPAL: '5000' } }, async (app) => {

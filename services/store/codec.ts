@@ -21,6 +21,7 @@ const LeaseRecord = v.object({
   note: v.optional(v.string()),
   holder: v.optional(v.string()),
   credentials: v.optional(v.object({ user: v.string(), group: v.string(), token_expires_at: Time })),
+  idempotency: v.optional(v.object({ key: v.pipe(v.string(), v.regex(/^[0-9a-f]{32}$/, 'not a digest')), fingerprint: v.pipe(v.string(), v.regex(/^[0-9a-f]{32}$/, 'not a digest')) })),
 });
 
 const CleanupRecord = v.object({
@@ -65,6 +66,7 @@ export function encodeEntry(clusterId: string, entry: ClusterEntry): ClusterReco
         ...(lease.credentials && {
           credentials: { user: lease.credentials.user, group: lease.credentials.group, token_expires_at: iso(lease.credentials.tokenExpiresAt) },
         }),
+        ...(lease.idempotency && { idempotency: { key: lease.idempotency.key, fingerprint: lease.idempotency.fingerprint } }),
       },
     }),
     ...(cleanup && {
@@ -113,6 +115,7 @@ export function decodeEntry(record: unknown): Decoded<{ clusterId: string; entry
         ...(lease.credentials && {
           credentials: { user: lease.credentials.user, group: lease.credentials.group, tokenExpiresAt: lease.credentials.token_expires_at },
         }),
+        ...(lease.idempotency && { idempotency: { key: lease.idempotency.key, fingerprint: lease.idempotency.fingerprint } }),
       },
     }),
     ...(cleanup && {

@@ -880,7 +880,7 @@ export class FakeKubeApiserver {
   private resetRules: FaultRule<null>[] = [];
   private dropAnswerRules: FaultRule<null>[] = [];
   private conflictRules: FaultRule<ConflictNextWriteOptions & { resource: string }>[] = [];
-  private hangRules: { match: RequestMatcher; active: boolean; held: HeldRequest[] }[] = [];
+  private hangRules: { match: RequestMatcher; active: boolean; held: HeldRequest[]; applyAbandoned: boolean }[] = [];
   private nextClusterIp = 10;
   private closed = false;
 
@@ -1009,10 +1009,12 @@ export class FakeKubeApiserver {
 
   /**
    * Holds matching requests without answering until release() or close(). Only
-   * requests that arrive while the rule is active are held.
+   * requests that arrive while the rule is active are held. By default a held request whose
+   * client has gone away by then is dropped; with `applyAbandoned` it is still applied, as by
+   * an apiserver whose storage was slow: the write lands long after its client gave up.
    */
-  hang(match: RequestMatcher = MATCH_ALL): HangHandle {
-    const rule = { match, active: true, held: [] as HeldRequest[] };
+  hang(match: RequestMatcher = MATCH_ALL, options: { applyAbandoned?: boolean } = {}): HangHandle {
+    const rule = { match, active: true, held: [] as HeldRequest[], applyAbandoned: options.applyAbandoned ?? false };
     this.hangRules.push(rule);
     return {
       get held() {
@@ -1192,7 +1194,7 @@ export class FakeKubeApiserver {
     }
     const hangRule = this.hangRules.find((r) => r.active && r.match(record));
     if (hangRule) {
-      hangRule.held.push({ resume: () => this.guard(res, this.process(record, route, res)) });
+      hangRule.held.push({ resume: () => this.guard(res, this.process(record, route, res, hangRule.applyAbandoned)) });
       return;
     }
     const failRule = this.takeRule(this.failRules, record);
@@ -1222,8 +1224,8 @@ export class FakeKubeApiserver {
     });
   }
 
-  private async process(record: RecordedRequest, route: RouteInfo | undefined, res: ServerResponse): Promise<void> {
-    if (this.closed || res.destroyed) return;
+  private async process(record: RecordedRequest, route: RouteInfo | undefined, res: ServerResponse, evenIfAbandoned = false): Promise<void> {
+    if (this.closed || (res.destroyed && !evenIfAbandoned)) return;
     try {
       const publicPath = ['/healthz', '/readyz', '/livez', '/version'].includes(record.path);
       if (!publicPath && this.requireToken && !this.requireToken(record.token, this)) throw new KubeApiError(UNAUTHORIZED);
