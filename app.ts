@@ -108,8 +108,11 @@ function backendOf(error: unknown): Backend {
   // gRPC errors carry a numeric status code and details.
   if (typeof code === 'number' && typeof details === 'string') return 'gke';
   if (typeof code === 'number') return 'cluster';
-  // No answer from a leased cluster's API server (store calls arrive as TransientStoreError).
-  if (typeof code === 'string' && /^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EHOSTUNREACH|ENOTFOUND|EAI_AGAIN)$/.test(code)) return 'cluster';
+  // No answer from a leased cluster's API server (store calls arrive as TransientStoreError);
+  // client-node's fetch says `fetch failed` and keeps the socket's error as the cause.
+  const causeCode = (error as { cause?: { code?: unknown } } | null)?.cause?.code;
+  const network = /^(ECONNREFUSED|ECONNRESET|ETIMEDOUT|EHOSTUNREACH|ENOTFOUND|EAI_AGAIN|UND_ERR_\w+)$/;
+  if ((typeof code === 'string' && network.test(code)) || (typeof causeCode === 'string' && network.test(causeCode))) return 'cluster';
   if (typeof code === 'string' && code.startsWith('E')) return 'file';
   return 'other';
 }

@@ -214,7 +214,7 @@ describe('k8s-claimer CLI against the real server', () => {
       assert.deepEqual([...exported.keys()], ['IP', 'TOKEN', 'CLUSTER_NAME', 'EXPIRES_AT', 'KUBECONFIG']);
       assert.match(exported.get('TOKEN')!, UUID);
       assert.match(exported.get('CLUSTER_NAME')!, /^pool-\d$/);
-      assert.match(exported.get('IP')!, /^10\.1\.0\.\d$/);
+      assert.match(exported.get('IP')!, /^127\.1\.0\.\d$/);
       assert.equal(exported.get('KUBECONFIG'), kubeconfigFile);
       assert.ok(Date.parse(exported.get('EXPIRES_AT')!) > Date.now() + 9 * 60_000);
 
@@ -351,7 +351,7 @@ describe('k8s-claimer CLI against the real server', () => {
     assert.equal(parseYaml(seen.kubeconfig).kind, 'Config');
     assert.match(seen.env.TOKEN, UUID);
     assert.match(seen.env.CLUSTER_NAME, /^pool-\d$/);
-    assert.match(seen.env.IP, /^10\.1\.0\.\d$/);
+    assert.match(seen.env.IP, /^127\.1\.0\.\d$/);
     assert.ok(Date.parse(seen.env.EXPIRES_AT) > Date.now());
     assert.equal(seen.env.AUTH_TOKEN, undefined, 'the shared token is not passed on to the command');
     assert.equal(typeof seen.env.PATH, 'string', 'the rest of the environment is passed on');
@@ -360,7 +360,7 @@ describe('k8s-claimer CLI against the real server', () => {
     const seenPrefixed = JSON.parse(await readFile(prefixedFile, 'utf8'));
     assert.match(seenPrefixed.env.K8S_TOKEN, UUID);
     assert.match(seenPrefixed.env.K8S_CLUSTER_NAME, /^pool-\d$/);
-    assert.match(seenPrefixed.env.K8S_IP, /^10\.1\.0\.\d$/);
+    assert.match(seenPrefixed.env.K8S_IP, /^127\.1\.0\.\d$/);
     assert.ok(seenPrefixed.env.K8S_EXPIRES_AT);
     assert.equal(seenPrefixed.env.K8S_KUBECONFIG, seenPrefixed.env.KUBECONFIG, 'kubectl still finds KUBECONFIG');
     assert.equal(seenPrefixed.env.TOKEN, undefined);

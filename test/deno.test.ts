@@ -12,7 +12,8 @@ test('Deno smoke test: main.ts serves and leases a cluster under Deno', async ()
   const pool = await writePool(folder, poolOf(2));
   const server = await startServerProcess(
     'node_modules/.bin/deno',
-    ['run', '--allow-all', '--no-lock', '--quiet', 'main.ts'],
+    // Deno's own permission: the server may listen on and reach loopback only.
+    ['run', '--allow-net=127.0.0.1', '--allow-read', '--allow-write', '--allow-env', '--allow-sys', '--no-lock', '--quiet', 'main.ts'],
     { AUTH_TOKEN: 'deno-token', STATIC_POOL_FILE: pool, LEASE_STORE_FILE: join(folder, 'leases.json'), DENO_NO_UPDATE_CHECK: '1' },
     60_000,
   );

@@ -1,12 +1,12 @@
 // The GKE provider through the real @google-cloud/container client, over gRPC, against a fake
-// ClusterManager built from the protos the library ships; Google's token endpoint via nock.
+// ClusterManager built from the protos the library ships; Google's token endpoint is a local
+// stand-in named by the service-account key's token_uri.
 
 import assert from 'node:assert/strict';
 import { after, afterEach, before, describe, test } from 'node:test';
-import nock from 'nock';
 import { parse } from 'yaml';
 import { grpc, makeCluster, startFakeGke, type FakeGke } from './fakes/gke.ts';
-import { fakeGoogleTokenEndpoint, testServiceAccount } from './support/google-account.ts';
+import { fakeGoogleTokenEndpoint } from './support/google-account.ts';
 import { rm } from 'node:fs/promises';
 import { startTestApp, tempDir, type TestApp } from './support/harness.ts';
 import { leaseAnnotations, seedLeaseService, startKube, writeKubeconfig } from './support/kube.ts';
@@ -33,7 +33,6 @@ describe('GKE provider', () => {
   after(() => fake.close());
   afterEach(() => {
     fake.reset();
-    nock.cleanAll();
   });
 
   test('only RUNNING clusters are leased; PROVISIONING, ERROR and other projects never', async () => {
@@ -203,44 +202,39 @@ describe('GKE provider', () => {
 
   test('kubeconfig: https endpoint, the cluster CA, and a userinfo.email-only token of the service account', async () => {
     const caPem = Buffer.from('-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n').toString('base64');
-    fake.setClusters([makeCluster({ project: PROJECT, location: 'us-east1-b', name: 'c1', endpoint: '34.1.2.3', caCertificate: caPem })]);
-    nock.disableNetConnect();
-    nock.enableNetConnect('127.0.0.1');
-    const tokens = fakeGoogleTokenEndpoint('ya29.lessee-access-token');
-    const app = await gkeApp(fake, { GOOGLE_CLOUD_ACCOUNT_FILE_BASE64: Buffer.from(testServiceAccount()).toString('base64') });
+    fake.setClusters([makeCluster({ project: PROJECT, location: 'us-east1-b', name: 'c1', endpoint: '127.0.3.4', caCertificate: caPem })]);
+    const tokens = await fakeGoogleTokenEndpoint('ya29.lessee-access-token');
+    const app = await gkeApp(fake, { GOOGLE_CLOUD_ACCOUNT_FILE_BASE64: Buffer.from(tokens.key).toString('base64') });
     try {
       const granted = await lease(app);
       assert.equal(granted.status, 200);
-      assert.equal(granted.body.ip, '34.1.2.3');
+      assert.equal(granted.body.ip, '127.0.3.4');
       const kubeconfig = parse(Buffer.from(granted.body.kubeconfig, 'base64').toString('utf8'));
-      assert.equal(kubeconfig.clusters[0].cluster.server, 'https://34.1.2.3');
+      assert.equal(kubeconfig.clusters[0].cluster.server, 'https://127.0.3.4');
       assert.equal(kubeconfig.clusters[0].cluster['certificate-authority-data'], caPem);
       assert.deepEqual(kubeconfig.users[0].user, { token: 'ya29.lessee-access-token' });
       assert.deepEqual(tokens.scopes, ['https://www.googleapis.com/auth/userinfo.email']);
       assert.equal(app.logs.raw().includes('ya29.lessee-access-token'), false);
     } finally {
       await app.close();
-      tokens.done();
-      nock.enableNetConnect();
+      await tokens.close();
     }
   });
 
   test('a failed token mint answers 500 and hands the cluster back', async () => {
     fake.setClusters([makeCluster({ project: PROJECT, location: 'us-east1-b', name: 'only' })]);
-    nock.disableNetConnect();
-    nock.enableNetConnect('127.0.0.1');
-    nock('https://oauth2.googleapis.com').post('/token').reply(500, { error: 'backend_error' });
-    const app = await gkeApp(fake, { GOOGLE_CLOUD_ACCOUNT_FILE: testServiceAccount() });
+    const tokens = await fakeGoogleTokenEndpoint('ya29.second-try');
+    tokens.answer = { status: 500 };
+    const app = await gkeApp(fake, { GOOGLE_CLOUD_ACCOUNT_FILE: tokens.key });
     try {
       assert.equal((await lease(app)).status, 500);
-      fakeGoogleTokenEndpoint('ya29.second-try');
+      tokens.answer = { accessToken: 'ya29.second-try' };
       const retry = await lease(app);
       assert.equal(retry.status, 200);
       assert.equal(retry.body.cluster_name, 'only');
     } finally {
       await app.close();
-      nock.cleanAll();
-      nock.enableNetConnect();
+      await tokens.close();
     }
   });
 });

@@ -63,8 +63,8 @@ describe('GET /leases and GET /lease/{token}', () => {
       const shown = await call(app, 'GET', `/lease/${lease.body.token}`);
       assert.equal(shown.status, 200);
       assert.equal(shown.body.name, 'pool-1');
-      assert.equal(shown.body.endpoint, '10.1.0.1');
-      assert.equal(shown.body.server, 'https://10.1.0.1:6443');
+      assert.equal(shown.body.endpoint, '127.1.0.1');
+      assert.equal(shown.body.server, 'https://127.1.0.1:6443');
       assert.equal(shown.body.note, 'job 7');
       assert.equal(shown.body.seconds_left, 60);
       assert.equal(JSON.stringify(shown.body).includes(lease.body.token), false);

@@ -171,10 +171,10 @@ describe('POST /lease and DELETE /lease/:token', () => {
       assert.match(lease.token, /^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
       assert.equal(lease.uuid, lease.token);
       assert.equal(lease.cluster_name, 'pool-1');
-      assert.equal(lease.ip, '10.1.0.1');
+      assert.equal(lease.ip, '127.1.0.1');
       assert.equal(lease.expires_at, '2026-03-01T10:01:30.000Z');
       const kubeconfig = Buffer.from(lease.kubeconfig, 'base64').toString('utf8');
-      assert.match(kubeconfig, /server: https:\/\/10\.1\.0\.1:6443/);
+      assert.match(kubeconfig, /server: https:\/\/127\.1\.0\.1:6443/);
       assert.match(kubeconfig, /kind: Config/);
     } finally {
       await app.close();

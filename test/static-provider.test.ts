@@ -18,17 +18,17 @@ describe('static pool file', () => {
     await withFolder(async (folder) => {
       await writeFile(
         join(folder, 'pool.yaml'),
-        'provider: lab\nclusters:\n  - name: a\n    location: rack-1\n    server: https://k8s.lab.example:6443\n    certificate_authority_data: Q0E=\n    token: tkn\n    labels: {gpu: "no"}\n    version: 1.30.2\n',
+        'provider: lab\nclusters:\n  - name: a\n    location: rack-1\n    server: https://localhost:6443\n    certificate_authority_data: Q0E=\n    token: tkn\n    labels: {gpu: "no"}\n    version: 1.30.2\n',
       );
       const provider = await StaticProvider.load(join(folder, 'pool.yaml'));
       assert.equal(provider.kind, 'lab');
       const [cluster] = await provider.list();
       assert.deepEqual(cluster, {
-        id: 'rack-1/a', name: 'a', location: 'rack-1', server: 'https://k8s.lab.example:6443', endpoint: 'k8s.lab.example',
+        id: 'rack-1/a', name: 'a', location: 'rack-1', server: 'https://localhost:6443', endpoint: 'localhost',
         caData: 'Q0E=', labels: { gpu: 'no' }, version: '1.30.2', status: 'RUNNING', tag: 'rack-1/a', gpu: false, registryLocation: null,
       });
       const kubeconfig = parse(await provider.kubeconfigFor(cluster));
-      assert.equal(kubeconfig.clusters[0].cluster.server, 'https://k8s.lab.example:6443');
+      assert.equal(kubeconfig.clusters[0].cluster.server, 'https://localhost:6443');
       assert.equal(kubeconfig.clusters[0].cluster['certificate-authority-data'], 'Q0E=');
       assert.equal(kubeconfig.users[0].user.token, 'tkn');
       assert.equal(kubeconfig['current-context'], 'a');

@@ -5,7 +5,7 @@
 
 import { ClusterManagerClient, type protos } from '@google-cloud/container';
 import * as grpc from '@grpc/grpc-js';
-import { GoogleAuth, OAuth2Client } from 'google-auth-library';
+import { GoogleAuth, OAuth2Client, gaxios } from 'google-auth-library';
 import type { Logger } from 'pino';
 import type { GkeConfig } from '../config.ts';
 import { buildKubeconfig } from '../kubeconfig.ts';
@@ -52,9 +52,31 @@ export function gkeClientFor(config: GkeConfig): ClusterManagerClient {
 /** Mints an access token of the service account with the given scope; none without an account. */
 export type TokenSource = () => Promise<string | undefined>;
 
+/** Where google-auth-library sends a service account's signed assertion for an access token. */
+const GOOGLE_TOKEN_URL = 'https://oauth2.googleapis.com/token';
+
+/**
+ * The key's own `token_uri` is honoured (google-auth-library always asks Google's public
+ * endpoint): a private or emulated token service is named in the key, as Google's key files do.
+ * https only, or plain http on loopback.
+ */
+function tokenTransporter(tokenUri: unknown): gaxios.Gaxios | undefined {
+  if (typeof tokenUri !== 'string' || tokenUri === GOOGLE_TOKEN_URL) return undefined;
+  const target = new URL(tokenUri);
+  if (target.protocol !== 'https:' && !(target.protocol === 'http:' && ['127.0.0.1', 'localhost', '[::1]'].includes(target.hostname))) {
+    throw new Error('the service account key\'s token_uri must be an https URL');
+  }
+  // The library's own gaxios (its module format), not a second copy: it checks instances.
+  return new gaxios.Gaxios({
+    adapter: (options, defaultAdapter) => defaultAdapter(String(options.url) === GOOGLE_TOKEN_URL ? { ...options, url: target } : options),
+  });
+}
+
 export function googleTokenSource(config: GkeConfig, scope: string): TokenSource {
   if (!config.accountJson) return async () => undefined;
-  const auth = new GoogleAuth({ credentials: JSON.parse(config.accountJson), scopes: [scope] });
+  const key = JSON.parse(config.accountJson);
+  const transporter = tokenTransporter(key.token_uri);
+  const auth = new GoogleAuth({ credentials: key, scopes: [scope], ...(transporter && { clientOptions: { transporter } }) });
   return async () => {
     const token = await auth.getAccessToken();
     if (!token) throw new Error('Google returned no access token for the service account');

@@ -10,7 +10,7 @@
 //   clusters:
 //     - name: ci-1              # unique per location
 //       location: lab           # optional, default "static"
-//       server: https://10.0.0.1:6443
+//       server: https://127.0.0.1:6443
 //       certificate_authority_data: <base64 PEM>   # optional
 //       token: <bearer token>                      # optional
 //       labels: {team: infra}   # optional

@@ -359,9 +359,15 @@ export class KubernetesLeaseStore implements LeaseStore {
 
 const NETWORK_CODES = new Set(['ECONNRESET', 'ECONNREFUSED', 'ETIMEDOUT', 'EPIPE', 'EAI_AGAIN', 'UND_ERR_SOCKET', 'ECONNABORTED']);
 
+/** No answer at all: client-node's fetch says `fetch failed` and puts the socket's error in `cause`. */
 function isNetworkError(error: unknown): boolean {
-  const { name, code, type } = (error ?? {}) as { name?: string; code?: string; type?: string };
-  return name === 'FetchError' || name === 'AbortError' || type === 'system' || (code !== undefined && NETWORK_CODES.has(code));
+  for (let current = error, depth = 0; current && depth < 4; current = (current as { cause?: unknown }).cause, depth++) {
+    const { name, code, type, message } = current as { name?: string; code?: string; type?: string; message?: string };
+    if (name === 'FetchError' || name === 'AbortError' || name === 'TimeoutError' || type === 'system') return true;
+    if (code !== undefined && (NETWORK_CODES.has(code) || code.startsWith('UND_ERR'))) return true;
+    if (name === 'TypeError' && message?.startsWith('fetch failed')) return true;
+  }
+  return false;
 }
 
 function parseJson(text: string): unknown {

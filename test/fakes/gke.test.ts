@@ -20,7 +20,7 @@ function seedClusters() {
       ],
     }),
     // same cluster name in a second zone
-    makeCluster({ project: P, location: 'us-central1-b', name: 'gpu-1', endpoint: '10.0.0.2' }),
+    makeCluster({ project: P, location: 'us-central1-b', name: 'gpu-1', endpoint: '127.0.0.2' }),
     makeCluster({ project: P, location: 'europe-west4', name: 'regional', status: 'PROVISIONING' }),
     // other project: must never show up for P
     makeCluster({ project: 'proj-b', location: 'us-central1-a', name: 'other' }),
@@ -87,7 +87,7 @@ describe('fake GKE ClusterManager', () => {
 
   it('filters by one location; the same name in two zones is two clusters', async () => {
     const [b] = await client.listClusters({ parent: `projects/${P}/locations/us-central1-b` });
-    assert.deepEqual(b.clusters!.map((c) => [c.name, c.location, c.endpoint]), [['gpu-1', 'us-central1-b', '10.0.0.2']]);
+    assert.deepEqual(b.clusters!.map((c) => [c.name, c.location, c.endpoint]), [['gpu-1', 'us-central1-b', '127.0.0.2']]);
 
     const [all] = await client.listClusters({ parent: `projects/${P}/locations/-` });
     const twins = all.clusters!.filter((c) => c.name === 'gpu-1');
@@ -118,7 +118,7 @@ describe('fake GKE ClusterManager', () => {
 
   it('GetCluster finds a cluster and reports NOT_FOUND for a missing one', async () => {
     const [c] = await client.getCluster({ name: `projects/${P}/locations/us-central1-b/clusters/gpu-1` });
-    assert.equal(c.endpoint, '10.0.0.2');
+    assert.equal(c.endpoint, '127.0.0.2');
 
     await assert.rejects(client.getCluster({ name: `projects/${P}/locations/us-central1-c/clusters/gpu-1` }), (err: { code?: number }) => {
       assert.equal(err.code, grpc.status.NOT_FOUND);

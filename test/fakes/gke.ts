@@ -192,7 +192,7 @@ export function makeCluster(opts: MakeClusterOptions): FakeCluster {
   const selfLink = `https://container.googleapis.com/v1/projects/${project}/${locKind}/${location}/clusters/${name}`;
   const nodeLocations = zonal ? [location] : [`${location}-a`, `${location}-b`, `${location}-c`];
   const endpoint =
-    opts.endpoint ?? `34.${parseInt(h.slice(0, 2), 16)}.${parseInt(h.slice(2, 4), 16)}.${(parseInt(h.slice(4, 6), 16) % 254) + 1}`;
+    opts.endpoint ?? `127.${parseInt(h.slice(0, 2), 16)}.${parseInt(h.slice(2, 4), 16)}.${(parseInt(h.slice(4, 6), 16) % 254) + 1}`;
   const status = opts.status ?? 'RUNNING';
 
   const poolOpts = opts.nodePools ?? [{ name: 'default-pool' }];

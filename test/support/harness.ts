@@ -72,7 +72,7 @@ export interface PoolCluster {
 export function poolOf(count: number, prefix = 'pool'): PoolCluster[] {
   return Array.from({ length: count }, (_, index) => ({
     name: `${prefix}-${index + 1}`,
-    server: `https://10.1.${Math.floor((index + 1) / 250)}.${((index + 1) % 250) || 250}:6443`,
+    server: `https://127.1.${Math.floor((index + 1) / 250)}.${((index + 1) % 250) || 250}:6443`,
   }));
 }
 
@@ -88,7 +88,7 @@ export async function writePool(
   const path = join(folder, 'pool.yaml');
   await writeFile(
     path,
-    stringify({ ...settings, clusters: clusters.map((cluster) => ({ server: 'https://10.9.9.9:6443', ...cluster })) }),
+    stringify({ ...settings, clusters: clusters.map((cluster) => ({ server: 'https://127.9.9.9:6443', ...cluster })) }),
   );
   return path;
 }

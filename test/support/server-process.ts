@@ -1,7 +1,11 @@
 // Starts the real server (main.ts) as a child process on port 0 and waits for its "ready"
-// log line, which carries the bound URL.
+// log line, which carries the bound URL. A Node server gets the suite's network guard too:
+// stopping it fails when it tried to reach anything but loopback.
 
 import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
+
+export const NETWORK_GUARD = fileURLToPath(new URL('./network-guard.mjs', import.meta.url));
 
 export interface ServerProcess {
   url: string;
@@ -16,7 +20,8 @@ export async function startServerProcess(
   env: Record<string, string>,
   timeoutMs = 30_000,
 ): Promise<ServerProcess> {
-  const child = spawn(command, args, {
+  const guarded = command === process.execPath ? ['--import', NETWORK_GUARD, ...args] : args;
+  const child = spawn(command, guarded, {
     env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/tmp', BIND_HOST: '127.0.0.1', BIND_PORT: '0', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
@@ -51,10 +56,14 @@ export async function startServerProcess(
     child,
     output: () => output,
     async stop(signal = 'SIGTERM') {
-      if (child.exitCode !== null) return child.exitCode;
-      const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => resolve(code)));
-      child.kill(signal);
-      return exited;
+      let code = child.exitCode;
+      if (code === null) {
+        const exited = new Promise<number | null>((resolve) => child.once('exit', (exitCode) => resolve(exitCode)));
+        child.kill(signal);
+        code = await exited;
+      }
+      if (output.includes('NETWORK GUARD')) throw new Error(`the server tried to reach an address other than loopback:\n${output}`);
+      return code;
     },
   };
 }
