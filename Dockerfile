@@ -1,6 +1,6 @@
 # The k8s-claimer server image: production dependencies only, TypeScript run by tsx, non-root.
 # Build: docker build -t k8s-claimer:latest .   (k8s/README.md: pushing and deploying)
-FROM node:20-slim
+FROM node:24-slim
 
 WORKDIR /app
 
