@@ -5,7 +5,7 @@
 
 import { ClusterManagerClient, type protos } from '@google-cloud/container';
 import * as grpc from '@grpc/grpc-js';
-import { GoogleAuth, OAuth2Client, gaxios } from 'google-auth-library';
+import { JWT, OAuth2Client, gaxios } from 'google-auth-library';
 import type { Logger } from 'pino';
 import type { GkeConfig } from '../config.ts';
 import { buildKubeconfig } from '../kubeconfig.ts';
@@ -42,11 +42,7 @@ export function gkeClientFor(config: GkeConfig): ClusterManagerClient {
       authClient: new NoCredentials(),
     });
   }
-  const account = JSON.parse(config.accountJson as string);
-  return new ClusterManagerClient({
-    credentials: { client_email: account.client_email, private_key: account.private_key },
-    projectId: config.projectId,
-  });
+  return new ClusterManagerClient({ authClient: serviceAccountClient(config.accountJson as string, CLAIMER_SCOPE), projectId: config.projectId });
 }
 
 /** Mints an access token of the service account with the given scope; none without an account. */
@@ -72,13 +68,18 @@ function tokenTransporter(tokenUri: unknown): gaxios.Gaxios | undefined {
   });
 }
 
+/** The service account of a JSON key as an auth client with one scope. */
+function serviceAccountClient(accountJson: string, scope: string): JWT {
+  const key = JSON.parse(accountJson);
+  const transporter = tokenTransporter(key.token_uri);
+  return new JWT({ email: key.client_email, key: key.private_key, keyId: key.private_key_id, scopes: [scope], ...(transporter && { transporter }) });
+}
+
 export function googleTokenSource(config: GkeConfig, scope: string): TokenSource {
   if (!config.accountJson) return async () => undefined;
-  const key = JSON.parse(config.accountJson);
-  const transporter = tokenTransporter(key.token_uri);
-  const auth = new GoogleAuth({ credentials: key, scopes: [scope], ...(transporter && { clientOptions: { transporter } }) });
+  const client = serviceAccountClient(config.accountJson, scope);
   return async () => {
-    const token = await auth.getAccessToken();
+    const { token } = await client.getAccessToken();
     if (!token) throw new Error('Google returned no access token for the service account');
     return token;
   };
