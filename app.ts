@@ -173,22 +173,31 @@ export function createApp(deps: AppDeps): App {
       const started = performance.now();
       const incomingId = request.headers.get('x-request-id');
       const requestId = incomingId && REQUEST_ID.test(incomingId) ? incomingId : crypto.randomUUID();
-      const log = deps.logger.child({ request_id: requestId });
-      const context: RouteContext = { ...deps, log, principal: {} };
+      // The request's logger is made when something is logged: most requests log nothing.
+      let log: Logger | undefined;
+      const requestLog = () => (log ??= deps.logger.child({ request_id: requestId }));
+      const context = {
+        ...deps,
+        principal: {},
+        get log() {
+          return requestLog();
+        },
+      } as RouteContext;
       let response: Response;
       try {
         response = await router.fetch(request, context);
       } catch (error) {
-        response = errorToResponse(error, log, requestId, deps.metrics);
+        response = errorToResponse(error, requestLog(), requestId, deps.metrics);
       }
       if (request.method === 'HEAD' && response.body !== null) response = withoutBody(response);
       response.headers.set('x-request-id', requestId);
       // The route pattern, never the raw path: a path can carry a lease token.
       const route = (request as Partial<RouteRequest>).route ?? '*';
-      log.info(
-        { method: request.method, route, status: response.status, ms: Math.round(performance.now() - started) },
-        'request',
-      );
+      // Every request at debug; refusals at info (a 5xx was logged with its cause already).
+      const level = response.status >= 400 ? 'info' : 'debug';
+      if (deps.logger.isLevelEnabled(level)) {
+        requestLog()[level]({ method: request.method, route, status: response.status, ms: Math.round(performance.now() - started) }, 'request');
+      }
       return response;
     },
   };

@@ -5,10 +5,12 @@
 //   BENCH_BURST        concurrent acquires in the burst, and the pool size (default 500)
 //   BENCH_SECONDS      duration of the autocannon run (default 8)
 //   BENCH_WAITERS      waiters in scenario (f) (default 5000)
+//   BENCH_PROFILE      a folder: the claimers' CPU profile of the measured burst (b) is written there
 //   BENCH_ONLY         run only some scenarios, e.g. `a,b` (default: a,b,c,d,e,f)
 
 import { fork, spawn, type ChildProcess } from 'node:child_process';
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { Session } from 'node:inspector';
 import { createServer } from 'node:net';
 import { cpus } from 'node:os';
 import { join } from 'node:path';
@@ -27,6 +29,7 @@ const LATENCY_MS = Number(process.env.BENCH_LATENCY_MS ?? 5);
 const BURST = Number(process.env.BENCH_BURST ?? 500);
 const CANNON_SECONDS = Number(process.env.BENCH_SECONDS ?? 8);
 const WAITERS = Number(process.env.BENCH_WAITERS ?? 5000);
+const PROFILE = process.env.BENCH_PROFILE;
 const ONLY = new Set((process.env.BENCH_ONLY ?? 'a,b,c,d,e,f').split(','));
 const TOKEN = 'bench-token';
 const NAMESPACE = 'k8s-claimer';
@@ -175,7 +178,9 @@ async function burst(api: Apiserver, folder: string, kubeconfig: string, batch: 
   await api.call({ command: 'seed', namespace: NAMESPACE, name: SERVICE });
   const replicas = await startReplicas(3, folder, kubeconfig, count, batch);
   serverSpan.reset();
+  const profiler = PROFILE && batch && count === BURST ? await startProfiler() : undefined;
   const { wall, statuses, clusters } = await burstFromAnotherProcess(replicas.map((replica) => replica.url), count);
+  await profiler?.stop(join(PROFILE as string, `burst-${Date.now()}.cpuprofile`));
   const span = serverSpan.last - serverSpan.first;
   const arrivals = serverSpan.lastArrival - serverSpan.first;
   const counts = await api.call<{ requests: number; writes: number }>({ command: 'counts' });
@@ -196,6 +201,24 @@ async function burst(api: Apiserver, folder: string, kubeconfig: string, batch: 
     errors: statuses.filter((status) => status >= 500).length,
     writes: counts.writes,
     requests: counts.requests,
+  };
+}
+
+/** The V8 profiler of this process (the claimer replicas), for one measured section. */
+async function startProfiler() {
+  const session = new Session();
+  session.connect();
+  const post = (method: string, params?: object) =>
+    new Promise<unknown>((resolve, reject) => session.post(method, params, (error, result) => (error ? reject(error) : resolve(result))));
+  await post('Profiler.enable');
+  await post('Profiler.start');
+  return {
+    async stop(file: string) {
+      const { profile } = (await post('Profiler.stop')) as { profile: unknown };
+      await mkdir(PROFILE as string, { recursive: true });
+      await writeFile(file, JSON.stringify(profile));
+      session.disconnect();
+    },
   };
 }
 
@@ -284,6 +307,13 @@ async function cannon(url: string): Promise<{ pairs: number; non2xx: number; p99
   return { pairs: result['2xx'] / 2 / CANNON_SECONDS, non2xx: result.non2xx, p99: result.latency.p99 };
 }
 
+/** The bare srvx server (bench/bare-srvx.ts) in a process of its own. */
+async function startBareSrvx(): Promise<{ url: string; stop(): Promise<unknown> }> {
+  const child = spawn(process.execPath, ['--import', 'tsx', 'bench/bare-srvx.ts'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const url = await new Promise<string>((resolve) => child.stdout?.once('data', (chunk: Buffer) => resolve(chunk.toString().trim().replace(/\/$/, ''))));
+  return { url, stop: () => new Promise((resolve) => child.once('exit', resolve).kill('SIGTERM')) };
+}
+
 async function httpAndMemory(folder: string, api: Apiserver, kubeconfig: string) {
   const pool = await writePool(folder, poolOf(64, 'cannon'));
   const local = await startServerProcess({ STATIC_POOL_FILE: pool, LEASE_STORE_FILE: join(folder, 'cannon-leases.json') });
@@ -293,6 +323,18 @@ async function httpAndMemory(folder: string, api: Apiserver, kubeconfig: string)
   const scenario = '(d) HTTP layer, file store, autocannon 32 conns';
   record(scenario, 'acquire+release pairs/s', cannonResult.pairs.toFixed(0));
   record(scenario, 'latency p99 / non-2xx', `${cannonResult.p99} ms / ${cannonResult.non2xx}`);
+
+  // The same load on the in-memory store, and on a bare srvx server that only answers.
+  const memory = await startServerProcess({ STATIC_POOL_FILE: pool, LEASE_STORE: 'memory' });
+  const memoryResult = await cannon(memory.url);
+  await memory.stop();
+  const bare = await startBareSrvx();
+  const bareResult = await cannon(bare.url);
+  await bare.stop();
+  record('(d) HTTP layer, in-memory store, autocannon 32 conns', 'acquire+release pairs/s', memoryResult.pairs.toFixed(0));
+  record('(d) HTTP layer, in-memory store, autocannon 32 conns', 'latency p99 / non-2xx', `${memoryResult.p99} ms / ${memoryResult.non2xx}`);
+  record('(g) bare srvx answering a JSON body, driven like (d)', 'request pairs/s', bareResult.pairs.toFixed(0));
+  record('(d)/(g)', 'claimer (in-memory store) / bare srvx', (memoryResult.pairs / bareResult.pairs).toFixed(2), '>= 0.50');
 
   const gke = await startFakeGke({
     clusters: Array.from({ length: 50 }, (_, index) => makeCluster({ project: 'bench', location: 'us-central1-a', name: `c${index}` })),

@@ -21,7 +21,19 @@ const MAX_NOTE_LENGTH = 256;
 
 const text = (max: number, what: string) => v.pipe(v.string(`must be ${what}`), v.maxLength(max, `must be at most ${max} characters`));
 
+/** The body's schema per MAX_LEASE_SECONDS: built once, not per request. */
+const acquireBodies = new Map<number, ReturnType<typeof buildAcquireBody>>();
+
 function acquireBody(maxLeaseSeconds: number) {
+  let schema = acquireBodies.get(maxLeaseSeconds);
+  if (!schema) {
+    schema = buildAcquireBody(maxLeaseSeconds);
+    acquireBodies.set(maxLeaseSeconds, schema);
+  }
+  return schema;
+}
+
+function buildAcquireBody(maxLeaseSeconds: number) {
   const wait = `must be an integer number of seconds from 0 to ${MAX_WAIT_SECONDS}`;
   return v.looseObject(
     {

@@ -8,7 +8,7 @@
 import { createRemoteJWKSet, jwtVerify, type JWTVerifyGetKey } from 'jose';
 import { RE2JS } from 're2js';
 import { UnauthorizedError } from './errors.ts';
-import { secretsEqual } from './tokens.ts';
+import { secretCheck } from './tokens.ts';
 
 export interface Principal {
   /** Who holds the lease, when the credential names somebody (e.g. a CI job's OIDC subject). */
@@ -59,13 +59,14 @@ export function createAuthenticator(settings: AuthSettings): Authenticator {
   const shared = settings.sharedToken;
   if (shared === '') throw new Error('the shared auth token must not be empty');
   if (shared === undefined && !settings.oidc) throw new Error('no way to authenticate: set a shared token or OIDC');
+  const isShared = shared === undefined ? () => false : secretCheck(shared);
   let jwks: JWTVerifyGetKey | undefined;
   const oidc = settings.oidc;
   const subjects = (oidc?.allowedSubjects ?? []).map(subjectPattern);
   return async (authorization) => {
     const presented = authorization?.replace(/^Bearer\s+/i, '').trim() ?? '';
     if (presented === '') refuse();
-    if (shared !== undefined && secretsEqual(presented, shared)) return {};
+    if (isShared(presented)) return {};
     if (!oidc || !JWT_SHAPE.test(presented)) refuse();
     jwks ??= createRemoteJWKSet(new URL(oidc.jwksUrl), { timeoutDuration: oidc.timeoutMs ?? 5_000 });
     let subject: string | undefined;

@@ -7,7 +7,7 @@ import { hostname } from 'node:os';
 import * as v from 'valibot';
 
 export type Mode = 'local' | 'gke';
-export type StoreKind = 'file' | 'kubernetes';
+export type StoreKind = 'file' | 'kubernetes' | 'memory';
 
 export interface GkeConfig {
   projectId: string;
@@ -117,7 +117,7 @@ const Environment = v.object({
   MAX_LEASE_SECONDS: integer(1, 31_536_000, 86_400),
   LOG_LEVEL: oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
   STATIC_POOL_FILE: text(),
-  LEASE_STORE: oneOf(['file', 'kubernetes']),
+  LEASE_STORE: oneOf(['file', 'kubernetes', 'memory']),
   LEASE_STORE_FILE: textOr('data/leases.json'),
   CLUSTER_CACHE_SECONDS: integer(0, 86_400, 30),
   REAP_INTERVAL_SECONDS: integer(1, 3_600, 2),

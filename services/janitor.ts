@@ -62,6 +62,15 @@ export interface JanitorOptions {
   concurrency?: number;
 }
 
+/** Whether any cluster of the table is between leases (dirty, cleaning, quarantined). */
+function hasCleanupWork(table: LeaseTable): boolean {
+  for (const clusterId in table.clusters) {
+    const state = table.clusters[clusterId].state;
+    if (state === 'dirty' || state === 'cleaning' || state === 'quarantined') return true;
+  }
+  return false;
+}
+
 export function isProtected(name: string, patterns: readonly string[]): boolean {
   return patterns.some((pattern) => (pattern.endsWith('*') ? name.startsWith(pattern.slice(0, -1)) : name === pattern));
 }
@@ -210,7 +219,10 @@ export class Janitor implements CleanupControl {
     // this replica learns of anyway (its commits, the watch) are looked at without a read.
     this.timer = setInterval(() => this.schedule(), this.options.pollMs ?? 2_000);
     this.timer.unref?.();
-    this.stopListening = this.writePath.onTable((table) => this.schedule(table));
+    // Most tables a replica learns of (a lease granted or released) leave nothing to clean.
+    this.stopListening = this.writePath.onTable((table) => {
+      if (hasCleanupWork(table)) this.schedule(table);
+    });
     this.schedule();
   }
 

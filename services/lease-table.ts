@@ -16,7 +16,8 @@ import {
 } from './errors.ts';
 import { isLeasable, type Cluster } from './providers/types.ts';
 import { afterGrant, afterNewcomer, computeQueue, rememberOrder, ticketLive, ticketOrder, type Queue } from './queue.ts';
-import { hashToken, tokenHashesEqual } from './tokens.ts';
+import { LRUCache } from 'lru-cache';
+import { hashToken } from './tokens.ts';
 
 /**
  * The life cycle: free -> leased -> dirty -> cleaning -> free. A lease's end (release or
@@ -250,8 +251,16 @@ function derived<T>(memo: WeakMap<LeaseTable, Derived<T>>, table: LeaseTable, co
   return value;
 }
 
-function remember<T>(memo: WeakMap<LeaseTable, Derived<T>>, table: LeaseTable, context: DecisionContext, value: T): void {
-  memo.set(table, { clusters: context.clusters, endState: context.endState ?? 'free', from: context.now, until: nextTimeChange(table, context.now), value });
+/**
+ * Records what `table` derives, worked out from `parent`'s. Its window ends no later than the
+ * parent's, nor than `expiresAt` (the lease the change made): no pass over the table.
+ */
+function remember<T>(memo: WeakMap<LeaseTable, Derived<T>>, table: LeaseTable, context: DecisionContext, value: T, parent: LeaseTable, expiresAt = Number.POSITIVE_INFINITY): void {
+  const known = memo.get(parent);
+  const parentUntil = known && known.from <= context.now && context.now < known.until ? known.until : nextTimeChange(parent, context.now);
+  const until = Math.min(parentUntil, expiresAt);
+  changeMemo.set(table, { now: context.now, next: until });
+  memo.set(table, { clusters: context.clusters, endState: context.endState ?? 'free', from: context.now, until, value });
 }
 
 const freeListMemo = new WeakMap<LeaseTable, Derived<readonly Cluster[]>>();
@@ -265,6 +274,34 @@ export function freeClusters(table: LeaseTable, context: DecisionContext): reado
       .sort((a, b) => a.since - b.since || (a.cluster.id < b.cluster.id ? -1 : 1))
       .map(({ cluster }) => cluster),
   );
+}
+
+/** The pool's clusters by id, per pool list. */
+const byIdMemo = new WeakMap<readonly Cluster[], ReadonlyMap<string, Cluster>>();
+
+export function clusterById(clusters: readonly Cluster[], id: string): Cluster | undefined {
+  let index = byIdMemo.get(clusters);
+  if (!index) {
+    index = new Map(clusters.map((cluster) => [cluster.id, cluster]));
+    byIdMemo.set(clusters, index);
+  }
+  return index.get(id);
+}
+
+/**
+ * The free list once `cluster` became free at `now`: it has been idle the shortest, so it goes
+ * last (among clusters freed in the same millisecond, by id), without a pass over the pool.
+ */
+function withFreed(free: readonly Cluster[], cluster: Cluster, table: LeaseTable): readonly Cluster[] {
+  const since = idleSince(table.clusters[cluster.id]);
+  let position = free.length;
+  while (position > 0) {
+    const before = free[position - 1] as Cluster;
+    const beforeSince = idleSince(table.clusters[before.id]);
+    if (beforeSince < since || (beforeSince === since && before.id < cluster.id)) break;
+    position -= 1;
+  }
+  return [...free.slice(0, position), cluster, ...free.slice(position)];
 }
 
 /** The leasable clusters of the pool, per pool list. */
@@ -283,6 +320,14 @@ const queueMemo = new WeakMap<LeaseTable, Derived<Queue>>();
 
 /** The waiting queue of a table (see queue.ts). */
 export function queueOf(table: LeaseTable, context: DecisionContext): Queue {
+  // Nobody waits (the usual case): every free cluster is for whoever asks.
+  for (const _ticket in table.waiters) {
+    return queueWithWaiters(table, context);
+  }
+  return { order: [], assigned: new Map(), leftover: freeClusters(table, context), hopeless: new Set(), byPrincipal: new Map() };
+}
+
+function queueWithWaiters(table: LeaseTable, context: DecisionContext): Queue {
   return derived(queueMemo, table, context, () =>
     computeQueue(table, context.now, context.clusters, freeClusters(table, context), leasableClusters(context.clusters)),
   );
@@ -367,7 +412,7 @@ export function acquire(request: AcquireRequest): Decision<AcquireResult> {
     const { now, clusters } = context;
     // Decided again after a write whose answer was lost? If it landed, this is its lease.
     const already = findLive(table, request.tokenHash, now);
-    const landed = already && clusters.find((cluster) => cluster.id === already.clusterId);
+    const landed = already && clusterById(clusters, already.clusterId);
     if (already && landed) return { table, result: { granted: true, cluster: landed, lease: already.lease } };
     const idempotency = request.idempotency;
     const earlier = idempotency && findByIdempotencyKey(table, idempotency.key, now);
@@ -375,7 +420,7 @@ export function acquire(request: AcquireRequest): Decision<AcquireResult> {
       // A retry of a request whose answer was lost: the same lease, now under this request's
       // token (the lost one dies with the answer nobody got). Another body is another request.
       if (earlier.lease.idempotency?.fingerprint !== idempotency.fingerprint) throw new IdempotencyKeyReusedError();
-      const cluster = clusters.find((candidate) => candidate.id === earlier.clusterId);
+      const cluster = clusterById(clusters, earlier.clusterId);
       if (cluster) {
         const lease: Lease = { ...earlier.lease, tokenHash: request.tokenHash };
         return { table: withEntry(table, earlier.clusterId, { state: 'leased', lease }), result: { granted: true, cluster, lease, replayed: true } };
@@ -402,13 +447,14 @@ export function acquire(request: AcquireRequest): Decision<AcquireResult> {
       };
       const base = ticket ? withoutWaiter(table, ticket) : table;
       const next = withEntry(base, cluster.id, { state: 'leased', lease });
+      leaseHints.set(request.tokenHash, cluster.id);
       // What the next decision of a burst needs follows from this one's: no pass over the pool.
-      remember(freeListMemo, next, context, freeClusters(table, context).filter((candidate) => candidate !== cluster));
+      remember(freeListMemo, next, context, freeClusters(table, context).filter((candidate) => candidate !== cluster), table, lease.expiresAt);
       if (queued && base !== table) {
         rememberOrder(base.waiters, ticketOrder(table.waiters).filter(([id]) => id !== ticket));
-        remember(queueMemo, next, context, afterGrant(queue, ticket as string, queued.principal));
-      } else if (!queued && base === table) {
-        remember(queueMemo, next, context, afterNewcomer(queue, cluster));
+        remember(queueMemo, next, context, afterGrant(queue, ticket as string, queued.principal), table, lease.expiresAt);
+      } else if (!queued && base === table && queue.order.length > 0) {
+        remember(queueMemo, next, context, afterNewcomer(queue, cluster), table, lease.expiresAt);
       }
       return { table: next, result: { granted: true, cluster, lease } };
     }
@@ -495,23 +541,39 @@ export function forgetReplica(replica: string): Decision<number> {
   };
 }
 
-/** Where a live lease with this token hash is, if anywhere. Constant time per record. */
+/**
+ * Where a live lease with this token hash is, if anywhere. Plain comparison is safe here: what
+ * is compared is the SHA-256 of the token the caller sent, so how long a comparison takes tells
+ * at most how many leading digits of a hash match, which helps find no token.
+ */
 function findLive(table: LeaseTable, tokenHash: string, now: number): { clusterId: string; lease: Lease } | undefined {
-  let found: { clusterId: string; lease: Lease } | undefined;
-  for (const [clusterId, entry] of Object.entries(table.clusters)) {
-    const lease = liveLease(entry, now);
-    // No early exit: the time taken does not tell which record matched.
-    if (lease && tokenHashesEqual(lease.tokenHash, tokenHash)) found = { clusterId, lease };
+  // Where the token was last seen is checked first; the table itself always decides.
+  const hinted = leaseHints.get(tokenHash);
+  if (hinted !== undefined) {
+    const lease = liveLease(table.clusters[hinted], now);
+    if (lease?.tokenHash === tokenHash) return { clusterId: hinted, lease };
   }
-  return found;
+  for (const clusterId in table.clusters) {
+    const lease = liveLease(table.clusters[clusterId], now);
+    if (lease?.tokenHash === tokenHash) {
+      leaseHints.set(tokenHash, clusterId);
+      return { clusterId, lease };
+    }
+  }
+  return undefined;
 }
 
+/**
+ * Which cluster each recent token hash leased: a hint that spares releases and extensions a
+ * pass over the table (whoever asks, the table's record is what counts). Bounded, oldest first out.
+ */
+const leaseHints = new LRUCache<string, string>({ max: 100_000 });
+
 function findLiveLegacy(table: LeaseTable, tokenHash: string, now: number): string | undefined {
-  let found: string | undefined;
-  for (const [legacyToken, legacy] of Object.entries(table.legacy)) {
-    if (now < legacy.expiresAt && tokenHashesEqual(hashToken(legacyToken), tokenHash)) found = legacyToken;
+  for (const legacyToken in table.legacy) {
+    if (now < table.legacy[legacyToken].expiresAt && hashToken(legacyToken) === tokenHash) return legacyToken;
   }
-  return found;
+  return undefined;
 }
 
 /** The TokenRequest API's minimum is 10 minutes: a shorter lease's token outlives it (and is revoked). */
@@ -565,10 +627,14 @@ export function release(tokenHash: string): Decision<{ clusterId: string; note?:
   return (table, { now, clusters, endState }) => {
     const live = findLive(table, tokenHash, now);
     if (live) {
-      return {
-        table: withEntry(table, live.clusterId, ended(now, endState, live.lease)),
-        result: { clusterId: live.clusterId, ...(live.lease.note !== undefined && { note: live.lease.note }) },
-      };
+      const entry = ended(now, endState, live.lease);
+      const next = withEntry(table, live.clusterId, entry);
+      // A cluster freed at once joins the free list's end: the next acquire needs no pass over the pool.
+      const cluster = clusterById(clusters, live.clusterId);
+      if (entry.state === 'free' && cluster && isLeasable(cluster) && effectiveState(next, cluster, now, endState) === 'free') {
+        remember(freeListMemo, next, { now, clusters, endState }, withFreed(freeClusters(table, { now, clusters, endState }), cluster, next), table);
+      }
+      return { table: next, result: { clusterId: live.clusterId, ...(live.lease.note !== undefined && { note: live.lease.note }) } };
     }
     const legacyToken = findLiveLegacy(table, tokenHash, now);
     if (legacyToken !== undefined) {

@@ -16,6 +16,7 @@ import { UnclearGrants } from './unclear-grants.ts';
 import { Waiting, type WaitingOptions } from './waiting.ts';
 import { StaticProvider } from './providers/static.ts';
 import type { ClusterProvider } from './providers/types.ts';
+import { MemoryLeaseStore } from './store/memory.ts';
 import { FileLeaseStore, type FileStoreOptions } from './store/file.ts';
 import type { LeaseStore } from './store/types.ts';
 import { WritePath, systemClock, type Clock, type WritePathOptions } from './write-path.ts';
@@ -65,6 +66,8 @@ async function buildProvider(config: Config, logger: Logger, clock: Clock): Prom
 
 async function buildStore(config: Config, logger: Logger, fileStore?: FileStoreOptions): Promise<LeaseStore> {
   if (config.leaseStore === 'file') return FileLeaseStore.open(config.leaseStoreFile, logger, fileStore);
+  // Nothing survives a restart: for trying the claimer out, and for measuring the HTTP layer.
+  if (config.leaseStore === 'memory') return new MemoryLeaseStore();
   const { KubernetesLeaseStore, kubeConfigFrom } = await import('./store/kubernetes.ts');
   return KubernetesLeaseStore.fromKubeConfig(kubeConfigFrom(config.kubeconfigPath), {
     namespace: config.namespace,

@@ -64,7 +64,7 @@ describe('configuration from the environment', () => {
     ['MAX_LEASE_SECONDS zero', { MAX_LEASE_SECONDS: '0' }, /MAX_LEASE_SECONDS/],
     ['MAX_LEASE_SECONDS negative', { MAX_LEASE_SECONDS: '-1' }, /MAX_LEASE_SECONDS/],
     ['NAMESPACE not a DNS label', { NAMESPACE: 'Bad_NS' }, /NAMESPACE must be a Kubernetes namespace name/],
-    ['LEASE_STORE unknown', { LEASE_STORE: 'redis' }, /LEASE_STORE must be one of: file, kubernetes/],
+    ['LEASE_STORE unknown', { LEASE_STORE: 'redis' }, /LEASE_STORE must be one of: file, kubernetes, memory/],
     ['LOG_LEVEL unknown', { LOG_LEVEL: 'loud' }, /LOG_LEVEL/],
     ['GKE mode without AUTH_TOKEN', { GOOGLE_CLOUD_PROJECT_ID: 'p', GOOGLE_CLOUD_ACCOUNT_FILE: account }, /AUTH_TOKEN is required outside local mode/],
     ['GKE mode without an account file', { GOOGLE_CLOUD_PROJECT_ID: 'p', AUTH_TOKEN: 't' }, /GOOGLE_CLOUD_ACCOUNT_FILE_BASE64 is required/],

@@ -16,6 +16,17 @@ import { LeaseToken, durationSchema, parseBody, parseInput } from '../../service
 
 const tokenOf = (request: RouteRequest) => parseInput(LeaseToken, request.params.token, 'token');
 
+/** PATCH's body schema per MAX_LEASE_SECONDS: built once, not per request. */
+const extendBodies = new Map<number, v.GenericSchema<unknown, { max_time: number }>>();
+function extendBody(maxLeaseSeconds: number) {
+  let schema = extendBodies.get(maxLeaseSeconds);
+  if (!schema) {
+    schema = v.looseObject({ max_time: durationSchema(maxLeaseSeconds) });
+    extendBodies.set(maxLeaseSeconds, schema);
+  }
+  return schema;
+}
+
 export async function GET(request: RouteRequest, context: RouteContext): Promise<Response> {
   const view = await context.leases.get(tokenOf(request));
   return json(leaseJson(view, view.now, view.facts));
@@ -23,7 +34,7 @@ export async function GET(request: RouteRequest, context: RouteContext): Promise
 
 export async function PATCH(request: RouteRequest, context: RouteContext): Promise<Response> {
   const token = tokenOf(request);
-  const body = parseBody(v.looseObject({ max_time: durationSchema(context.maxLeaseSeconds) }), await readJsonBody(request));
+  const body = parseBody(extendBody(context.maxLeaseSeconds), await readJsonBody(request));
   const view = await context.leases.extend(token, body.max_time, context.log);
   return json({
     ...leaseJson(view, view.now, view.facts),

@@ -146,8 +146,12 @@ export class StaticProvider implements ClusterProvider {
     return new StaticProvider(parsed.output.provider, members, { ...(credentials && { credentials }), ...(cleanup && { cleanup }) });
   }
 
+  /** The same array every time: what is derived from the pool list is remembered per list. */
+  private clusters?: Cluster[];
+
   async list(): Promise<Cluster[]> {
-    return this.members.map((member) => member.cluster);
+    this.clusters ??= this.members.map((member) => member.cluster);
+    return this.clusters;
   }
 
   async kubeconfigFor(cluster: Cluster): Promise<string> {
