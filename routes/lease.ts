@@ -35,12 +35,14 @@ function acquireBody(maxLeaseSeconds: number) {
 
 function buildAcquireBody(maxLeaseSeconds: number) {
   const wait = `must be an integer number of seconds from 0 to ${MAX_WAIT_SECONDS}`;
-  return v.looseObject(
+  // Strict: a field this server does not know is refused by name, never dropped in silence (a
+  // `cluster-regex` for `cluster_regex` would lease any cluster).
+  return v.strictObject(
     {
       max_time: durationSchema(maxLeaseSeconds),
       // The original Go CLI always sends these three, empty when unused: empty means no filter.
       cluster_regex: v.optional(text(1024, 'an RE2 pattern (a string)')),
-      cluster_version: v.optional(text(64, 'a version prefix (a string)')),
+      cluster_version: v.optional(text(64, 'a version (a string), matched by whole components')),
       cloud_provider: v.optional(text(64, 'a provider name (a string)')),
       labels: v.optional(
         v.pipe(
@@ -53,7 +55,7 @@ function buildAcquireBody(maxLeaseSeconds: number) {
       gpu: v.optional(v.boolean('must be true or false')),
       // kube-control's set_auth_request(user, group): whom the per-lease credentials are for.
       auth: v.optional(
-        v.object(
+        v.strictObject(
           {
             user: v.optional(v.pipe(v.string('must be a string'), v.regex(/^[\w@.:-]{1,63}$/, 'must be 1 to 63 letters, digits or @ . : _ -'))),
             group: v.optional(v.pipe(v.string('must be a string'), v.nonEmpty('must not be empty'), v.maxLength(253, 'must be at most 253 characters'))),
@@ -133,6 +135,7 @@ function grantedBody(granted: GrantedLease) {
     token: granted.token,
     uuid: granted.token,
     cluster_name: granted.cluster.name,
+    cluster_version: granted.cluster.version,
     cluster_id: granted.cluster.id,
     location: granted.cluster.location,
     expires_at: new Date(granted.lease.expiresAt).toISOString(),
@@ -147,7 +150,7 @@ export async function POST(request: Request, context: RouteContext): Promise<Res
   const idempotencyKey = idempotencyKeyOf(request);
   const body = parseBody(acquireBody(context.maxLeaseSeconds), await readJsonBody(request));
   if (body.cloud_provider && !context.leases.servesProvider(body.cloud_provider)) {
-    throw new BadRequestError('cloud_provider: not a provider this claimer serves', ['cloud_provider']);
+    throw new BadRequestError(`cloud_provider: not a provider this claimer serves; it accepts ${context.leases.providerNames().join(', ')} (or "" for any)`, ['cloud_provider']);
   }
   if (body.auth?.group && !context.leases.knowsGroup(body.auth.group)) {
     throw new BadRequestError('auth.group: no ClusterRole is configured for this group (LEASE_GROUP_ROLES)', ['auth.group']);

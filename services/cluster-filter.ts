@@ -10,7 +10,10 @@ import type { Cluster } from './providers/types.ts';
 export interface ClusterFilter {
   /** RE2 pattern searched in the cluster name (unanchored, as the original did). */
   regex?: string;
-  /** Prefix of the control plane version: `1.31` matches `1.31.5-gke.100`. */
+  /**
+   * The control plane version, by whole components: `1.31` matches `1.31.5-gke.100` and
+   * `1.31.0` but not `1.310.0`; a full version matches itself. A leading `v` is ignored.
+   */
   version?: string;
   /** Every pair must be among the cluster's labels. */
   labels?: Record<string, string>;
@@ -67,9 +70,21 @@ export function filterDigest(filter: ClusterFilter): string {
   return createHash('sha256').update(canonicalFilter(filter)).digest('hex').slice(0, 32);
 }
 
+/**
+ * Whether `version` is `wanted` or continues it at a component boundary (`.`, or the `-` and
+ * `+` of pre-release and build parts): `1.3` is not a prefix of `1.32.1`.
+ */
+export function versionMatches(wanted: string, version: string): boolean {
+  const want = wanted.replace(/^v/, '');
+  const have = version.replace(/^v/, '');
+  if (!have.startsWith(want)) return false;
+  const next = have.charAt(want.length);
+  return next === '' || next === '.' || next === '-' || next === '+' || /[.\-+]$/.test(want);
+}
+
 export function matches(filter: ClusterFilter, cluster: Cluster): boolean {
   if (filter.gpu && !cluster.gpu) return false;
-  if (filter.version && !cluster.version.startsWith(filter.version)) return false;
+  if (filter.version && !versionMatches(filter.version, cluster.version)) return false;
   for (const [key, value] of Object.entries(filter.labels ?? {})) {
     if (cluster.labels[key] !== value) return false;
   }

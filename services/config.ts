@@ -36,6 +36,8 @@ export interface Config {
   clusterCacheSeconds: number;
   /** How often the reaper writes down expired leases. */
   reapIntervalSeconds: number;
+  /** A kubeconfig whose contexts are the pool (local mode), and globs of the contexts to take. */
+  poolKubeconfig?: { file: string; contexts: string[] };
   /** Free records of clusters missing from the pool this long are removed (0: kept). */
   forgetDepartedSeconds: number;
   /** Requests that may wait at once, per principal and in all (across replicas). */
@@ -117,6 +119,8 @@ const Environment = v.object({
   MAX_LEASE_SECONDS: integer(1, 31_536_000, 86_400),
   LOG_LEVEL: oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
   STATIC_POOL_FILE: text(),
+  POOL_KUBECONFIG: text(),
+  POOL_CONTEXTS: v.optional(v.pipe(v.string(), v.regex(/^[^\s,]+(\s*,\s*[^\s,]+)*$/, 'must be context names or globs separated by commas'))),
   LEASE_STORE: oneOf(['file', 'kubernetes', 'memory']),
   LEASE_STORE_FILE: textOr('data/leases.json'),
   CLUSTER_CACHE_SECONDS: integer(0, 86_400, 30),
@@ -218,6 +222,8 @@ export function loadConfig(environment: Record<string, string | undefined>, defa
   if (oidcParts.some(Boolean) && !oidcParts.every(Boolean)) {
     fail(!env.AUTH_JWKS_URL ? 'AUTH_JWKS_URL' : !env.AUTH_ISSUER ? 'AUTH_ISSUER' : 'AUTH_AUDIENCE', 'is required with the other AUTH_JWKS_URL, AUTH_ISSUER, AUTH_AUDIENCE settings');
   }
+  if (env.POOL_KUBECONFIG && env.GOOGLE_CLOUD_PROJECT_ID) fail('POOL_KUBECONFIG', 'and GOOGLE_CLOUD_PROJECT_ID each name a pool: set one of them');
+  if (env.POOL_CONTEXTS && !env.POOL_KUBECONFIG) fail('POOL_CONTEXTS', 'needs POOL_KUBECONFIG (the kubeconfig whose contexts it picks)');
   if (env.AUTH_ALLOWED_SUBJECTS && !env.AUTH_JWKS_URL) fail('AUTH_ALLOWED_SUBJECTS', 'needs AUTH_JWKS_URL, AUTH_ISSUER and AUTH_AUDIENCE');
   const oidc = env.AUTH_JWKS_URL && env.AUTH_ISSUER && env.AUTH_AUDIENCE
     ? {
@@ -253,6 +259,9 @@ export function loadConfig(environment: Record<string, string | undefined>, defa
     clusterCacheSeconds: env.CLUSTER_CACHE_SECONDS,
     reapIntervalSeconds: env.REAP_INTERVAL_SECONDS,
     forgetDepartedSeconds: env.FORGET_DEPARTED_SECONDS,
+    ...(env.POOL_KUBECONFIG && {
+      poolKubeconfig: { file: env.POOL_KUBECONFIG, contexts: (env.POOL_CONTEXTS ?? '').split(',').map((glob) => glob.trim()).filter(Boolean) },
+    }),
     waitCaps: { perPrincipal: env.WAIT_MAX_PER_PRINCIPAL, total: env.WAIT_MAX_TOTAL },
     backendTimeoutSeconds: env.BACKEND_TIMEOUT_SECONDS,
     // google-token and pool are one thing: the provider's own credentials for the lessee.

@@ -14,6 +14,8 @@ export function clusterJson(view: ClusterView, now: number) {
     name: cluster.name,
     location: cluster.location,
     version: cluster.version,
+    // The original claimer's name for it, which its clients read.
+    cluster_version: cluster.version,
     labels: cluster.labels,
     state: view.state,
     status: cluster.status,

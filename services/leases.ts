@@ -85,6 +85,11 @@ export class LeaseService {
     return this.provider.aliases.includes(name.toLowerCase());
   }
 
+  /** The values of `cloud_provider` this claimer answers to. */
+  providerNames(): readonly string[] {
+    return this.provider.aliases;
+  }
+
   /** Whether a group of an auth request maps to a ClusterRole. */
   knowsGroup(group: string): boolean {
     return Object.hasOwn(this.options.groupRoles, group);

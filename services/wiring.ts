@@ -51,6 +51,10 @@ interface Closable {
 }
 
 async function buildProvider(config: Config, logger: Logger, clock: Clock): Promise<ClusterProvider & Closable> {
+  if (config.poolKubeconfig) {
+    const { loadKubeconfigPool } = await import('./providers/kubeconfig.ts');
+    return loadKubeconfigPool(config.poolKubeconfig.file, { contexts: config.poolKubeconfig.contexts, probeTimeoutMs: config.backendTimeoutSeconds * 1000 });
+  }
   if (!config.gke) return StaticProvider.load(config.staticPoolFile);
   const { GkeProvider, gkeClientFor, gkeTokens } = await import('./providers/gke.ts');
   return new GkeProvider(gkeClientFor(config.gke), gkeTokens(config.gke), {

@@ -66,6 +66,8 @@ describe('configuration from the environment', () => {
     ['NAMESPACE not a DNS label', { NAMESPACE: 'Bad_NS' }, /NAMESPACE must be a Kubernetes namespace name/],
     ['LEASE_STORE unknown', { LEASE_STORE: 'redis' }, /LEASE_STORE must be one of: file, kubernetes, memory/],
     ['LOG_LEVEL unknown', { LOG_LEVEL: 'loud' }, /LOG_LEVEL/],
+    ['two pools at once', { POOL_KUBECONFIG: '/k', GOOGLE_CLOUD_PROJECT_ID: 'p', AUTH_TOKEN: 't', GKE_EMULATOR_HOST: '127.0.0.1:1' }, /POOL_KUBECONFIG and GOOGLE_CLOUD_PROJECT_ID each name a pool/],
+    ['contexts without a kubeconfig', { POOL_CONTEXTS: 'kind-*' }, /POOL_CONTEXTS needs POOL_KUBECONFIG/],
     ['GKE mode without AUTH_TOKEN', { GOOGLE_CLOUD_PROJECT_ID: 'p', GOOGLE_CLOUD_ACCOUNT_FILE: account }, /AUTH_TOKEN is required outside local mode/],
     ['GKE mode without an account file', { GOOGLE_CLOUD_PROJECT_ID: 'p', AUTH_TOKEN: 't' }, /GOOGLE_CLOUD_ACCOUNT_FILE_BASE64 is required/],
     ['account file not base64 JSON', { GOOGLE_CLOUD_PROJECT_ID: 'p', AUTH_TOKEN: 't', GOOGLE_CLOUD_ACCOUNT_FILE_BASE64: 'bm90IGpzb24=' }, /GOOGLE_CLOUD_ACCOUNT_FILE_BASE64 is not a service-account JSON key/],

@@ -26,6 +26,7 @@ import {
 } from '../services/lease-table.ts';
 import type { Cluster } from '../services/providers/types.ts';
 import { hashToken } from '../services/tokens.ts';
+import { versionMatches } from '../services/cluster-filter.ts';
 
 function cluster(name: string, overrides: Partial<Cluster> = {}): Cluster {
   return {
@@ -307,6 +308,29 @@ describe('the life cycle with cleanup: free -> leased -> dirty -> cleaning -> fr
     assert.equal(startCleanup('zone-a/c1', 'a', 60_000)(failed, dirtyContext(T0 + 1499)).result, false);
     assert.deepEqual(startCleanup('zone-a/c1', 'a', 60_000)(failed, dirtyContext(T0 + 1500)).result, { revoke: [] });
   });
+});
+
+describe('cluster_version matches whole components', () => {
+  const cases: Array<[string, string, boolean]> = [
+    ['1.31', '1.31.5-gke.100', true],
+    ['1.31', '1.31.0', true],
+    ['1.31', '1.31', true],
+    ['1.31', '1.310.0', false],
+    ['1.3', '1.32.1', false],
+    ['1.32.1', '1.32.1', true],
+    ['1.32.1', '1.32.10', false],
+    ['1.31.5', '1.31.5-gke.100', true],
+    ['1.31.5-gke.100', '1.31.5-gke.100', true],
+    ['v1.31', '1.31.2', true],
+    ['1.31', 'v1.31.2+k3s1', true],
+    ['1', '1.31.2', true],
+    ['1.31', '', false],
+  ];
+  for (const [wanted, version, expected] of cases) {
+    test(`${wanted} ${expected ? 'matches' : 'does not match'} ${version || '(no version)'}`, () => {
+      assert.equal(versionMatches(wanted, version), expected);
+    });
+  }
 });
 
 describe('the reaper', () => {

@@ -160,6 +160,25 @@ describe('choosing a cluster', () => {
     });
   }
 
+  test('a static pool answers the aliases its file names (the original CLI\'s `--provider google`); others are 400 listing them', async () => {
+    await withApp({ clusters: poolOf(1), poolSettings: { credentials: 'pool', cleanup: 'none', aliases: ['google', 'onprem'] } }, async (app) => {
+      assert.equal((await call(app, 'POST', '/lease', { max_time: 60, cloud_provider: 'Google' })).status, 200);
+      const refused = await call(app, 'POST', '/lease', { max_time: 60, cloud_provider: 'azure' });
+      assert.equal(refused.status, 400);
+      assert.match(refused.body.error, /accepts static, google, onprem/);
+    });
+  });
+
+  test('cluster_version 1.3 never leases a 1.32.1 cluster; 1.32 does, and the answer shows cluster_version', async () => {
+    await withApp({ clusters: labelled }, async (app) => {
+      assert.equal((await call(app, 'POST', '/lease', { max_time: 60, cluster_version: '1.3' })).body.reason, 'NoMatchingCluster');
+      const granted = await call(app, 'POST', '/lease', { max_time: 60, cluster_version: '1.32' });
+      assert.equal(granted.status, 200);
+      assert.match(granted.body.cluster_version, /^1\.32\./);
+      assert.equal((await call(app, 'GET', `/lease/${granted.body.token}`)).body.cluster_version, granted.body.cluster_version);
+    });
+  });
+
   test('a pattern that backtracking engines choke on is answered at once (RE2, linear time)', async () => {
     await withApp({ clusters: [{ name: `${'a'.repeat(60)}!` }] }, async (app) => {
       const response = await call(app, 'POST', '/lease', { max_time: 60, cluster_regex: '^(a+)+$' });

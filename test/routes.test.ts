@@ -64,6 +64,13 @@ describe('request tables: statuses of every route', () => {
     { name: 'GET /metrics needs no auth', method: 'GET', path: '/metrics', auth: null, status: 200 },
     { name: 'GET /openapi.json needs no auth', method: 'GET', path: '/openapi.json', auth: null, status: 200 },
     { name: 'POST /metrics - 405 with Allow', method: 'POST', path: '/metrics', status: 405, headersExpected: { allow: 'GET, HEAD' } },
+    { name: 'POST /lease - 400 names an unknown field and the one it resembles (cluster-regex)', method: 'POST', path: '/lease', body: { max_time: 300, 'cluster-regex': 'gpu-.*' }, status: 400, fields: ['cluster-regex'], errorMatches: /did you mean cluster_regex\?/ },
+    { name: 'POST /lease - 400 for "label" (did you mean labels?)', method: 'POST', path: '/lease', body: { max_time: 300, label: { gpu: 'true' } }, status: 400, fields: ['label'], errorMatches: /did you mean labels\?/ },
+    { name: 'POST /lease - 400 for an unknown field inside auth', method: 'POST', path: '/lease', body: { max_time: 300, auth: { usr: 'me' } }, status: 400, fields: ['auth.usr'], errorMatches: /did you mean auth\.user\?/ },
+    { name: 'POST /lease - 400 for an unknown field far from any known one, listing the known ones', method: 'POST', path: '/lease', body: { max_time: 300, colour: 'blue' }, status: 400, fields: ['colour'], errorMatches: /known: max_time, cluster_regex/ },
+    { name: 'POST /lease - 200 for the original Go CLI\'s body, empty strings included', method: 'POST', path: '/lease', body: { max_time: 30, cluster_regex: '', cluster_version: '', cloud_provider: '' }, status: 200 },
+    { name: 'POST /lease - 400 for a cloud_provider not served, listing what is', method: 'POST', path: '/lease', body: { max_time: 30, cloud_provider: 'azure' }, status: 400, fields: ['cloud_provider'], errorMatches: /accepts static/ },
+    { name: 'PATCH /lease/:token - 400 names an unknown field', method: 'PATCH', path: `/lease/${UNKNOWN_TOKEN}`, body: { max_time: 60, maxtime: 60 }, status: 400, fields: ['maxtime'], errorMatches: /did you mean max_time\?/ },
     { name: 'POST /lease - 400 never echoes a label key', method: 'POST', path: '/lease', body: { max_time: 30, labels: { 'private-key-name-7': 5 } }, status: 400, fields: ['labels'] },
   ];
 

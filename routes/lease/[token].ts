@@ -21,7 +21,7 @@ const extendBodies = new Map<number, v.GenericSchema<unknown, { max_time: number
 function extendBody(maxLeaseSeconds: number) {
   let schema = extendBodies.get(maxLeaseSeconds);
   if (!schema) {
-    schema = v.looseObject({ max_time: durationSchema(maxLeaseSeconds) });
+    schema = v.strictObject({ max_time: durationSchema(maxLeaseSeconds) });
     extendBodies.set(maxLeaseSeconds, schema);
   }
   return schema;

@@ -64,6 +64,8 @@ const KubeconfigCluster = v.strictObject({
 
 const PoolFile = v.object({
   provider: v.optional(v.pipe(v.string(), v.nonEmpty()), 'static'),
+  /** More values of `cloud_provider` the pool answers to (e.g. `google`, for the original CLI). */
+  aliases: v.optional(v.array(v.pipe(v.string(), v.regex(/^[\w.-]{1,64}$/, 'must be a provider name'))), []),
   /** `pool`: lessees get the pool file's credentials instead of per-lease ones. */
   credentials: v.optional(v.picklist(['serviceaccount', 'pool'], 'must be serviceaccount or pool')),
   cleanup: v.optional(v.picklist(['namespaces', 'none'], 'must be namespaces or none')),
@@ -103,7 +105,7 @@ function describeIssues(issues: readonly v.BaseIssue<unknown>[]): string {
   return shown.join('; ');
 }
 
-interface PoolMember {
+export interface PoolMember {
   cluster: Cluster;
   kubeconfig: string;
 }
@@ -111,13 +113,14 @@ interface PoolMember {
 export class StaticProvider implements ClusterProvider {
   readonly aliases: readonly string[];
 
-  private constructor(
+  constructor(
     readonly kind: string,
     private readonly members: PoolMember[],
     /** The pool's own choices; the environment overrides them. */
     readonly settings: { credentials?: 'serviceaccount' | 'pool'; cleanup?: 'namespaces' | 'none' },
+    aliases: readonly string[] = [],
   ) {
-    this.aliases = [kind];
+    this.aliases = [...new Set([kind, ...aliases].map((alias) => alias.toLowerCase()))];
   }
 
   static async load(path: string): Promise<StaticProvider> {
@@ -143,7 +146,7 @@ export class StaticProvider implements ClusterProvider {
       members.push(member);
     }
     const { credentials, cleanup } = parsed.output;
-    return new StaticProvider(parsed.output.provider, members, { ...(credentials && { credentials }), ...(cleanup && { cleanup }) });
+    return new StaticProvider(parsed.output.provider, members, { ...(credentials && { credentials }), ...(cleanup && { cleanup }) }, parsed.output.aliases);
   }
 
   /** The same array every time: what is derived from the pool list is remembered per list. */
@@ -166,7 +169,7 @@ export class StaticProvider implements ClusterProvider {
   }
 }
 
-type PoolEntry = Pick<v.InferOutput<typeof InlineCluster>, 'name' | 'location' | 'labels' | 'version' | 'cluster_tag' | 'gpu'>;
+export type PoolEntry = Pick<v.InferOutput<typeof InlineCluster>, 'name' | 'location' | 'labels' | 'version' | 'cluster_tag' | 'gpu'>;
 
 /** A pool member from its pool-file entry and how to reach its API server. */
 function poolMember(
@@ -208,7 +211,7 @@ const INLINED_FILES: Record<string, string> = {
 };
 
 /** The real paths of the folders a pool file's file references may point into. */
-async function allowedFolders(poolFile: string, fileFolders: string[]): Promise<string[]> {
+export async function allowedFolders(poolFile: string, fileFolders: string[]): Promise<string[]> {
   const folders = [dirname(poolFile), ...fileFolders.map((folder) => resolve(dirname(poolFile), folder))];
   return Promise.all(
     folders.map((folder, index) =>
@@ -230,14 +233,14 @@ function isInside(path: string, folder: string): boolean {
  * checking, symlinks resolved, that it lies in an allowed folder. Errors name the cluster, the
  * key and the path, never what the file holds.
  */
-async function readReferenced(path: string, folders: string[], cluster: string, key: string): Promise<Buffer> {
+async function readReferenced(path: string, folders: string[], owner: string, key: string): Promise<Buffer> {
   const unreadable = (error: unknown) => {
-    throw new PoolFileError(`cannot read ${key} ${path} of cluster ${cluster}: ${problemOf(error)}`);
+    throw new PoolFileError(`cannot read ${key} ${path} of ${owner}: ${problemOf(error)}`);
   };
   const real = await realpath(path).catch(unreadable);
   if (!folders.some((folder) => isInside(real, folder))) {
     throw new PoolFileError(
-      `${key} of cluster ${cluster} (${path}) is outside the pool file's folder and its file_folders; move the file there or name its folder in file_folders`,
+      `${key} of ${owner} (${path}) is outside the pool file's folder and its file_folders; move the file there or name its folder in file_folders`,
     );
   }
   // Read by its resolved path: the path read is the path checked.
@@ -249,9 +252,9 @@ async function inlineFiles(section: Record<string, unknown>, folder: string, all
   for (const [key, value] of Object.entries(section)) {
     const dataKey = INLINED_FILES[key];
     if (dataKey && typeof value === 'string') {
-      result[dataKey] = (await readReferenced(resolve(folder, value), allowed, cluster, key)).toString('base64');
+      result[dataKey] = (await readReferenced(resolve(folder, value), allowed, `cluster ${cluster}`, key)).toString('base64');
     } else if (key === 'tokenFile' && typeof value === 'string') {
-      result.token = (await readReferenced(resolve(folder, value), allowed, cluster, key)).toString('utf8').trim();
+      result.token = (await readReferenced(resolve(folder, value), allowed, `cluster ${cluster}`, key)).toString('utf8').trim();
     } else {
       result[key] = value;
     }
@@ -259,18 +262,35 @@ async function inlineFiles(section: Record<string, unknown>, folder: string, all
   return result;
 }
 
-async function fromKubeconfigFile(entry: v.InferOutput<typeof KubeconfigCluster>, file: string, allowed: string[]): Promise<PoolMember> {
+export type KubeconfigDocument = v.InferOutput<typeof KubeconfigFile>;
+
+/** A kubeconfig file, read and checked (only from an allowed folder); `owner` names who refers to it. */
+export async function readKubeconfig(file: string, allowed: string[], owner: string): Promise<KubeconfigDocument> {
   let document: unknown;
-  const text = (await readReferenced(file, allowed, entry.name, 'kubeconfig')).toString('utf8');
+  const text = (await readReferenced(file, allowed, owner, 'kubeconfig')).toString('utf8');
   try {
     document = parse(text);
   } catch (error) {
-    throw new PoolFileError(`cannot read kubeconfig ${file} of cluster ${entry.name}: ${problemOf(error)}`);
+    throw new PoolFileError(`cannot read kubeconfig ${file} of ${owner}: ${problemOf(error)}`);
   }
   const parsed = v.safeParse(KubeconfigFile, document);
   if (!parsed.success) throw new PoolFileError(`kubeconfig ${file} is invalid: ${describeIssues(parsed.issues)}`);
-  const config = parsed.output;
-  const contextName = entry.context ?? config['current-context'];
+  return parsed.output;
+}
+
+async function fromKubeconfigFile(entry: v.InferOutput<typeof KubeconfigCluster>, file: string, allowed: string[]): Promise<PoolMember> {
+  const config = await readKubeconfig(file, allowed, `cluster ${entry.name}`);
+  return memberFromContext(entry, config, entry.context ?? config['current-context'], file, allowed);
+}
+
+/** A pool member from one context of a kubeconfig: its server, CA and user, file references inlined. */
+export async function memberFromContext(
+  entry: PoolEntry,
+  config: KubeconfigDocument,
+  contextName: string | undefined,
+  file: string,
+  allowed: string[],
+): Promise<PoolMember> {
   const context = config.contexts.find((candidate) => candidate.name === contextName)?.context;
   const clusterSection = config.clusters.find((candidate) => candidate.name === context?.cluster)?.cluster;
   if (!context || !clusterSection) {

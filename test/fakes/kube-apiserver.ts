@@ -224,6 +224,7 @@ export const BUILTIN_RESOURCES: readonly ResourceDefinition[] = [
     returnDeletedObject: true,
   },
   { group: '', version: 'v1', plural: 'configmaps', kind: 'ConfigMap', namespaced: true, validateName: validateDns1123Subdomain },
+  { group: '', version: 'v1', plural: 'nodes', kind: 'Node', namespaced: false, validateName: validateDns1123Subdomain },
   { group: '', version: 'v1', plural: 'secrets', kind: 'Secret', namespaced: true, validateName: validateDns1123Subdomain },
   { group: RBAC_GROUP, version: 'v1', plural: 'clusterrolebindings', kind: 'ClusterRoleBinding', namespaced: false, validateName: validatePathSegmentName },
   { group: RBAC_GROUP, version: 'v1', plural: 'clusterroles', kind: 'ClusterRole', namespaced: false, validateName: validatePathSegmentName },
@@ -1252,9 +1253,28 @@ export class FakeKubeApiserver {
       case '/api':
         this.sendJson(res, 200, { kind: 'APIVersions', versions: ['v1'], serverAddressByClientCIDRs: [{ clientCIDR: '0.0.0.0/0', serverAddress: '127.0.0.1:443' }] });
         return;
+      // Discovery, as kubectl does it before a `get`: the groups, and each group version's resources.
+      case '/apis': {
+        const groups = [...new Set(this.resources.filter((def) => def.group !== '').map((def) => `${def.group}/${def.version}`))].map((groupVersion) => {
+          const [group = '', version = ''] = groupVersion.split('/');
+          return { name: group, versions: [{ groupVersion, version }], preferredVersion: { groupVersion, version } };
+        });
+        this.sendJson(res, 200, { kind: 'APIGroupList', apiVersion: 'v1', groups });
+        return;
+      }
       case '/apis/authentication.k8s.io/v1/tokenreviews':
         if (req.method === 'POST') return this.tokenReview(req, res);
         break;
+    }
+    const discovery = /^\/(?:api\/(v1)|apis\/([^/]+)\/([^/]+))$/.exec(req.path);
+    if (discovery && req.method === 'GET') {
+      const [group, version] = discovery[1] ? ['', discovery[1]] : [discovery[2] ?? '', discovery[3] ?? ''];
+      const resources = this.resources
+        .filter((def) => def.group === group && def.version === version)
+        .map((def) => ({ name: def.plural, singularName: def.kind.toLowerCase(), namespaced: def.namespaced, kind: def.kind, verbs: ['create', 'delete', 'get', 'list', 'patch', 'update', 'watch'] }));
+      if (resources.length === 0) throw new KubeApiError(ROUTE_NOT_FOUND);
+      this.sendJson(res, 200, { kind: 'APIResourceList', apiVersion: 'v1', groupVersion: group ? `${group}/${version}` : version, resources });
+      return;
     }
     if (!route) throw new KubeApiError(ROUTE_NOT_FOUND);
     const { def, namespace, name, subresource } = route;
