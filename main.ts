@@ -8,7 +8,7 @@ import { serve } from 'srvx';
 import { createApp, startingResponse, type App } from './app.ts';
 import { ConfigError, loadConfig } from './services/config.ts';
 import { LocalTokenFileError, ensureLocalAuthToken } from './services/local-auth.ts';
-import { createLogger } from './services/logger.ts';
+import { processLogger } from './services/logger.ts';
 import { buildServices, type Services } from './services/wiring.ts';
 
 let config;
@@ -22,7 +22,8 @@ try {
   process.exit(2);
 }
 
-const logger = createLogger(config.logLevel);
+// A person at a terminal reads lines; anything else (a log collector) gets JSON.
+const logger = processLogger(config.logLevel, config.logFormat ?? (process.stdout.isTTY ? 'pretty' : 'json'), Boolean(process.stdout.isTTY));
 if (config.oidc && config.oidc.allowedSubjects.length === 0) {
   logger.warn(
     { issuer: config.oidc.issuer },
@@ -58,7 +59,17 @@ const server = serve({
   silent: true,
   gracefulShutdown: false,
 });
-await server.ready();
+try {
+  await server.ready();
+} catch (error) {
+  const code = (error as NodeJS.ErrnoException).code;
+  const where = `${config.bindHost}:${config.bindPort}`;
+  if (code === 'EADDRINUSE') console.error(`k8s-claimer: port ${config.bindPort} is in use (${where}): stop what listens there, or set BIND_PORT to another port`);
+  else if (code === 'EACCES') console.error(`k8s-claimer: not allowed to listen on ${where}: choose a BIND_PORT above 1023, or run with the right to bind it`);
+  else if (code === 'EADDRNOTAVAIL') console.error(`k8s-claimer: ${config.bindHost} is not an address of this host: set BIND_HOST to one (0.0.0.0 for all)`);
+  else throw error;
+  process.exit(1);
+}
 logger.info({ url: server.url, runtime: server.runtime, mode: config.mode, store: config.leaseStore }, 'listening');
 
 let services: Services;

@@ -29,6 +29,8 @@ export interface Config {
   serviceName: string;
   maxLeaseSeconds: number;
   logLevel: string;
+  /** json or pretty; unset: pretty on a terminal, json otherwise (main.ts decides). */
+  logFormat?: 'json' | 'pretty';
   mode: Mode;
   staticPoolFile: string;
   leaseStore: StoreKind;
@@ -118,6 +120,7 @@ const Environment = v.object({
   ),
   MAX_LEASE_SECONDS: integer(1, 31_536_000, 86_400),
   LOG_LEVEL: oneOf(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']),
+  LOG_FORMAT: oneOf(['json', 'pretty']),
   STATIC_POOL_FILE: text(),
   POOL_KUBECONFIG: text(),
   POOL_CONTEXTS: v.optional(v.pipe(v.string(), v.regex(/^[^\s,]+(\s*,\s*[^\s,]+)*$/, 'must be context names or globs separated by commas'))),
@@ -252,6 +255,7 @@ export function loadConfig(environment: Record<string, string | undefined>, defa
     serviceName: env.SERVICE_NAME,
     maxLeaseSeconds: env.MAX_LEASE_SECONDS,
     logLevel: env.LOG_LEVEL ?? 'info',
+    ...(env.LOG_FORMAT && { logFormat: env.LOG_FORMAT }),
     mode,
     staticPoolFile: env.STATIC_POOL_FILE ?? defaults.staticPoolFile,
     leaseStore: env.LEASE_STORE ?? (mode === 'gke' ? 'kubernetes' : 'file'),

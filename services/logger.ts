@@ -1,7 +1,9 @@
-// Structured JSON logs (pino). Secrets are never passed to the logger; the redaction below is a
-// second line of defence for fields that must never be printed even by mistake.
+// Structured JSON logs (pino), or the same lines made readable for a person at a terminal
+// (pino-pretty). Secrets are never passed to the logger; the redaction below is a second line
+// of defence for fields that must never be printed even by mistake, in both formats.
 
 import { pino, type DestinationStream, type Logger } from 'pino';
+import pretty from 'pino-pretty';
 
 export const REDACTED_PATHS = [
   'token',
@@ -17,6 +19,14 @@ export const REDACTED_PATHS = [
   'private_key',
   '*.private_key',
 ];
+
+export type LogFormat = 'json' | 'pretty';
+
+/** A logger for the process: JSON lines, or pretty ones (coloured when `colour`) on stdout. */
+export function processLogger(level: string, format: LogFormat, colour: boolean): Logger {
+  if (format === 'json') return createLogger(level);
+  return createLogger(level, pretty({ colorize: colour, translateTime: 'SYS:HH:MM:ss.l', ignore: 'pid,hostname,service', singleLine: true, sync: true }));
+}
 
 export function createLogger(level: string, destination?: DestinationStream): Logger {
   const options = {

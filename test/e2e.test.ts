@@ -1,11 +1,30 @@
 // End to end: the real server process (npm start's command) on port 0, driven with fetch.
 
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { once } from 'node:events';
 import { readFile, rm } from 'node:fs/promises';
+import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { poolOf, tempDir, writePool } from './support/harness.ts';
-import { startServerProcess, type ServerProcess } from './support/server-process.ts';
+import { NETWORK_GUARD, startServerProcess, type ServerProcess } from './support/server-process.ts';
+
+/** Runs a command to its end (at most 30 s) and collects what it printed. */
+function runToEnd(command: string, args: string[], env: Record<string, string>): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const child = spawn(command, args, { env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '/tmp', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      resolve({ code, stdout, stderr });
+    });
+  });
+}
 
 const TOKEN = 'e2e-shared-token';
 
@@ -127,6 +146,44 @@ describe('local mode without AUTH_TOKEN', () => {
       assert.match(granted.body.cluster_name, /^example-/);
     } finally {
       await server.stop();
+      await rm(folder, { recursive: true, force: true });
+    }
+  });
+
+  test('a port already in use is one line naming BIND_PORT, exit 1, no stack trace', async () => {
+    const busy = createServer().listen(0, '127.0.0.1');
+    await once(busy, 'listening');
+    const { port } = busy.address() as { port: number };
+    try {
+      const result = await runToEnd(process.execPath, ['--import', NETWORK_GUARD, '--import', 'tsx', 'main.ts'], { AUTH_TOKEN: 'x', LEASE_STORE: 'memory', BIND_HOST: '127.0.0.1', BIND_PORT: String(port) });
+      assert.equal(result.code, 1);
+      const lines = result.stderr.trim().split('\n');
+      assert.equal(lines.length, 1, result.stderr);
+      assert.match(lines[0] as string, new RegExp(`port ${port} is in use.*BIND_PORT`));
+      assert.doesNotMatch(result.stderr, /\n\s+at /);
+    } finally {
+      busy.close();
+    }
+  });
+
+  test('logs are JSON lines for a log collector, readable lines on a terminal (LOG_FORMAT chooses)', async () => {
+    const folder = await tempDir();
+    const env = { AUTH_TOKEN: 'x', LEASE_STORE: 'memory', BIND_HOST: '127.0.0.1', BIND_PORT: '0', STATIC_POOL_FILE: await writePool(folder, poolOf(1)) };
+    try {
+      // stdout a pipe: JSON, one object per line.
+      const piped = await startServerProcess(process.execPath, ['--import', 'tsx', 'main.ts'], env);
+      await piped.stop();
+      assert.ok(piped.output().split('\n').filter(Boolean).every((line) => line.startsWith('{') && JSON.parse(line)));
+      // stdout a terminal (script(1) gives the server one): readable lines, the level as a word.
+      const typed = await runToEnd('script', ['-qec', `${process.execPath} --import tsx main.ts & pid=$!; sleep 4; kill -TERM $pid; wait $pid`, '/dev/null'], env);
+      assert.match(typed.stdout, /INFO.*listening/);
+      assert.doesNotMatch(typed.stdout, /^\{"level"/m);
+      // LOG_FORMAT=pretty without a terminal, and LOG_FORMAT=json on one.
+      const forced = await runToEnd('sh', ['-c', `${process.execPath} --import tsx main.ts & pid=$!; sleep 4; kill -TERM $pid; wait $pid`], { ...env, LOG_FORMAT: 'pretty' });
+      assert.match(forced.stdout, /INFO.*listening/);
+      const json = await runToEnd('script', ['-qec', `${process.execPath} --import tsx main.ts & pid=$!; sleep 4; kill -TERM $pid; wait $pid`, '/dev/null'], { ...env, LOG_FORMAT: 'json' });
+      assert.match(json.stdout, /\{"level":"info"/);
+    } finally {
       await rm(folder, { recursive: true, force: true });
     }
   });
