@@ -328,7 +328,7 @@ async function syncFolder(folder: string): Promise<void> {
 const UNWRITABLE_REASONS: Record<string, string> = {
   EROFS: 'is on a read-only file system',
   EACCES: 'is not writable by this user',
-  EPERM: 'is not writable (immutable)',
+  EPERM: 'is not writable (EPERM: an immutable folder, or a security policy)',
 };
 
 /**
