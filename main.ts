@@ -9,7 +9,7 @@ import { createApp, startingResponse, type App } from './app.ts';
 import { ConfigError, loadConfig } from './services/config.ts';
 import { LocalTokenFileError, ensureLocalAuthToken } from './services/local-auth.ts';
 import { processLogger } from './services/logger.ts';
-import { buildServices, type Services } from './services/wiring.ts';
+import { buildServices, unwritableFiles, type Services } from './services/wiring.ts';
 
 let config;
 try {
@@ -19,6 +19,14 @@ try {
 } catch (error) {
   if (!(error instanceof ConfigError)) throw error;
   console.error(`k8s-claimer: ${error.message}`);
+  process.exit(2);
+}
+
+// Local mode with neither a shared token nor OIDC: a generated token keeps the API closed.
+const needsLocalToken = config.authToken === undefined && !config.oidc;
+const unwritable = await unwritableFiles(config, { tokenFile: needsLocalToken });
+if (unwritable) {
+  console.error(`k8s-claimer: ${unwritable}`);
   process.exit(2);
 }
 
@@ -32,8 +40,7 @@ if (config.oidc && config.oidc.allowedSubjects.length === 0) {
 }
 
 let authToken = config.authToken;
-// Local mode with neither a shared token nor OIDC: a generated token keeps the API closed.
-if (authToken === undefined && !config.oidc) {
+if (needsLocalToken) {
   const local = await ensureLocalAuthToken(config.authTokenFile).catch((error: unknown) => {
     if (!(error instanceof LocalTokenFileError)) throw error;
     logger.fatal({ file: config.authTokenFile }, error.message);

@@ -3,6 +3,7 @@
 
 import type { RouteModule } from '../app.ts';
 import * as cleanup from './cleanup.ts';
+import * as favicon from './favicon.svg.ts';
 import * as healthz from './healthz.ts';
 import * as lease from './lease.ts';
 import * as leases from './leases.ts';
@@ -34,6 +35,7 @@ export const manifest: readonly RouteEntry[] = [
   { file: 'metrics.ts', module: metrics, auth: false },
   { file: 'openapi.json.ts', module: openapi, auth: false },
   { file: 'status.ts', path: '/', module: status, auth: false },
+  { file: 'favicon.svg.ts', module: favicon, auth: false },
 ];
 
 /** The path an entry serves. */

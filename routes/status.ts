@@ -3,6 +3,8 @@
 // The page is static apart from a per-response CSP nonce: it embeds no pool data, so serving it
 // without auth leaks nothing. Its script asks for the claimer's token (kept in this tab's
 // sessionStorage only), polls GET /leases with it and renders every value with textContent.
+// Filters by state and label run in the page and live in the query string, so a filtered view
+// is a link to share. Below 48rem the table's rows become stacked cards.
 
 import type { RouteContext, RouteRequest } from '../app.ts';
 
@@ -15,7 +17,7 @@ h1 { font-size: 1.4rem; margin: 0 0 .5rem; }
 #status { color: var(--muted); margin: 0; }
 .banner { margin: 1rem 0; padding: .6rem .9rem; border: 1px solid #d1242f; border-radius: 6px; background: #d1242f1a; }
 form { display: flex; flex-wrap: wrap; align-items: center; gap: .5rem; margin: 1.5rem 0; }
-input, button { font: inherit; padding: .35rem .6rem; border: 1px solid var(--line); border-radius: 6px; background: var(--bg); color: var(--fg); }
+input, button, select { font: inherit; padding: .35rem .6rem; border: 1px solid var(--line); border-radius: 6px; background: var(--bg); color: var(--fg); }
 button { cursor: pointer; background: var(--head); }
 .hint, .meta { color: var(--muted); font-size: .9em; width: 100%; margin: 0; }
 .meta { display: flex; justify-content: space-between; align-items: center; margin-top: .75rem; }
@@ -23,11 +25,17 @@ button { cursor: pointer; background: var(--head); }
 .counts div { border: 1px solid var(--line); border-radius: 6px; padding: .4rem .9rem; min-width: 5rem; }
 .counts dt { color: var(--muted); font-size: .85em; }
 .counts dd { margin: 0; font-size: 1.4rem; font-weight: 600; }
+.filters { display: flex; flex-wrap: wrap; align-items: center; gap: .5rem 1rem; margin: 1rem 0; }
+.filters label { display: flex; align-items: center; gap: .4rem; }
+.filters input { width: 16rem; max-width: 100%; }
+#shown { color: var(--muted); }
 table { width: 100%; border-collapse: collapse; }
 th, td { text-align: left; padding: .45rem .6rem; border-bottom: 1px solid var(--line); vertical-align: top; }
 thead th { background: var(--head); font-weight: 600; }
 td.expires { white-space: nowrap; font-variant-numeric: tabular-nums; }
 td.note, td.cleanup { overflow-wrap: anywhere; max-width: 22rem; }
+td.labels { max-width: 16rem; }
+.chip { font-size: .8em; padding: 0 .45rem; margin: 0 .25rem .2rem 0; border-radius: 1rem; background: var(--head); overflow-wrap: anywhere; text-align: left; }
 .badge { display: inline-block; padding: 0 .55rem; border-radius: 1rem; font-size: .85em; font-weight: 600; border: 1px solid; }
 .badge-free { color: #1a7f37; background: #1a7f371a; }
 .badge-leased { color: #0969da; background: #0969da1a; }
@@ -36,6 +44,23 @@ td.note, td.cleanup { overflow-wrap: anywhere; max-width: 22rem; }
 .badge-quarantined { color: #bc4c00; background: #bc4c001a; }
 .badge-unavailable { color: var(--muted); background: #59636e1a; }
 .badge-unknown { color: #d1242f; background: #d1242f1a; }
+@media (max-width: 48rem) {
+  body { padding: 1rem .75rem; }
+  .counts { flex-wrap: wrap; gap: .5rem; }
+  .counts div { flex: 1 1 4.5rem; min-width: 0; padding: .3rem .6rem; }
+  .filters label { flex: 1 1 100%; }
+  .filters input, .filters select { flex: 1 1 auto; min-width: 0; }
+  /* Cards: each row a box, each cell a line named by its column. The head stays for screen readers. */
+  thead { position: absolute; width: 1px; height: 1px; overflow: hidden; clip-path: inset(50%); }
+  table, tbody, tr, th, td { display: block; }
+  tbody tr { border: 1px solid var(--line); border-radius: 6px; margin: 0 0 .75rem; padding: .5rem .75rem; }
+  tbody th, tbody td { border: 0; padding: .15rem 0; max-width: none; overflow-wrap: anywhere; }
+  tbody th { font-size: 1.05rem; }
+  tbody td[data-label] { position: relative; padding-left: 6rem; }
+  tbody td[data-label]::before { content: attr(data-label); position: absolute; left: 0; color: var(--muted); font-size: .85em; line-height: 1.75; }
+  tbody td:empty { display: none; }
+  td.expires { white-space: normal; }
+}
 @media (prefers-color-scheme: dark) {
   :root { --fg: #e6edf3; --muted: #9198a1; --bg: #0d1117; --line: #3d444d; --head: #151b23; }
   .badge-free { color: #3fb950; } .badge-leased { color: #4493f8; } .badge-dirty { color: #d29922; }
@@ -50,14 +75,22 @@ const SCRIPT = `
 (function () {
   var TOKEN_KEY = 'k8s-claimer.token';
   var STATES = ['free', 'leased', 'dirty', 'cleaning', 'quarantined', 'unavailable', 'unknown'];
-  var asked = Number(new URLSearchParams(location.search).get('refresh'));
+  var COLUMNS = ['Name', 'Location', 'Version', 'Labels', 'State', 'Expires', 'Note', 'Holder', 'Cleanup'];
+  var query = new URLSearchParams(location.search);
+  var asked = Number(query.get('refresh'));
   var refreshSeconds = asked >= 1 ? Math.min(asked, 300) : 5;
   var byId = function (id) { return document.getElementById(id); };
   var form = byId('login'), tokenInput = byId('token'), statusLine = byId('status');
   var banner = byId('banner'), board = byId('board'), rows = byId('rows'), updated = byId('updated');
+  var stateFilter = byId('state-filter'), labelFilter = byId('label-filter'), shown = byId('shown');
   var timer = 0;
   // Each start bumps the run; answers of an older run (before a new token) are dropped.
   var run = 0;
+  // The last answer and when it came: filtering again needs no new poll.
+  var last = null;
+
+  if (STATES.indexOf(query.get('state')) >= 0) stateFilter.value = query.get('state');
+  labelFilter.value = query.get('label') || '';
 
   function say(text) { if (statusLine.textContent !== text) statusLine.textContent = text; }
   function cell(tag, className, text) {
@@ -74,6 +107,7 @@ const SCRIPT = `
     board.hidden = true;
     banner.hidden = true;
     rows.replaceChildren();
+    last = null;
     form.hidden = false;
     say(message);
     tokenInput.focus();
@@ -136,11 +170,32 @@ const SCRIPT = `
     return link;
   }
 
+  function labelsOf(cluster) {
+    var labels = cluster.labels && typeof cluster.labels === 'object' ? cluster.labels : {};
+    return Object.keys(labels).sort().map(function (key) { return key + '=' + labels[key]; });
+  }
+
+  // A label chip adds its pair to the label filter.
+  function chip(pair) {
+    var button = cell('button', 'chip', pair);
+    button.type = 'button';
+    button.title = 'Show only clusters labelled ' + pair;
+    button.addEventListener('click', function () {
+      var terms = filterTerms();
+      if (terms.indexOf(pair) < 0) terms.push(pair);
+      labelFilter.value = terms.join(' ');
+      filtersChanged();
+    });
+    return button;
+  }
+
   function row(cluster, now) {
     var state = STATES.indexOf(cluster.state) >= 0 ? cluster.state : 'unknown';
     var tr = document.createElement('tr');
     var name = cell('th', '', cluster.name);
     name.scope = 'row';
+    var labels = cell('td', 'labels');
+    labels.append(...labelsOf(cluster).map(chip));
     var stateCell = cell('td', 'state');
     var badge = cell('span', 'badge badge-' + state, state);
     if (state === 'quarantined') badge.title = 'Cleanup failed too often; POST /cleanup returns it to service';
@@ -162,9 +217,46 @@ const SCRIPT = `
       if (cluster.cleanup.retry_at) parts.push('retry at ' + new Date(cluster.cleanup.retry_at).toLocaleTimeString());
       cleanup.textContent = parts.join(' · ');
     }
-    tr.append(name, cell('td', '', cluster.location), cell('td', '', cluster.version), stateCell, expires, note,
+    tr.append(name, cell('td', 'location', cluster.location), cell('td', 'version', cluster.version), labels, stateCell, expires, note,
       cell('td', 'holder', cluster.holder), cleanup);
+    // Each cell names its column, for the stacked layout of narrow screens.
+    Array.prototype.forEach.call(tr.children, function (element, index) {
+      if (index > 0) element.dataset.label = COLUMNS[index];
+    });
     return tr;
+  }
+
+  // Label filter terms: key=value (that label with that value) or key (that label, any value).
+  function filterTerms() {
+    return labelFilter.value.split(/[ ,]+/).filter(Boolean);
+  }
+
+  function matches(cluster, state, terms) {
+    if (state && cluster.state !== state) return false;
+    var labels = cluster.labels && typeof cluster.labels === 'object' ? cluster.labels : {};
+    return terms.every(function (term) {
+      var equals = term.indexOf('=');
+      if (equals < 0) return Object.prototype.hasOwnProperty.call(labels, term);
+      var key = term.slice(0, equals);
+      return Object.prototype.hasOwnProperty.call(labels, key) && String(labels[key]) === term.slice(equals + 1);
+    });
+  }
+
+  function showRows() {
+    if (!last) return;
+    var clusters = last.clusters;
+    var state = stateFilter.value, terms = filterTerms();
+    var visible = clusters.filter(function (cluster) { return matches(cluster, state, terms); });
+    rows.replaceChildren(...visible.map(function (cluster) { return row(cluster, last.at); }));
+    if (visible.length === 0) {
+      var empty = cell('td', '', clusters.length === 0 ? 'The pool has no clusters.' : 'No cluster matches the filters.');
+      empty.colSpan = COLUMNS.length;
+      var emptyRow = cell('tr');
+      emptyRow.append(empty);
+      rows.append(emptyRow);
+    }
+    shown.textContent = state || terms.length > 0 ? 'Showing ' + visible.length + ' of ' + clusters.length : '';
+    tick();
   }
 
   function render(body) {
@@ -177,19 +269,22 @@ const SCRIPT = `
     byId('n-quarantined').textContent = count(['quarantined']);
     byId('n-waiting').textContent = Number(body.waiting) || 0;
     var now = Date.now();
-    rows.replaceChildren(...clusters.map(function (cluster) { return row(cluster, now); }));
-    if (clusters.length === 0) {
-      var empty = cell('td', '', 'The pool has no clusters.');
-      empty.colSpan = 8;
-      var emptyRow = cell('tr');
-      emptyRow.append(empty);
-      rows.append(emptyRow);
-    }
-    tick();
+    last = { clusters: clusters, at: now };
+    showRows();
     updated.textContent = 'Last updated ' + new Date(now).toLocaleTimeString();
     updated.dateTime = new Date(now).toISOString();
     board.hidden = false;
     say('Watching ' + clusters.length + ' clusters; refreshing every ' + refreshSeconds + ' s.');
+  }
+
+  // The filters live in the query string, so that the address bar is a link to this view.
+  function filtersChanged() {
+    var params = new URLSearchParams(location.search);
+    if (stateFilter.value) params.set('state', stateFilter.value); else params.delete('state');
+    if (labelFilter.value.trim()) params.set('label', labelFilter.value.trim()); else params.delete('label');
+    var search = params.toString();
+    history.replaceState(null, '', search ? '?' + search : location.pathname);
+    showRows();
   }
 
   function left(ms) {
@@ -215,6 +310,9 @@ const SCRIPT = `
     sessionStorage.setItem(TOKEN_KEY, token);
     start();
   });
+  stateFilter.addEventListener('change', filtersChanged);
+  labelFilter.addEventListener('input', filtersChanged);
+  byId('filters').addEventListener('submit', function (event) { event.preventDefault(); });
   byId('forget').addEventListener('click', function () { askForToken('Token forgotten. Enter it to see the pool again.'); });
   setInterval(tick, 1000);
   if (sessionStorage.getItem(TOKEN_KEY)) start();
@@ -229,6 +327,7 @@ function page(nonce: string): string {
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <title>k8s-claimer status</title>
+<link rel="icon" href="favicon.svg" type="image/svg+xml">
 <style nonce="${nonce}">${STYLE}</style>
 </head>
 <body>
@@ -252,9 +351,19 @@ function page(nonce: string): string {
 <div><dt title="cleanup failed too often; POST /cleanup returns one to service">Quarantined</dt><dd id="n-quarantined">0</dd></div>
 <div><dt>Waiting</dt><dd id="n-waiting">0</dd></div>
 </dl>
+<form id="filters" class="filters" role="search">
+<label for="state-filter">State
+<select id="state-filter">
+<option value="">all</option><option>free</option><option>leased</option><option>dirty</option><option>cleaning</option>
+<option>quarantined</option><option>unavailable</option><option>unknown</option>
+</select></label>
+<label for="label-filter">Labels
+<input id="label-filter" type="search" placeholder="size=large arch=amd64" autocomplete="off" spellcheck="false"></label>
+<output id="shown" for="state-filter label-filter"></output>
+</form>
 <table>
 <thead><tr>
-<th scope="col">Name</th><th scope="col">Location</th><th scope="col">Version</th><th scope="col">State</th>
+<th scope="col">Name</th><th scope="col">Location</th><th scope="col">Version</th><th scope="col">Labels</th><th scope="col">State</th>
 <th scope="col">Expires</th><th scope="col">Note</th><th scope="col">Holder</th><th scope="col">Cleanup</th>
 </tr></thead>
 <tbody id="rows"></tbody>
@@ -274,6 +383,8 @@ export function GET(_request: RouteRequest, _context: RouteContext): Response {
     "default-src 'none'",
     `script-src 'nonce-${nonce}'`,
     `style-src 'nonce-${nonce}'`,
+    // The favicon, from this server (routes/favicon.svg.ts).
+    "img-src 'self'",
     "connect-src 'self'",
     "base-uri 'none'",
     "form-action 'none'",

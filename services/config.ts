@@ -25,6 +25,7 @@ export interface Config {
   /** Unset only in local mode, where main.ts generates one into `authTokenFile`. */
   authToken?: string;
   authTokenFile: string;
+  /** The lease Service's namespace: NAMESPACE, else the pod's own (POD_NAMESPACE), else k8s-claimer. */
   namespace: string;
   serviceName: string;
   maxLeaseSeconds: number;
@@ -101,6 +102,9 @@ const integer = (min: number, max: number, fallback: number) =>
     String(fallback),
   );
 
+const namespaceName = () =>
+  v.optional(v.pipe(v.string(), v.regex(/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/, 'must be a Kubernetes namespace name')));
+
 const oneOf = <const T extends string>(values: readonly [T, ...T[]]) =>
   v.optional(v.picklist(values, `must be one of: ${values.join(', ')}`));
 
@@ -110,10 +114,7 @@ const Environment = v.object({
   // Trimmed: a Secret made with --from-file often ends in a newline the clients never send.
   AUTH_TOKEN: v.optional(v.pipe(v.string(), v.trim(), v.nonEmpty('must not be blank'))),
   AUTH_TOKEN_FILE: textOr('data/auth-token'),
-  NAMESPACE: v.optional(
-    v.pipe(v.string(), v.regex(/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/, 'must be a Kubernetes namespace name')),
-    'k8s-claimer',
-  ),
+  NAMESPACE: namespaceName(),
   SERVICE_NAME: v.optional(
     v.pipe(v.string(), v.regex(/^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$/, 'must be a Kubernetes Service name')),
     'k8s-claimer',
@@ -166,6 +167,9 @@ const Environment = v.object({
   CLEANUP_MAX_ATTEMPTS: integer(1, 1_000, 5),
   QUARANTINE_RETRY_SECONDS: integer(1, 604_800, 3_600),
   QUARANTINE_AFTER_SECONDS: integer(0, 604_800, 600),
+  // Set by the Deployment from the downward API (metadata.namespace): the namespace the pod
+  // runs in, wherever an overlay moved it. NAMESPACE, when set, wins.
+  POD_NAMESPACE: namespaceName(),
 });
 
 type Variable = keyof v.InferInput<typeof Environment>;
@@ -251,7 +255,7 @@ export function loadConfig(environment: Record<string, string | undefined>, defa
     bindPort: env.BIND_PORT,
     ...(env.AUTH_TOKEN && { authToken: env.AUTH_TOKEN }),
     authTokenFile: env.AUTH_TOKEN_FILE,
-    namespace: env.NAMESPACE,
+    namespace: env.NAMESPACE ?? env.POD_NAMESPACE ?? 'k8s-claimer',
     serviceName: env.SERVICE_NAME,
     maxLeaseSeconds: env.MAX_LEASE_SECONDS,
     logLevel: env.LOG_LEVEL ?? 'info',

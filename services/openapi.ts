@@ -258,5 +258,8 @@ export const openApiDocument = {
     '/': {
       get: { summary: 'The status page (HTML); it asks for the token, then polls /leases', security: [], responses: { 200: { description: 'HTML', content: { 'text/html': { schema: { type: 'string' } } } } } },
     },
+    '/favicon.svg': {
+      get: { summary: 'The status page\'s icon', security: [], responses: { 200: { description: 'SVG', content: { 'image/svg+xml': { schema: { type: 'string' } } } } } },
+    },
   },
 } as const;

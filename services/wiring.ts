@@ -1,6 +1,7 @@
 // Builds the app's dependencies from the configuration, once. Cloud libraries are imported only
 // in the mode that needs them, so local mode starts fast and small.
 
+import { dirname, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import type { AppDeps } from '../app.ts';
 import { createAuthenticator } from './auth.ts';
@@ -17,7 +18,7 @@ import { Waiting, type WaitingOptions } from './waiting.ts';
 import { StaticProvider } from './providers/static.ts';
 import type { ClusterProvider } from './providers/types.ts';
 import { MemoryLeaseStore } from './store/memory.ts';
-import { FileLeaseStore, type FileStoreOptions } from './store/file.ts';
+import { FileLeaseStore, unwritableFolder, type FileStoreOptions } from './store/file.ts';
 import type { LeaseStore } from './store/types.ts';
 import { WritePath, systemClock, type Clock, type WritePathOptions } from './write-path.ts';
 
@@ -79,6 +80,25 @@ async function buildStore(config: Config, logger: Logger, fileStore?: FileStoreO
     timeoutMs: config.backendTimeoutSeconds * 1000,
     logger,
   });
+}
+
+/**
+ * The one line that refuses a start whose files could not be written: the file store's folder,
+ * and the local-mode token file's when main.ts is to generate the token. Under a read-only root
+ * filesystem (k8s/deployment.yaml) either would otherwise fail at its first write, with a stack.
+ */
+export async function unwritableFiles(config: Config, options: { tokenFile: boolean }): Promise<string | undefined> {
+  const files = [
+    ...(config.leaseStore === 'file' ? [{ variable: 'LEASE_STORE_FILE', path: config.leaseStoreFile, instead: 'use LEASE_STORE=kubernetes' }] : []),
+    ...(options.tokenFile ? [{ variable: 'AUTH_TOKEN_FILE', path: config.authTokenFile, instead: 'set AUTH_TOKEN' }] : []),
+  ];
+  const problems: string[] = [];
+  for (const { variable, path, instead } of files) {
+    const folder = resolve(dirname(path));
+    const problem = await unwritableFolder(folder);
+    if (problem) problems.push(`${variable} ${path}: ${problem.folder} ${problem.reason}; mount a writable volume at ${folder} or ${instead}`);
+  }
+  return problems.length > 0 ? `cannot start: ${problems.join('; ')}` : undefined;
 }
 
 /**

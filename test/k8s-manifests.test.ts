@@ -4,8 +4,9 @@
 
 import assert from 'node:assert/strict';
 import { Buffer } from 'node:buffer';
-import { readdir, readFile } from 'node:fs/promises';
-import { join, relative } from 'node:path';
+import { execFile, spawnSync } from 'node:child_process';
+import { cp, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { dirname, join, relative, resolve } from 'node:path';
 import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import * as clientNode from '@kubernetes/client-node';
@@ -15,6 +16,7 @@ import { Role, RoleBinding, type IRole, type IRoleBinding } from 'kubernetes-mod
 import {
   ConfigMap,
   Namespace,
+  PersistentVolumeClaim,
   Secret,
   Service,
   ServiceAccount,
@@ -26,6 +28,7 @@ import {
 } from 'kubernetes-models/v1';
 import { parseAllDocuments } from 'yaml';
 import { loadConfig } from '../services/config.ts';
+import { tempDir } from './support/harness.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const K8S_DIR = join(ROOT, 'k8s');
@@ -61,6 +64,8 @@ const KINDS: Record<string, KindInfo> = {
   'v1/ServiceAccount': { model: ServiceAccount, clientType: 'V1ServiceAccount', namespaced: true },
   'v1/ConfigMap': { model: ConfigMap, clientType: 'V1ConfigMap', namespaced: true },
   'v1/Secret': { model: Secret, clientType: 'V1Secret', namespaced: true },
+  // Only in the file-store overlay k8s/README.md shows.
+  'v1/PersistentVolumeClaim': { model: PersistentVolumeClaim, clientType: 'V1PersistentVolumeClaim', namespaced: true },
   'v1/Service': { model: Service, clientType: 'V1Service', namespaced: true },
   'apps/v1/Deployment': { model: Deployment, clientType: 'V1Deployment', namespaced: true },
   'policy/v1/PodDisruptionBudget': { model: PodDisruptionBudget, clientType: 'V1PodDisruptionBudget', namespaced: true },
@@ -105,11 +110,18 @@ async function loadFile(file: string): Promise<Manifest[]> {
 }
 
 /** The kustomize fields the builder below implements; any other field fails the build. */
-const IMPLEMENTED_KUSTOMIZE_FIELDS = new Set(['apiVersion', 'kind', 'namespace', 'resources']);
+const IMPLEMENTED_KUSTOMIZE_FIELDS = new Set(['apiVersion', 'kind', 'namespace', 'resources', 'images']);
+
+interface ImageOverride {
+  name: string;
+  newName?: string;
+  newTag?: string;
+}
 
 interface Kustomization {
   namespace: string;
   resources: string[];
+  images: ImageOverride[];
 }
 
 async function readKustomization(): Promise<Kustomization> {
@@ -125,7 +137,28 @@ async function readKustomization(): Promise<Kustomization> {
   assert.equal(value.kind, 'Kustomization');
   assert.equal(typeof value.namespace, 'string', 'the kustomization sets the namespace');
   assert.ok(Array.isArray(value.resources) && value.resources.every((entry) => typeof entry === 'string'));
-  return { namespace: value.namespace as string, resources: value.resources as string[] };
+  const images = (value.images ?? []) as ImageOverride[];
+  for (const image of images) {
+    const unimplemented = Object.keys(image).filter((field) => !['name', 'newName', 'newTag'].includes(field));
+    assert.deepEqual(unimplemented, [], `images entry ${image.name}: fields this test's builder does not implement`);
+  }
+  return { namespace: value.namespace as string, resources: value.resources as string[], images };
+}
+
+/** `registry:5000/team/app:v1` → `registry:5000/team/app`: what kustomize's `images:` match on. */
+function imageName(reference: string): string {
+  const withoutDigest = reference.split('@')[0];
+  const colon = withoutDigest.lastIndexOf(':');
+  return colon > withoutDigest.lastIndexOf('/') ? withoutDigest.slice(0, colon) : withoutDigest;
+}
+
+/** `images:` as kustomize applies it: a container whose image has the entry's name gets its new name and tag. */
+function overrideImage(reference: string, images: ImageOverride[]): string {
+  const name = imageName(reference);
+  const override = images.find((image) => image.name === name);
+  if (!override) return reference;
+  const tag = override.newTag ?? reference.split('@')[0].slice(name.length + 1);
+  return tag ? `${override.newName ?? name}:${tag}` : (override.newName ?? name);
 }
 
 /** What `kubectl apply -k k8s/` sends, for the features kustomization.yaml uses. */
@@ -138,10 +171,82 @@ async function build(kustomization: Kustomization): Promise<Loaded[]> {
       const copy = structuredClone(object);
       // The namespace transform: namespaced objects move; cluster-scoped ones stay as they are.
       if (kindOf(copy).namespaced) copy.metadata.namespace = kustomization.namespace;
+      // The images transform, on the one kind here that has containers.
+      if (copy.kind === 'Deployment') {
+        for (const container of (copy as IDeployment & Manifest).spec?.template.spec?.containers ?? []) {
+          if (container.image) container.image = overrideImage(container.image, kustomization.images);
+        }
+      }
       built.push({ file, object: copy });
     }
   }
   return built;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The real kustomize, where kubectl is installed
+
+const HAS_KUBECTL = spawnSync('kubectl', ['version', '--client'], { stdio: 'ignore' }).status === 0;
+const WITHOUT_KUBECTL = 'kubectl is missing: building with the real kustomize (`kubectl kustomize`) needs it';
+
+/** `kubectl kustomize DIR`: what `kubectl apply -k DIR` would send. */
+async function kustomize(dir: string): Promise<Manifest[]> {
+  const output = await new Promise<string>((resolve, reject) => {
+    execFile('kubectl', ['kustomize', dir], { maxBuffer: 16 * 2 ** 20 }, (error, stdout, stderr) => {
+      if (error) reject(new Error(`kubectl kustomize ${dir} failed: ${stderr || error.message}`));
+      else resolve(stdout);
+    });
+  });
+  return parseAllDocuments(output, { version: '1.1' }).map((document) => document.toJS() as Manifest);
+}
+
+function builtKind<T extends Manifest>(objects: Manifest[], kind: string): T {
+  return only<T>(objects.map((object) => ({ file: 'kubectl kustomize', object })), kind);
+}
+
+/**
+ * The checks every build must pass to deploy: it fits the schemas, sits in one namespace, and
+ * the server's configuration in its pod (ConfigMap, literal env, downward API, the Secret's
+ * keys) names the lease Service that the Role covers and the RoleBinding grants.
+ */
+async function checkDeployable(name: string, objects: Manifest[]) {
+  const namespace = builtKind(objects, 'Namespace').metadata.name;
+  for (const object of objects) {
+    validateAgainstSchemas(name, object);
+    if (kindOf(object).namespaced) assert.equal(object.metadata.namespace, namespace, `${name}: ${object.kind} ${object.metadata.name}`);
+  }
+  const deployment = builtKind<IDeployment & Manifest>(objects, 'Deployment');
+  const pod = deployment.spec?.template.spec;
+  assert.equal(pod?.containers.length, 1, `${name}: one container`);
+  const [container] = pod?.containers ?? [];
+  const configMap = builtKind<IConfigMap & Manifest>(objects, 'ConfigMap');
+  assert.equal(configMap.data?.NAMESPACE, undefined, `${name}: no namespace hard-coded in the ConfigMap`);
+  assert.deepEqual(container.envFrom, [{ configMapRef: { name: configMap.metadata.name } }]);
+  const podNamespace = container.env?.find((variable) => variable.name === 'POD_NAMESPACE');
+  assert.deepEqual(podNamespace?.valueFrom, { fieldRef: { fieldPath: 'metadata.namespace' } }, `${name}: POD_NAMESPACE comes from the downward API`);
+
+  const accountKey = Buffer.from(JSON.stringify({ client_email: 'claimer@example.iam.gserviceaccount.com', private_key: 'test' })).toString('base64');
+  const secret: Record<string, string> = { AUTH_TOKEN: 'token', GOOGLE_CLOUD_ACCOUNT_FILE_BASE64: accountKey };
+  const fields: Record<string, string | undefined> = { 'metadata.name': `${deployment.metadata.name}-0`, 'metadata.namespace': deployment.metadata.namespace };
+  const environment: Record<string, string | undefined> = { ...configMap.data };
+  for (const variable of container.env ?? []) {
+    const from = variable.valueFrom;
+    environment[variable.name] = from?.fieldRef ? fields[from.fieldRef.fieldPath] : from?.secretKeyRef ? secret[from.secretKeyRef.key] : variable.value;
+  }
+  const config = loadConfig(environment, { staticPoolFile: 'pool/example.yaml' });
+
+  const service = builtKind<IService & Manifest>(objects, 'Service');
+  assert.deepEqual([config.namespace, config.serviceName], [service.metadata.namespace, service.metadata.name], `${name}: the claimer looks for the lease Service where it is`);
+  const role = builtKind<IRole & Manifest>(objects, 'Role');
+  assert.equal(role.metadata.namespace, config.namespace, `${name}: the Role covers the lease Service's namespace`);
+  assert.deepEqual(role.rules?.[0].resourceNames, [config.serviceName]);
+  const binding = builtKind<IRoleBinding & Manifest>(objects, 'RoleBinding');
+  const account = builtKind(objects, 'ServiceAccount');
+  assert.equal(binding.metadata.namespace, config.namespace);
+  assert.deepEqual(binding.roleRef, { apiGroup: 'rbac.authorization.k8s.io', kind: 'Role', name: role.metadata.name });
+  assert.deepEqual(binding.subjects, [{ kind: 'ServiceAccount', name: account.metadata.name, namespace }], `${name}: the binding names the pods' account in its namespace`);
+  assert.equal(pod?.serviceAccountName, account.metadata.name);
+  return { objects, config, container };
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -347,9 +452,10 @@ describe('k8s/ manifests', () => {
   });
 
   test('the ConfigMap is a configuration main.ts accepts, pointing at the lease Service', async () => {
-    const { kustomization, service, configMap } = await fixture();
+    const { deployment, service, configMap } = await fixture();
     const data = configMap.data ?? {};
-    assert.equal(data.NAMESPACE, kustomization.namespace);
+    // Pinned here, it would stay behind when an overlay moves the claimer to another namespace.
+    assert.equal(data.NAMESPACE, undefined, 'the namespace comes from the pod (POD_NAMESPACE), not the ConfigMap');
     assert.equal(data.SERVICE_NAME, service.metadata?.name);
     assert.ok(data.GOOGLE_CLOUD_PROJECT_ID, 'GOOGLE_CLOUD_PROJECT_ID (a placeholder to replace)');
     assert.equal(data.GOOGLE_CLOUD_ZONE, '-');
@@ -360,7 +466,8 @@ describe('k8s/ manifests', () => {
 
     const accountKey = Buffer.from(JSON.stringify({ client_email: 'claimer@example.iam.gserviceaccount.com', private_key: 'test' })).toString('base64');
     const config = loadConfig(
-      { ...data, AUTH_TOKEN: 'token', GOOGLE_CLOUD_ACCOUNT_FILE_BASE64: accountKey },
+      // POD_NAMESPACE as the downward API gives it: the namespace the pod runs in.
+      { ...data, AUTH_TOKEN: 'token', GOOGLE_CLOUD_ACCOUNT_FILE_BASE64: accountKey, POD_NAMESPACE: deployment.metadata?.namespace },
       { staticPoolFile: 'pool/example.yaml' },
     );
     assert.equal(config.mode, 'gke');
@@ -473,11 +580,14 @@ describe('k8s/ manifests', () => {
     if (container.startupProbe) assert.equal(container.startupProbe.httpGet?.path, '/healthz', 'startup waits for the socket, not for GKE');
   });
 
-  test('the environment comes from the ConfigMap, the Secret and the pod\'s own name', async () => {
+  test('the environment comes from the ConfigMap, the Secret and the pod\'s own name and namespace', async () => {
     const { container, configMap } = await fixture();
     assert.deepEqual(container.envFrom, [{ configMapRef: { name: configMap.metadata?.name } }]);
     const fromPod = (container.env ?? []).filter((variable) => variable.valueFrom?.fieldRef);
-    assert.deepEqual(fromPod.map((variable) => [variable.name, variable.valueFrom?.fieldRef?.fieldPath]), [['POD_NAME', 'metadata.name']]);
+    assert.deepEqual(fromPod.map((variable) => [variable.name, variable.valueFrom?.fieldRef?.fieldPath]), [
+      ['POD_NAME', 'metadata.name'],
+      ['POD_NAMESPACE', 'metadata.namespace'],
+    ]);
     const fromSecret = Object.fromEntries(
       (container.env ?? []).filter((variable) => !variable.valueFrom?.fieldRef).map((variable) => [variable.name, variable.valueFrom?.secretKeyRef]),
     );
@@ -536,5 +646,110 @@ describe('k8s/ manifests', () => {
     // kubectl apply would remove such annotations again on the next apply, wiping lease records.
     const annotations = Object.keys(service.metadata?.annotations ?? {});
     assert.deepEqual(annotations.filter((key) => key.startsWith('lease.k8s-claimer.io/')), []);
+  });
+
+  test('the Deployment names its image for the kustomization\'s `images:` entry', async () => {
+    const { kustomization, container } = await fixture();
+    const [raw] = await loadFile('deployment.yaml');
+    const rawImage = (raw as IDeployment & Manifest).spec?.template.spec?.containers[0].image ?? '';
+    // `kustomize edit set image k8s-claimer=REGISTRY/k8s-claimer:TAG` rewrites the entry of that name.
+    assert.equal(imageName(rawImage), 'k8s-claimer');
+    assert.equal(kustomization.images.length, 1, 'one images entry');
+    const [entry] = kustomization.images;
+    assert.equal(entry.name, imageName(rawImage), 'the entry matches the container\'s image');
+    assert.ok(entry.newTag, 'the entry sets the tag');
+    assert.equal(entry.newName, undefined, 'a newName would rename the image: an overlay\'s `images: - name: k8s-claimer` would no longer match');
+    assert.equal(container.image, `${entry.name}:${entry.newTag}`);
+  });
+
+  test('the server\'s namespace: NAMESPACE, else the pod\'s own (POD_NAMESPACE), else k8s-claimer', () => {
+    const cases: [string, Record<string, string>, string][] = [
+      ['neither', {}, 'k8s-claimer'],
+      ['the pod\'s', { POD_NAMESPACE: 'ci-tools' }, 'ci-tools'],
+      ['NAMESPACE wins', { NAMESPACE: 'leases', POD_NAMESPACE: 'ci-tools' }, 'leases'],
+      ['an empty NAMESPACE is unset', { NAMESPACE: '', POD_NAMESPACE: 'ci-tools' }, 'ci-tools'],
+    ];
+    for (const [name, env, namespace] of cases) {
+      assert.equal(loadConfig(env, { staticPoolFile: 'pool/example.yaml' }).namespace, namespace, name);
+    }
+    assert.throws(() => loadConfig({ POD_NAMESPACE: 'Not_A_Namespace' }, { staticPoolFile: 'pool/example.yaml' }), /POD_NAMESPACE must be a Kubernetes namespace name/);
+  });
+});
+
+describe('k8s/ built by the real kustomize', { skip: HAS_KUBECTL ? false : WITHOUT_KUBECTL }, () => {
+  const OVERLAY_NAMESPACE = 'ci-tools';
+  const OVERLAY_IMAGE = { name: 'k8s-claimer', newName: 'registry.internal.example/platform/k8s-claimer', newTag: '2026.1.3' };
+
+  test('`kubectl kustomize k8s/` builds what this test\'s builder makes', async () => {
+    const { built } = await fixture();
+    const key = (object: Manifest) => `${object.kind}/${object.metadata.namespace ?? ''}/${object.metadata.name}`;
+    const real = await kustomize(K8S_DIR);
+    assert.deepEqual(real.map(key).sort(), built.map(({ object }) => key(object)).sort());
+    for (const object of real) {
+      const ours = built.find((loaded) => key(loaded.object) === key(object));
+      assert.deepEqual(object, ours?.object, `${key(object)} differs between kustomize and this test's builder`);
+    }
+  });
+
+  test('an overlay with another namespace and image moves everything, and the claimer finds its lease Service where its Role allows', async () => {
+    const overlay = await tempDir();
+    try {
+      await writeFile(
+        join(overlay, 'kustomization.yaml'),
+        [
+          'apiVersion: kustomize.config.k8s.io/v1beta1',
+          'kind: Kustomization',
+          `namespace: ${OVERLAY_NAMESPACE}`,
+          `resources: [${JSON.stringify(relative(overlay, K8S_DIR))}]`,
+          'images:',
+          `  - {name: ${OVERLAY_IMAGE.name}, newName: ${OVERLAY_IMAGE.newName}, newTag: "${OVERLAY_IMAGE.newTag}"}`,
+          '',
+        ].join('\n'),
+      );
+      const { objects, config, container } = await checkDeployable('the overlay', await kustomize(overlay));
+      assert.equal(config.namespace, OVERLAY_NAMESPACE);
+      assert.equal(builtKind(objects, 'Namespace').metadata.name, OVERLAY_NAMESPACE, 'the Namespace object is the new one');
+      assert.equal(container.image, `${OVERLAY_IMAGE.newName}:${OVERLAY_IMAGE.newTag}`);
+    } finally {
+      await rm(overlay, { recursive: true, force: true });
+    }
+  });
+
+  test('the overlays k8s/README.md shows build and deploy, the file store one with a persistent volume where the store writes', async () => {
+    const folder = await tempDir();
+    try {
+      // Beside a copy of k8s/, as `resources: [../k8s]` in the user's repository expects.
+      await cp(K8S_DIR, join(folder, 'k8s'), { recursive: true });
+      const readme = await readFile(join(K8S_DIR, 'README.md'), 'utf8');
+      const overlays = new Set<string>();
+      for (const [, overlay, file, text] of readme.matchAll(/```yaml\n# ([\w-]+)\/([\w.-]+\.yaml)\n([\s\S]*?)```/g)) {
+        await mkdir(join(folder, overlay), { recursive: true });
+        await writeFile(join(folder, overlay, file), text);
+        if (file === KUSTOMIZATION) overlays.add(overlay);
+      }
+      assert.deepEqual([...overlays].sort(), ['file-store', 'overlay'], 'the overlays k8s/README.md shows');
+
+      const workdir = /^WORKDIR\s+(\S+)/m.exec(await readFile(join(ROOT, 'Dockerfile'), 'utf8'))?.[1];
+      assert.ok(workdir, 'the Dockerfile sets WORKDIR');
+      for (const overlay of overlays) {
+        const { objects, config, container } = await checkDeployable(overlay, await kustomize(join(folder, overlay)));
+        assert.equal(imageName(container.image ?? ''), 'registry.example.com/team/k8s-claimer', `${overlay}: the image is set`);
+        if (config.leaseStore !== 'file') continue;
+        const deployment = builtKind<IDeployment & Manifest>(objects, 'Deployment');
+        const pod = deployment.spec?.template.spec;
+        assert.equal(deployment.spec?.replicas, 1, `${overlay}: the file store serves one replica`);
+        assert.equal(deployment.spec?.strategy?.type, 'Recreate', `${overlay}: never two pods on the store at once`);
+        assert.ok(!objects.some((object) => object.kind === 'PodDisruptionBudget'), `${overlay}: no budget that blocks drains`);
+        const storeFolder = dirname(resolve(workdir, config.leaseStoreFile));
+        const mount = container.volumeMounts?.find((candidate) => candidate.mountPath === storeFolder);
+        assert.ok(mount && !mount.readOnly, `${overlay}: a writable volume at ${storeFolder}`);
+        const claimName = pod?.volumes?.find((volume) => volume.name === mount.name)?.persistentVolumeClaim?.claimName;
+        assert.ok(claimName, `${overlay}: the volume is a PersistentVolumeClaim`);
+        assert.equal(builtKind(objects, 'PersistentVolumeClaim').metadata.name, claimName);
+        assert.equal(pod?.securityContext?.fsGroup, pod?.securityContext?.runAsUser, `${overlay}: the volume is writable by the claimer's user`);
+      }
+    } finally {
+      await rm(folder, { recursive: true, force: true });
+    }
   });
 });

@@ -1,14 +1,15 @@
 // The status page (GET /) against the real server process, driven by a real Chromium: it is
-// served without auth and without data, asks for the token, shows the pool, renders notes as
-// text, and follows a release by polling /leases on its own.
+// served without auth and without data, asks for the token, shows the pool with its labels and
+// versions, renders notes as text, follows a release by polling /leases on its own, filters by
+// state and label, stacks its rows at 400 px without sideways scrolling, and has its icon.
 
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { rm, writeFile } from 'node:fs/promises';
+import { rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { Browser, Page } from 'playwright-core';
-import { poolOf, tempDir, writePool } from './support/harness.ts';
+import { poolOf, tempDir, writePool, type PoolCluster } from './support/harness.ts';
 import { startServerProcess, type ServerProcess } from './support/server-process.ts';
 
 const TOKEN = 'status-page-shared-token';
@@ -16,6 +17,12 @@ const CHROMIUM = '/usr/bin/chromium';
 const LINK_NOTE = 'https://ci.example/job/1';
 const HOSTILE_NOTE = '<img src=x onerror=alert(1)>';
 const HAS_CHROMIUM = existsSync(CHROMIUM);
+/** The shared pool: labels and versions to show and filter by. */
+const POOL: PoolCluster[] = poolOf(3).map((cluster, index) => ({
+  ...cluster,
+  labels: [{ size: 'small', arch: 'amd64' }, { size: 'large', arch: 'amd64' }, { size: 'small', arch: 'arm64' }][index],
+  version: ['1.31.4', '1.32.1', '1.32.1'][index],
+}));
 
 async function launchBrowser(): Promise<Browser> {
   const { chromium } = await import('playwright-core');
@@ -77,7 +84,7 @@ describe('the status page', () => {
     const [started, launched] = await Promise.allSettled([
       startServerProcess(process.execPath, ['--import', 'tsx', 'main.ts'], {
         AUTH_TOKEN: TOKEN,
-        STATIC_POOL_FILE: await writePool(folder, poolOf(3)),
+        STATIC_POOL_FILE: await writePool(folder, POOL),
         LEASE_STORE_FILE: join(folder, 'leases.json'),
       }),
       HAS_CHROMIUM ? launchBrowser() : Promise.resolve(undefined),
@@ -118,7 +125,10 @@ describe('the status page', () => {
     const tags = html.match(/<(script|style)\b[^>]*>/g) ?? [];
     assert.ok(tags.length >= 2);
     for (const tag of tags) assert.ok(tag.includes(`nonce="${nonce}"`), `${tag} lacks the response's nonce`);
-    assert.doesNotMatch(html, /<(script|link|img|iframe)\b[^>]*\b(src|href)=/i, 'an external resource');
+    // Same-origin relative addresses only (the favicon): no scheme, no host.
+    const addresses = [...html.matchAll(/<(?:script|link|img|iframe)\b[^>]*\b(?:src|href)="([^"]*)"/gi)].map((match) => match[1]);
+    assert.deepEqual(addresses, ['favicon.svg']);
+    assert.equal(directives.get('img-src'), "'self'", 'images (the favicon) from this server only');
     for (const secret of [...secrets(), 'pool-1', LINK_NOTE]) assert.equal(html.includes(secret), false, 'the page embeds data');
 
     const again = await fetch(`${server.url}/`);
@@ -127,10 +137,12 @@ describe('the status page', () => {
   });
 
   describe('in Chromium', { skip: HAS_CHROMIUM ? false : `${CHROMIUM} is missing: the browser tests need Debian's chromium` }, () => {
-    async function openPage(): Promise<{ page: Page; problems: string[] }> {
+    async function openPage(
+      options: { url?: string; viewport?: { width: number; height: number } } = {},
+    ): Promise<{ page: Page; problems: string[] }> {
       assert.ok(browser, 'the browser did not start');
       // A fresh context each time: its own sessionStorage.
-      const page = await (await browser.newContext()).newPage();
+      const page = await (await browser.newContext(options.viewport && { viewport: options.viewport })).newPage();
       // CSP violations and script errors: the page must work under its own policy.
       const problems: string[] = [];
       page.on('console', (message) => {
@@ -141,7 +153,7 @@ describe('the status page', () => {
         problems.push(`a dialog opened: ${dialog.message()}`);
         void dialog.dismiss();
       });
-      await page.goto(`${server.url}/?refresh=1`);
+      await page.goto(`${options.url ?? server.url}/?refresh=1`);
       return { page, problems };
     }
 
@@ -238,6 +250,148 @@ describe('the status page', () => {
         await quarantineServer.stop();
         await rm(own, { recursive: true, force: true });
       }
+    });
+
+    test('labels and versions have their columns; the state and label filters narrow the list, survive polls and stay in the URL', async () => {
+      const { page, problems } = await openPage();
+      await signIn(page, TOKEN);
+      await page.locator('tbody tr').nth(2).waitFor();
+      const headers = await page.locator('thead th').allTextContents();
+      assert.deepEqual(headers.slice(0, 5), ['Name', 'Location', 'Version', 'Labels', 'State']);
+      assert.deepEqual(await rowOf(page, 'pool-2').locator('td.labels .chip').allTextContents(), ['arch=amd64', 'size=large']);
+      assert.equal(await rowOf(page, 'pool-2').locator('td.version').textContent(), '1.32.1');
+      assert.equal(await rowOf(page, 'pool-1').locator('td.version').textContent(), '1.31.4');
+
+      // What the server says, so that the test holds whichever clusters the leases took.
+      const pool = (await call('GET', '/leases')).body as { clusters: { name: string; state: string; labels: Record<string, string> }[] };
+      const expected = (state: string | undefined, labels: Record<string, string>) =>
+        pool.clusters
+          .filter((cluster) => (!state || cluster.state === state) && Object.entries(labels).every(([key, value]) => cluster.labels[key] === value))
+          .map((cluster) => cluster.name)
+          .sort();
+      const shownNames = async () => (await page.getByRole('rowheader').allTextContents()).sort();
+      const stateFilter = page.locator('#state-filter');
+      const labelFilter = page.locator('#label-filter');
+
+      await stateFilter.selectOption('leased');
+      assert.ok(expected('leased', {}).length > 0);
+      assert.deepEqual(await shownNames(), expected('leased', {}));
+      assert.equal(new URL(page.url()).searchParams.get('state'), 'leased');
+
+      await labelFilter.fill('size=small');
+      assert.deepEqual(await shownNames(), expected('leased', { size: 'small' }));
+      await stateFilter.selectOption('');
+      assert.deepEqual(await shownNames(), expected(undefined, { size: 'small' }));
+      await labelFilter.fill('size=small, arch=arm64');
+      assert.deepEqual(await shownNames(), ['pool-3']);
+      assert.equal(await page.locator('#shown').textContent(), 'Showing 1 of 3');
+      assert.deepEqual([...new URL(page.url()).searchParams], [['refresh', '1'], ['label', 'size=small, arch=arm64']]);
+
+      // The next poll re-renders the list: still filtered.
+      const before = await page.locator('#updated').getAttribute('datetime');
+      await eventually(async () => assert.notEqual(await page.locator('#updated').getAttribute('datetime'), before), 5000);
+      assert.deepEqual(await shownNames(), ['pool-3']);
+
+      // A key alone: clusters that have that label, whatever its value.
+      await labelFilter.fill('size');
+      assert.deepEqual(await shownNames(), ['pool-1', 'pool-2', 'pool-3']);
+      await labelFilter.fill('gpu');
+      assert.deepEqual(await shownNames(), []);
+      await labelFilter.fill('size=huge');
+      assert.deepEqual(await shownNames(), []);
+      assert.equal(await page.locator('tbody').textContent(), 'No cluster matches the filters.');
+
+      // A label chip filters by its pair.
+      await labelFilter.fill('');
+      assert.equal(await page.locator('#shown').textContent(), '');
+      await rowOf(page, 'pool-2').getByRole('button', { name: 'size=large' }).click();
+      assert.equal(await labelFilter.inputValue(), 'size=large');
+      assert.deepEqual(await shownNames(), ['pool-2']);
+
+      // A shared link opens on the same view.
+      await page.goto(`${server.url}/?refresh=1&state=free&label=size%3Dsmall`);
+      await page.getByRole('status').filter({ hasText: 'Watching 3 clusters' }).waitFor();
+      assert.equal(await stateFilter.inputValue(), 'free');
+      assert.equal(await labelFilter.inputValue(), 'size=small');
+      assert.deepEqual(await shownNames(), expected('free', { size: 'small' }));
+      assert.deepEqual(problems, []);
+      await page.context().close();
+    });
+
+    test('at 400 px wide the rows stack as cards with no sideways scrolling; wide, it is a table again', async () => {
+      const own = await tempDir();
+      const longLabels = { 'team.example.com/owner': 'platform-infrastructure-and-developer-tooling', size: 'large' };
+      const narrowServer = await startServerProcess(process.execPath, ['--import', 'tsx', 'main.ts'], {
+        AUTH_TOKEN: TOKEN,
+        STATIC_POOL_FILE: await writePool(own, [
+          { name: 'e2e-cluster-with-a-name-far-too-long-for-a-phone-screen', location: 'europe-west1-b', labels: longLabels, version: '1.32.1', server: 'https://127.1.0.1:6443' },
+          { name: 'pool-2', labels: { size: 'small' }, version: '1.31.4', server: 'https://127.1.0.2:6443' },
+        ]),
+        LEASE_STORE_FILE: join(own, 'leases.json'),
+      });
+      try {
+        // Nearly the longest note allowed (256), without a space to break at.
+        const note = `https://ci.example/${'a-very-long-path-segment-without-spaces-'.repeat(5)}job/1`;
+        const granted = await fetch(`${narrowServer.url}/lease`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${TOKEN}` },
+          body: JSON.stringify({ max_time: 600, note, cluster_regex: '^e2e-' }),
+        });
+        assert.equal(granted.status, 200);
+        const { page, problems } = await openPage({ url: narrowServer.url, viewport: { width: 400, height: 800 } });
+        await signIn(page, TOKEN);
+        await page.locator('tbody tr').nth(1).waitFor();
+        await page.locator('td.expires .countdown').waitFor();
+
+        const layout = () =>
+          page.evaluate(() => ({
+            scrollWidth: document.documentElement.scrollWidth,
+            // Every element's right edge, so that nothing is cut off either.
+            rightmost: Math.max(...[...document.querySelectorAll('body *')].map((element) => element.getBoundingClientRect().right)),
+            rowDisplay: getComputedStyle(document.querySelector('tbody tr') as Element).display,
+            versionCaption: getComputedStyle(document.querySelector('tbody td.version') as Element, '::before').content,
+          }));
+        const narrow = await layout();
+        assert.ok(narrow.scrollWidth <= 400, `scrollWidth ${narrow.scrollWidth} > 400`);
+        assert.ok(narrow.rightmost <= 400, `an element reaches ${narrow.rightmost} px`);
+        assert.equal(narrow.rowDisplay, 'block', 'rows are stacked cards');
+        assert.equal(narrow.versionCaption, '"Version"', 'each cell says its column');
+        const screenshot = join(own, 'status-400px.png');
+        await page.screenshot({ path: screenshot, fullPage: true });
+        assert.ok((await stat(screenshot)).size > 0);
+
+        await page.setViewportSize({ width: 1280, height: 800 });
+        const wide = await layout();
+        assert.equal(wide.rowDisplay, 'table-row');
+        assert.ok(wide.scrollWidth <= 1280, `scrollWidth ${wide.scrollWidth} > 1280`);
+        assert.deepEqual(problems, []);
+        await page.context().close();
+      } finally {
+        await narrowServer.stop();
+        await rm(own, { recursive: true, force: true });
+      }
+    });
+
+    test('the favicon is served by the claimer and loads under the page\'s own policy', async () => {
+      const response = await fetch(`${server.url}/favicon.svg`);
+      assert.equal(response.status, 200);
+      assert.equal(response.headers.get('content-type'), 'image/svg+xml');
+      assert.equal(response.headers.get('content-security-policy'), "default-src 'none'");
+      assert.match(await response.text(), /^<svg xmlns="http:\/\/www\.w3\.org\/2000\/svg"/);
+
+      const { page, problems } = await openPage();
+      const href = await page.locator('link[rel="icon"]').evaluate((link) => (link as HTMLLinkElement).href);
+      assert.equal(href, `${server.url}/favicon.svg`);
+      // Decoded as an image by the page itself: the CSP's img-src lets it in.
+      const width = await page.evaluate(async (url) => {
+        const image = new Image();
+        image.src = url;
+        await image.decode();
+        return image.naturalWidth;
+      }, href);
+      assert.ok(width > 0);
+      assert.deepEqual(problems, []);
+      await page.context().close();
     });
 
     test('a wrong token shows "wrong token" and asks again', async () => {

@@ -6,8 +6,9 @@
 // and syncs the folder: a crash at any point leaves the old table or the new. The newest commit
 // marker is the table; `<file>` is its copy for people and for earlier versions of the claimer.
 
-import { link, mkdir, open, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
+import { constants } from 'node:fs';
+import { access, link, mkdir, open, readFile, readdir, rename, rm, stat } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
 import { writePrivateTemporary } from '../atomic-file.ts';
 import type { ClusterFilter } from '../cluster-filter.ts';
 import { TransientStoreError, VersionConflictError } from '../errors.ts';
@@ -321,5 +322,36 @@ async function syncFolder(folder: string): Promise<void> {
     await directory.sync();
   } finally {
     await directory.close();
+  }
+}
+
+const UNWRITABLE_REASONS: Record<string, string> = {
+  EROFS: 'is on a read-only file system',
+  EACCES: 'is not writable by this user',
+  EPERM: 'is not writable (EPERM: an immutable folder, or a security policy)',
+};
+
+/**
+ * Why this process could not create files in `folder`, or undefined when it could. A folder
+ * that does not exist yet is judged by the nearest one above it, where it would be created.
+ * Asks the kernel (access), so nothing is written to find out.
+ */
+export async function unwritableFolder(folder: string): Promise<{ folder: string; reason: string } | undefined> {
+  let existing = resolve(folder);
+  for (;;) {
+    const found = await stat(existing).catch(absentOnly);
+    if (found) {
+      if (!found.isDirectory()) return { folder: existing, reason: 'is not a folder' };
+      break;
+    }
+    if (dirname(existing) === existing) return undefined;
+    existing = dirname(existing);
+  }
+  try {
+    await access(existing, constants.W_OK | constants.X_OK);
+    return undefined;
+  } catch (error) {
+    const code = (error as NodeJS.ErrnoException).code ?? 'an unknown error';
+    return { folder: existing, reason: UNWRITABLE_REASONS[code] ?? `cannot be written (${code})` };
   }
 }
