@@ -4,7 +4,7 @@
 // loads tsx from this package wherever the command is run from).
 
 import process from 'node:process';
-import { main } from '../services/cli/main.ts';
+import { main } from '../cli/main.ts';
 
 const code = await main(process.argv.slice(2), process.env, { stdout: process.stdout, stderr: process.stderr, signals: process });
 
