@@ -1,5 +1,5 @@
-// The k8s-claimer CLI's core: argv and environment in, output and an exit code out. The bin
-// file only wires it to the process, so tests and other tools can call `main` directly.
+// The k8s-claimer CLI's core: argv and environment in, output and an exit code out. program.ts
+// only wires it to the process, so tests and other tools can call `main` directly.
 
 import process from 'node:process';
 import { CREATE_USAGE, DELETE_USAGE, EXTEND_USAGE, LIST_USAGE, RUN_USAGE, parseCommand, type Command } from './args.ts';
