@@ -22,6 +22,12 @@ COPY routes/ ./routes/
 COPY services/ ./services/
 COPY pool/ ./pool/
 COPY bin/ ./bin/
+COPY cli/ ./cli/
+
+# The CLI that GET /cli/k8s-claimer.mjs hands out, bundled into one file (dist/k8s-claimer.mjs)
+# by esbuild, which the production install has as tsx's compiler. Only the .mjs: the single
+# executable (`npm run build`) is a release download, not something the server serves.
+RUN npm run build:mjs
 
 # Files stay owned by root and read-only to the server; it runs as the image's `node` user,
 # numerically so that Kubernetes' runAsNonRoot can verify it.

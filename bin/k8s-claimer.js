@@ -1,8 +1,9 @@
 #!/usr/bin/env node
-// Launcher for the k8s-claimer command: registers tsx (resolved from this package, not from the
-// working directory) and loads the TypeScript entry point next to this file.
+// Launcher for the k8s-claimer command from a checkout: registers tsx (resolved from this
+// package, not from the working directory) and loads the CLI's TypeScript entry point. The
+// downloadable CLI needs no tsx: `npm run build` bundles the same entry point into one file.
 
 import { register } from 'tsx/esm/api';
 
 register();
-await import('./k8s-claimer.ts');
+await import('../cli/program.ts');

@@ -3,6 +3,7 @@
 
 import type { RouteModule } from '../app.ts';
 import * as cleanup from './cleanup.ts';
+import * as cliBundle from './cli/k8s-claimer.mjs.ts';
 import * as favicon from './favicon.svg.ts';
 import * as healthz from './healthz.ts';
 import * as lease from './lease.ts';
@@ -26,6 +27,7 @@ export interface RouteEntry {
 
 export const manifest: readonly RouteEntry[] = [
   { file: 'cleanup.ts', module: cleanup, auth: true },
+  { file: 'cli/k8s-claimer.mjs.ts', module: cliBundle, auth: false },
   { file: 'healthz.ts', module: healthz, auth: false },
   { file: 'lease.ts', module: lease, auth: true },
   { file: 'lease/[token].ts', module: leaseByToken, auth: true },

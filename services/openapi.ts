@@ -239,6 +239,22 @@ export const openApiDocument = {
         },
       },
     },
+    '/cli/k8s-claimer.mjs': {
+      get: {
+        summary: 'The CLI as one JavaScript file for Node 22 or newer: curl -fsSL "$K8S_CLAIMER_URL/cli/k8s-claimer.mjs" -o k8s-claimer.mjs',
+        security: [],
+        parameters: [{ name: 'If-None-Match', in: 'header', required: false, schema: { type: 'string' }, description: 'The ETag of a copy already downloaded' }],
+        responses: {
+          200: {
+            description: 'The bundled CLI, with an ETag (Cache-Control: no-cache: revalidate before each use)',
+            headers: { ETag: { schema: { type: 'string' } } },
+            content: { 'text/javascript': { schema: { type: 'string' } } },
+          },
+          304: { description: 'The copy with the ETag of If-None-Match is current' },
+          404: error('The server was started without building the CLI (npm run build:mjs)'),
+        },
+      },
+    },
     '/healthz': {
       get: { summary: 'Liveness', security: [], responses: { 200: { description: 'Alive', content: json({ type: 'object', properties: { status: { enum: ['ok', 'starting'] } } }) } } },
     },

@@ -6,13 +6,15 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { access, chmod, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { createServer } from 'node:http';
+import { constants } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, describe, test } from 'node:test';
 import { parse as parseYaml } from 'yaml';
-import { formatDuration, formatExpiry, parseDuration } from '../services/cli/durations.ts';
-import { main } from '../services/cli/main.ts';
-import { shellQuote } from '../services/cli/output.ts';
+import { formatDuration, formatExpiry, parseDuration } from '../cli/durations.ts';
+import { main } from '../cli/main.ts';
+import { shellQuote } from '../cli/output.ts';
 import { startFakeKubeApiserver, type FakeKubeApiserver } from './fakes/kube-apiserver.ts';
 import { TEST_TLS_CERT, TEST_TLS_KEY } from './fakes/tls-fixture.ts';
 import { poolOf, tempDir, writePool } from './support/harness.ts';
@@ -39,6 +41,24 @@ interface PoolCluster {
 }
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+
+/** run's line once a cluster is granted, and its line once it is given back. */
+const GRANTED = /^k8s-claimer: leased [\w-]+ \(\S+\) until \S+, extended while the command runs$/;
+const RELEASED = /^k8s-claimer: released [\w-]+ after \d+s$/;
+const LEFT_RUNNING = /^k8s-claimer: the command left processes running in its process group: SIGTERM, then SIGKILL after 2s$/;
+
+/**
+ * run's stderr: exactly one line for the grant, first, and one for the release (or why there
+ * was none), last. Returns the lines between them.
+ */
+function betweenLeaseLines(stderr: string, released = RELEASED): string[] {
+  const lines = stderr.trimEnd().split('\n');
+  assert.match(lines[0] ?? '', GRANTED, stderr);
+  assert.match(lines.at(-1) ?? '', released, stderr);
+  assert.equal(lines.filter((line) => /^k8s-claimer: leased /.test(line)).length, 1, stderr);
+  assert.equal(lines.filter((line) => /^k8s-claimer: (released|did not release|could not release) /.test(line)).length, 1, stderr);
+  return lines.slice(1, -1);
+}
 
 describe('k8s-claimer CLI against the real server', () => {
   let folder: string;
@@ -185,6 +205,12 @@ describe('k8s-claimer CLI against the real server', () => {
     }
   }
 
+  /** Kills what a test's command started, if it still runs (a failed test must leave nothing behind). */
+  async function killIfRunning(pidFile: string): Promise<void> {
+    const pid = Number(await readFile(pidFile, 'utf8').catch(() => ''));
+    if (pid > 0 && isRunning(pid)) process.kill(pid, 'SIGKILL');
+  }
+
   /** Waits for a process the command started to end; kills it when it does not, so nothing lingers. */
   async function assertEnds(pid: number, what: string): Promise<void> {
     try {
@@ -313,16 +339,74 @@ describe('k8s-claimer CLI against the real server', () => {
     }
   });
 
-  test("run - exits with the command's code (127 when it cannot be started) and releases the lease", async () => {
-    const [failed, missing] = await Promise.all([
-      cli(['run', '--duration', '1m', '--', 'sh', '-c', 'exit 7']),
-      cli(['run', '--duration', '1m', '--', join(folder, 'no-such-command')]),
-    ]);
-    assert.equal(failed.code, 7, failed.stderr);
-    assert.equal(failed.stderr, '');
-    assert.equal(missing.code, 127);
-    assert.match(missing.stderr, /^k8s-claimer: cannot run .*no-such-command: ENOENT\n$/);
+  test("run - exits with the command's own code (3 too, which is not 'no cluster'), 126 when it cannot be executed, 127 when it is not found, 128+n when signal n killed it; one line for the grant, one for the release", async () => {
+    const notExecutable = join(folder, 'not-executable.sh');
+    await writeFile(notExecutable, '#!/bin/sh\nexit 0\n', { mode: 0o644 });
+    const cases: { command: string[]; code: number; said?: RegExp }[] = [
+      { command: ['sh', '-c', 'exit 3'], code: 3 },
+      { command: ['sh', '-c', 'exit 7'], code: 7 },
+      { command: ['true'], code: 0 },
+      { command: ['sh', '-c', 'kill -USR1 $$'], code: 128 + constants.signals.SIGUSR1 },
+      { command: [join(folder, 'no-such-command')], code: 127, said: /^k8s-claimer: cannot run \S+\/no-such-command: not found \(ENOENT\)$/ },
+      { command: ['no-such-command-on-the-path'], code: 127, said: /^k8s-claimer: cannot run no-such-command-on-the-path: not found \(ENOENT\)$/ },
+      { command: [notExecutable], code: 126, said: /^k8s-claimer: cannot run \S+\/not-executable\.sh: cannot be executed \(EACCES\)$/ },
+      { command: [folder], code: 126, said: /: cannot be executed \(EACCES\)$/ },
+    ];
+    // One after the other: the pool has two clusters, and a wait would add a line.
+    for (const { command, code, said } of cases) {
+      const result = await cli(['run', '--duration', '1m', '--', ...command]);
+      assert.equal(result.code, code, `${command.join(' ')}: ${result.stderr}`);
+      const between = betweenLeaseLines(result.stderr);
+      assert.equal(between.length, said ? 1 : 0, result.stderr);
+      if (said) assert.match(between[0]!, said);
+    }
     await assertAllFree();
+  });
+
+  test('run - 125 when the claimer gives no cluster (none free when --wait runs out, none matching, unreachable, token refused, a server error, no token): the command never runs; a signal while waiting is 128+n', async () => {
+    const taken = await Promise.all(Array.from({ length: POOL_SIZE }, () => api('POST', '/lease', { max_time: 60 })));
+    // A claimer that fails every request, and a port where nothing listens.
+    const failing = createServer((_request, response) => {
+      response.writeHead(500, { 'content-type': 'application/json' });
+      response.end(JSON.stringify({ error: 'internal error', request_id: 'request-1' }));
+    });
+    await new Promise<void>((ready) => failing.listen(0, '127.0.0.1', ready));
+    const closed = createServer();
+    await new Promise<void>((ready) => closed.listen(0, '127.0.0.1', ready));
+    const closedUrl = `http://127.0.0.1:${(closed.address() as { port: number }).port}`;
+    await new Promise<void>((done) => closed.close(() => done()));
+    const marker = join(folder, 'ran-anyway');
+    try {
+      assert.deepEqual(taken.map((lease) => lease.status), Array(POOL_SIZE).fill(200));
+      const command = ['--', 'sh', '-c', `touch '${marker}'`];
+      const cases: { args: string[]; env?: Record<string, string>; said: RegExp }[] = [
+        { args: ['--wait', '1'], said: /no cluster available: .*AllLeased/ },
+        { args: ['--regex', '^nothing-like-this$'], said: /no cluster available: .*NoMatchingCluster/ },
+        { args: [], env: cliEnv({ K8S_CLAIMER_URL: closedUrl }), said: /could not lease a cluster: cannot reach the claimer at http:\/\/127\.0\.0\.1:\d+: / },
+        { args: [], env: cliEnv({ AUTH_TOKEN: 'not-the-token' }), said: /could not lease a cluster: the claimer answered 401/ },
+        { args: [], env: cliEnv({ K8S_CLAIMER_URL: `http://127.0.0.1:${(failing.address() as { port: number }).port}` }), said: /could not lease a cluster: the claimer answered 500: internal error \(request id request-1\)/ },
+        { args: [], env: cliEnv({ AUTH_TOKEN: undefined }), said: /AUTH_TOKEN is not set/ },
+      ];
+      const results = await Promise.all(cases.map(({ args, env }) => cli(['run', '--duration', '1m', ...args, ...command], env)));
+      results.forEach((result, index) => {
+        assert.equal(result.code, 125, `${cases[index]!.said}: ${result.stderr}`);
+        assert.match(result.stderr, cases[index]!.said);
+        assert.doesNotMatch(result.stderr, /^k8s-claimer: (leased|released|did not release|could not release) /m, 'nothing was granted');
+      });
+      assert.equal(await exists(marker), false, 'the command did not run');
+
+      // Interrupted while waiting for a cluster: nothing was granted, the signal's code.
+      const waiting = startCli(['run', '--duration', '1m', '--wait', '30', ...command]);
+      await waitFor('the CLI to wait', async () => ((await api('GET', '/leases')).body.waiting === 1 ? true : undefined));
+      waiting.child.kill('SIGINT');
+      const interrupted = await waiting.result;
+      assert.equal(interrupted.code, 128 + constants.signals.SIGINT, interrupted.stderr);
+      assert.match(interrupted.stderr, /interrupted by SIGINT before a cluster was leased/);
+      assert.equal(await exists(marker), false);
+    } finally {
+      await new Promise<void>((done) => failing.close(() => done()));
+      await releaseAll(taken.map((lease) => lease.body.token));
+    }
   });
 
 
@@ -392,6 +476,57 @@ describe('k8s-claimer CLI against the real server', () => {
     await assertAllFree();
   });
 
+  test('run - SIGINT to the CLI alone: the script ends, the background job it left (which ignores SIGINT, as sh makes it) gets SIGTERM, and the lease is released within seconds; exit 130', { timeout: 30_000 }, async () => {
+    const pidFile = join(folder, 'interrupted.pid');
+    try {
+      // The job does not hold the CLI's stdout and stderr, so a job left running fails the test at once.
+      const { child, result } = startCli(['run', '--duration', '1m', '--', 'sh', '-c', `sleep 60 >/dev/null 2>&1 & echo $! > '${pidFile}'; wait`]);
+      const backgroundPid = Number(await writtenTo(pidFile));
+      const sentAt = Date.now();
+      child.kill('SIGINT');
+      const { code, stderr } = await result;
+      const tookMs = Date.now() - sentAt;
+      assert.equal(code, 128 + constants.signals.SIGINT, stderr);
+      assert.ok(tookMs < 10_000, `the CLI ended ${tookMs} ms after SIGINT, not within seconds`);
+      assert.equal(isRunning(backgroundPid), false, 'the background job was gone before the CLI ended');
+      assert.deepEqual(betweenLeaseLines(stderr).map((line) => LEFT_RUNNING.test(line)), [true]);
+      await assertAllFree();
+    } finally {
+      await killIfRunning(pidFile);
+    }
+  });
+
+  test('run - what the command left running gets SIGTERM before the lease is released, and SIGKILL after 2 s when it ignores SIGTERM; exit 0', { timeout: 30_000 }, async () => {
+    const reportFile = join(folder, 'leftover.json');
+    const readyFile = join(folder, 'leftover.ready');
+    const stubbornPidFile = join(folder, 'stubborn.pid');
+    // On SIGTERM, the reporter asks the claimer whether its cluster is still leased, then exits.
+    const reporter = `
+      const fs = require('node:fs');
+      process.on('SIGTERM', async () => {
+        const response = await fetch(${JSON.stringify(`${server.url}/leases`)}, { headers: { authorization: ${JSON.stringify(`Bearer ${SHARED_TOKEN}`)} } });
+        const { clusters } = await response.json();
+        fs.writeFileSync(${JSON.stringify(reportFile)}, JSON.stringify(clusters.find((cluster) => cluster.name === process.env.CLUSTER_NAME)));
+        process.exit(0);
+      });
+      setInterval(() => {}, 1000);
+      fs.writeFileSync(${JSON.stringify(readyFile)}, String(process.pid));`;
+    // Neither job holds the CLI's stdout and stderr, so one left running fails the test at once.
+    const script = `"$NODE" -e "$REPORTER" >/dev/null 2>&1 & until [ -s '${readyFile}' ]; do sleep 0.05; done
+      trap '' TERM; sleep 60 >/dev/null 2>&1 & echo $! > '${stubbornPidFile}'; exit 0`;
+    try {
+      const { code, stderr } = await cli(['run', '--duration', '1m', '--', 'sh', '-c', script], cliEnv({ NODE: process.execPath, REPORTER: reporter }));
+      assert.equal(code, 0, stderr);
+      assert.deepEqual(betweenLeaseLines(stderr).map((line) => LEFT_RUNNING.test(line)), [true]);
+      const seen = JSON.parse(await readFile(reportFile, 'utf8'));
+      assert.equal(seen.state, 'leased', 'the reporter got SIGTERM while the cluster was still leased');
+      assert.equal(isRunning(Number(await readFile(stubbornPidFile, 'utf8'))), false, 'the job that ignored SIGTERM was killed before the CLI ended');
+      await assertAllFree();
+    } finally {
+      await Promise.all([killIfRunning(readyFile), killIfRunning(stubbornPidFile)]);
+    }
+  });
+
   test('run - a lease that ended on the server (409 on a beat) stops the whole command at once: exit 124, one line why', async () => {
     const pidFile = join(folder, 'ended.pid');
     const tokenFile = join(folder, 'ended.token');
@@ -400,7 +535,9 @@ describe('k8s-claimer CLI against the real server', () => {
     assert.equal((await api('DELETE', `/lease/${await writtenTo(tokenFile)}`)).status, 200);
     const { code, stderr } = await result;
     assert.equal(code, 124, stderr);
-    assert.match(stderr, /^k8s-claimer: the lease has already ended \([^\n]*released or expired\); stopped the command\n$/);
+    const between = betweenLeaseLines(stderr, /^k8s-claimer: did not release pool-\d: its lease had already ended$/);
+    assert.equal(between.length, 1, stderr);
+    assert.match(between[0]!, /^k8s-claimer: the lease has already ended \([^\n]*released or expired\); stopped the command$/);
     await assertEnds(backgroundPid, 'the background child');
   });
 
@@ -422,6 +559,7 @@ describe('k8s-claimer CLI against the real server', () => {
       assert.equal(code, 124, stderr);
       const said = /^k8s-claimer: the lease ends at (\S+) and cannot be extended \(the last extension failed: cannot reach the claimer at [^)]+\); stopped the command$/m.exec(stderr);
       assert.ok(said, stderr);
+      betweenLeaseLines(stderr, /^k8s-claimer: could not release pool-1, its lease ends by itself at \S+: cannot reach the claimer at /);
       assert.ok(Date.parse(said[1]!) >= Date.parse(lease.expires_at!), 'the last expiry the claimer confirmed');
       assert.ok(exitedAt < Date.parse(said[1]!), 'stopped before it');
       await assertEnds(commandPid, 'the command');
@@ -553,7 +691,7 @@ describe('k8s-claimer CLI against the real server', () => {
         writeFileSync(${JSON.stringify(reportFile)}, JSON.stringify({ first, last: tokenNow(), status }));`;
       const { code, stderr } = await cli(['run', '--duration', '3', '--', process.execPath, '--input-type=module', '-e', script], cappedEnv());
       assert.equal(code, 0, stderr);
-      assert.equal(stderr, '');
+      assert.deepEqual(betweenLeaseLines(stderr), [], 'nothing but the lease lines');
       const seen = JSON.parse(await readFile(reportFile, 'utf8'));
       assert.equal(apiserver.isTokenValid(seen.first), false, 'the first token has died');
       assert.notEqual(seen.last, seen.first, 'KUBECONFIG holds a fresh token');
@@ -603,7 +741,9 @@ describe('k8s-claimer CLI against the real server', () => {
       const exitedAt = Date.now();
       const stateAfter = (await lab()).state;
       assert.equal(code, 124, stderr);
-      const said = /^k8s-claimer: the lease ends at (\S+) and cannot be extended \(it has reached the claimer's MAX_LEASE_SECONDS\); stopped the command\n$/.exec(stderr);
+      const [line = '', ...more] = betweenLeaseLines(stderr);
+      assert.deepEqual(more, [], stderr);
+      const said = /^k8s-claimer: the lease ends at (\S+) and cannot be extended \(it has reached the claimer's MAX_LEASE_SECONDS\); stopped the command$/.exec(line);
       assert.ok(said, stderr);
       // Granted for 6 s, extended at 2 s: by 6 s would pass the 8 s maximum, so by what is left.
       const lasts = Date.parse(said[1]!) - Date.parse(leased.started_at!);
@@ -625,8 +765,8 @@ describe('CLI core, in process', () => {
     return { code, stdout, stderr };
   }
 
-  test('usage errors - exit 2, the problem on the first line of stderr, then the usage', async () => {
-    const cases: { args: string[]; env?: Record<string, string | undefined>; message: RegExp }[] = [
+  test('usage errors - exit 2 (125 for run), the problem on the first line of stderr, then the usage', async () => {
+    const cases: { args: string[]; env?: Record<string, string | undefined>; message: RegExp; code?: number }[] = [
       { args: ['lease', 'create', '--duration', '1h30'], message: /is not a duration/ },
       { args: ['lease', 'create', '--duration', '0'], message: /at least 1 second/ },
       { args: ['lease', 'create'], message: /--duration is required/ },
@@ -647,12 +787,15 @@ describe('CLI core, in process', () => {
       { args: ['lease', 'grab'], message: /unknown command 'lease grab'/ },
       { args: [], message: /no command given/ },
       { args: ['--verbose', 'lease', 'list'], message: /unknown option --verbose/ },
-      { args: ['run', '--duration', '1m', 'true'], message: /unexpected argument 'true'/ },
-      { args: ['run', '--duration', '1m', '--'], message: /run needs a command/ },
+      // run leaves every code but 125 to its command, as docker run does: its usage errors are 125.
+      { args: ['run', '--duration', '1m', 'true'], message: /unexpected argument 'true'/, code: 125 },
+      { args: ['run', '--duration', '1m', '--'], message: /run needs a command/, code: 125 },
+      { args: ['run', '--duration', '1m', '--', 'true'], env: { K8S_CLAIMER_URL: 'http://127.0.0.1:9' }, message: /AUTH_TOKEN is not set/, code: 125 },
+      { args: ['--server', 'ftp://x', 'run', '--duration', '1m', '--', 'true'], message: /http:\/\/ or https:\/\//, code: 125 },
     ];
-    for (const { args, env, message } of cases) {
+    for (const { args, env, message, code = 2 } of cases) {
       const result = await runMain(args, env);
-      assert.equal(result.code, 2, `${args.join(' ')}: ${result.stderr}`);
+      assert.equal(result.code, code, `${args.join(' ')}: ${result.stderr}`);
       assert.match(result.stderr, message, args.join(' '));
       assert.match(result.stderr, /^k8s-claimer: [^\n]+\n\nUsage: k8s-claimer /, args.join(' '));
       assert.equal(result.stdout, '');

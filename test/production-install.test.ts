@@ -5,7 +5,7 @@
 
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { access, cp, mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { access, cp, mkdir, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { basename, dirname, join, posix, resolve } from 'node:path';
@@ -146,8 +146,9 @@ async function copyAsTheImage(image: Image, appDir: string): Promise<string[]> {
 /**
  * Does on the copy what the image's RUN lines do, step by step (`a && b`): the npm install
  * (with --ignore-scripts: no package's install script is needed to run), removals inside
- * node_modules, and cleaning npm's cache, which only matters inside the image. Any other
- * command fails the test until it is modelled here: RUN lines are never run on this machine.
+ * node_modules, the CLI's bundle (`npm run build:mjs`, run as it is: it only reads the copy and
+ * writes its dist/), and cleaning npm's cache, which only matters inside the image. Any other
+ * command fails the test until it is modelled here: no other RUN line is run on this machine.
  */
 async function runAsTheImage(image: Image, appDir: string, timeoutMs: number): Promise<string[]> {
   const steps: string[] = [];
@@ -164,6 +165,10 @@ async function runAsTheImage(image: Image, appDir: string, timeoutMs: number): P
           assert.ok(!path.split('/').includes('..'), `${step}: stays inside node_modules`);
           await rm(join(appDir, path), { recursive: true, force: true });
         }
+        steps.push(step);
+      } else if (step === 'npm run build:mjs') {
+        const built = await run('npm', ['run', 'build:mjs'], appDir, timeoutMs);
+        assert.equal(built.code, 0, `${step} failed:\n${built.output.slice(-4000)}`);
         steps.push(step);
       } else if (step !== 'npm cache clean --force') {
         assert.fail(`RUN ${step}: not modelled by this test; teach runAsTheImage what it does`);
@@ -226,6 +231,7 @@ describe('the production install (what the image would contain)', () => {
   let copied: string[];
   let server: ChildProcess | undefined;
   let serverOutput = '';
+  let baseUrl = '';
 
   before(
     async () => {
@@ -265,14 +271,15 @@ describe('the production install (what the image would contain)', () => {
   });
 
   test('the image copies the app sources and the lockfile, and .dockerignore keeps the rest out', async () => {
-    for (const needed of ['package.json', 'package-lock.json', 'main.ts', 'app.ts', 'routes', 'services', 'pool', 'bin']) {
+    for (const needed of ['package.json', 'package-lock.json', 'main.ts', 'app.ts', 'routes', 'services', 'pool', 'bin', 'cli']) {
       assert.ok(copied.includes(needed), `the Dockerfile copies ${needed}`);
     }
-    for (const unwanted of ['node_modules', 'test', 'bench', 'data', '.git']) {
+    // dist/ is built in the image: a local build (with its 100 MB executable) stays out.
+    for (const unwanted of ['node_modules', 'test', 'bench', 'data', '.git', 'dist']) {
       assert.ok(!copied.includes(unwanted), `the Dockerfile does not copy ${unwanted}`);
     }
     const ignored = ignoredBy(await readFile(join(ROOT, '.dockerignore'), 'utf8'));
-    for (const unwanted of ['node_modules', 'test', 'bench', 'data', '.git']) {
+    for (const unwanted of ['node_modules', 'test', 'bench', 'data', '.git', 'dist']) {
       assert.ok(ignored.some((pattern) => pattern.test(unwanted)), `.dockerignore excludes ${unwanted}`);
     }
     for (const source of copied) {
@@ -303,7 +310,7 @@ describe('the production install (what the image would contain)', () => {
 
   test('the image command starts the server: /healthz, /readyz, a lease from the example pool', { timeout: 120_000 }, async () => {
     const port = await freePort();
-    const baseUrl = `http://127.0.0.1:${port}`;
+    baseUrl = `http://127.0.0.1:${port}`;
     const [command, ...args] = image.cmd;
     server = spawn(command.includes('/') ? resolve(appDir, command) : command, args, {
       cwd: appDir,
@@ -341,6 +348,16 @@ describe('the production install (what the image would contain)', () => {
     assert.match(String(body.cluster_name), /^example-\d$/, 'a cluster of the embedded example pool');
     assert.equal(typeof body.kubeconfig, 'string');
     await access(join(workspace, 'leases.json'));
+  });
+
+  test('the image builds the CLI into one file and serves it at /cli/k8s-claimer.mjs, without the single executable', async () => {
+    assert.ok(server && server.exitCode === null, 'the server from the previous test is running');
+    assert.deepEqual(await readdir(join(appDir, 'dist')), ['k8s-claimer.mjs']);
+    const built = await readFile(join(appDir, 'dist', 'k8s-claimer.mjs'));
+    const response = await fetch(`${baseUrl}/cli/k8s-claimer.mjs`);
+    assert.equal(response.status, 200);
+    assert.match(response.headers.get('content-type') ?? '', /^text\/javascript/);
+    assert.ok(Buffer.from(await response.arrayBuffer()).equals(built), 'the served file is the one the image built');
   });
 
   test('SIGTERM stops the server with exit code 0 within a few seconds', { timeout: 30_000 }, async () => {

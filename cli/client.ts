@@ -25,6 +25,8 @@ const GrantedLeaseSchema = v.object({
   ip: v.string(),
   token: v.string(),
   cluster_name: v.string(),
+  /** The pool's id of the cluster (`pool/location/name`); older servers leave it out. */
+  cluster_id: v.optional(v.string()),
   expires_at: v.string(),
   seconds_left: v.optional(v.number()),
 });

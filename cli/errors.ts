@@ -6,6 +6,14 @@ export const EXIT_USAGE = 2;
 export const EXIT_NO_CLUSTER = 3;
 /** GNU timeout's "the command ran out of time": `run` stopped it because its lease ends. */
 export const EXIT_LEASE_ENDED = 124;
+/**
+ * `run`'s codes for "the command did not run", as `docker run` has them: k8s-claimer itself
+ * failed (bad options, no cluster, the claimer unreachable or refusing), or the command could
+ * not be executed, or was not found. Every other code is the command's own.
+ */
+export const EXIT_RUN_FAILED = 125;
+export const EXIT_CANNOT_EXECUTE = 126;
+export const EXIT_COMMAND_NOT_FOUND = 127;
 
 /** Bad flags, a missing server or token: exit 2, with the command's usage on stderr. */
 export class UsageError extends Error {

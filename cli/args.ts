@@ -55,8 +55,8 @@ Commands:
 ${CONNECTION_HELP}
 
 ${DURATION_HELP}
-Exit codes: 0 ok, 1 error, 2 usage error, 3 no cluster available (run: the command's code,
-or 124 when its lease ended first).
+Exit codes: 0 ok, 1 error, 2 usage error, 3 no cluster available; run has its own (see
+'k8s-claimer run --help').
 Run 'k8s-claimer COMMAND --help' for a command's options.`;
 
 export const LEASE_USAGE = `Usage: k8s-claimer lease create|delete|extend|list [options]
@@ -120,9 +120,18 @@ lease: 30 s before a lease that could not be extended ends (a third of a shorter
 once when it has already ended), COMMAND's process group gets SIGTERM, then SIGKILL after up
 to 10 s, and run exits 124.
 
-Exits with COMMAND's exit code (128 + the signal's number if it was killed by a signal); 124
-when the lease ended first; 3 when no cluster is available and 1 when the lease fails
-otherwise, without running COMMAND.
+When COMMAND ends, what it left running in its process group gets SIGTERM, then SIGKILL
+after 2 s, before the lease is released. One line on stderr says which cluster was leased,
+one that it was released (or why not).
+
+Exit codes (those of docker run, and GNU timeout's 124):
+  COMMAND's own code, or 128 + the signal's number if a signal killed it
+  124  the lease ended (or could not be extended) first: COMMAND was stopped
+  125  k8s-claimer failed, COMMAND did not run: usage error, no server or token, no cluster
+       free or matching (also when --wait ran out), the claimer unreachable or refusing
+  126  COMMAND cannot be executed
+  127  COMMAND was not found
+A signal to the CLI before a cluster was granted exits 128 + its number.
 
 Options:
 ${LEASE_OPTIONS_HELP}

@@ -2,7 +2,7 @@
 // pool as a table, and the kubeconfig as a private file.
 
 import { Buffer } from 'node:buffer';
-import { replaceFileAtomically } from '../atomic-file.ts';
+import { replaceFileAtomically } from '../services/atomic-file.ts';
 import type { GrantedLease, Pool } from './client.ts';
 import { formatExpiry } from './durations.ts';
 import { CliError, oneLine } from './errors.ts';

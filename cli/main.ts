@@ -1,17 +1,17 @@
-// The k8s-claimer CLI's core: argv and environment in, output and an exit code out. The bin
-// file only wires it to the process, so tests and other tools can call `main` directly.
+// The k8s-claimer CLI's core: argv and environment in, output and an exit code out. program.ts
+// only wires it to the process, so tests and other tools can call `main` directly.
 
 import process from 'node:process';
 import { CREATE_USAGE, DELETE_USAGE, EXTEND_USAGE, LIST_USAGE, RUN_USAGE, parseCommand, type Command } from './args.ts';
 import { ClaimerClient } from './client.ts';
-import { CliError, EXIT_ERROR, EXIT_OK, EXIT_USAGE, UsageError, oneLine } from './errors.ts';
-import { leaseCreate, leaseDelete, leaseExtend, leaseList, messageOf, type CliIO } from './lease-commands.ts';
+import { CliError, EXIT_ERROR, EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE, UsageError, oneLine } from './errors.ts';
+import { InterruptedError, leaseCreate, leaseDelete, leaseExtend, leaseList, messageOf, type CliIO } from './lease-commands.ts';
 import { run } from './run.ts';
 import { sharedToken } from './shared-token.ts';
 
 export type { CliIO, TextSink } from './lease-commands.ts';
 export type { SignalSource } from './signals.ts';
-export { EXIT_ERROR, EXIT_NO_CLUSTER, EXIT_OK, EXIT_USAGE } from './errors.ts';
+export { EXIT_ERROR, EXIT_NO_CLUSTER, EXIT_OK, EXIT_RUN_FAILED, EXIT_USAGE } from './errors.ts';
 
 /**
  * Runs one CLI invocation. `argv` excludes `node` and the script; `env` supplies
@@ -20,8 +20,9 @@ export { EXIT_ERROR, EXIT_NO_CLUSTER, EXIT_OK, EXIT_USAGE } from './errors.ts';
  */
 export async function main(argv: string[], env: Record<string, string | undefined>, io: CliIO): Promise<number> {
   const fullIo: CliIO = { ...io, signals: io.signals ?? process };
+  let command: Command | undefined;
   try {
-    const command = parseCommand(argv);
+    command = parseCommand(argv);
     if (command.kind === 'help') {
       fullIo.stdout.write(`${command.text}\n`);
       return EXIT_OK;
@@ -40,21 +41,27 @@ export async function main(argv: string[], env: Record<string, string | undefine
         return await run(context, command.lease, command.command, env);
     }
   } catch (error) {
-    return report(error, fullIo);
+    report(error, fullIo);
+    return exitCodeOf(error, command?.kind === 'run' || (error instanceof UsageError && error.usage === RUN_USAGE));
   }
 }
 
-/** One line on stderr (plus the usage for a usage error) and the exit code it stands for. */
-function report(error: unknown, io: CliIO): number {
-  if (error instanceof UsageError) {
-    io.stderr.write(`k8s-claimer: ${error.message}\n\n${error.usage}\n`);
-    return EXIT_USAGE;
-  }
-  if (error instanceof CliError) {
-    io.stderr.write(`k8s-claimer: ${error.message}\n`);
-    return error.exitCode;
-  }
-  io.stderr.write(`k8s-claimer: ${oneLine(messageOf(error))}\n`);
+/** One line on stderr, plus the usage for a usage error. */
+function report(error: unknown, io: CliIO): void {
+  if (error instanceof UsageError) io.stderr.write(`k8s-claimer: ${error.message}\n\n${error.usage}\n`);
+  else if (error instanceof CliError) io.stderr.write(`k8s-claimer: ${error.message}\n`);
+  else io.stderr.write(`k8s-claimer: ${oneLine(messageOf(error))}\n`);
+}
+
+/**
+ * `run` leaves every code but 125 to its command, as `docker run` does: each failure of its
+ * own, a usage error too, is 125. A signal that came before any cluster was granted stays 128+n.
+ */
+function exitCodeOf(error: unknown, failedRun: boolean): number {
+  if (error instanceof InterruptedError) return error.exitCode;
+  if (failedRun) return EXIT_RUN_FAILED;
+  if (error instanceof UsageError) return EXIT_USAGE;
+  if (error instanceof CliError) return error.exitCode;
   return EXIT_ERROR;
 }
 
