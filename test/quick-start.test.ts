@@ -19,14 +19,19 @@ const TOKEN = 'quick-start-token';
 const CA = Buffer.from(TEST_TLS_CERT).toString('base64');
 const HAS_KUBECTL = spawnSync('kubectl', ['version', '--client'], { stdio: 'ignore' }).status === 0;
 
-/** kubectl, asynchronously: the fake API servers it talks to live in this process. */
-function kubectl(kubeconfig: string, args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> {
+/** A command, asynchronously: the fake API servers it may talk to live in this process. */
+function run(command: string, args: string[], env: Record<string, string> = {}): Promise<{ status: number | null; stdout: string; stderr: string }> {
   return new Promise((resolve) => {
-    const child = execFile('kubectl', ['--kubeconfig', kubeconfig, '--request-timeout', '10s', ...args], { encoding: 'utf8', timeout: 30_000 }, (error, stdout, stderr) => {
+    const child = execFile(command, args, { encoding: 'utf8', timeout: 30_000, env: { ...process.env, ...env } }, (error, stdout, stderr) => {
       resolve({ status: error ? (typeof error.code === 'number' ? error.code : 1) : 0, stdout, stderr });
     });
     child.stdin?.end();
   });
+}
+
+/** kubectl with a kubeconfig; its stdin is not a terminal, so a kubeconfig without credentials fails instead of prompting. */
+function kubectl(kubeconfig: string, args: string[]) {
+  return run('kubectl', ['--kubeconfig', kubeconfig, '--request-timeout', '10s', ...args]);
 }
 
 async function lease(server: ServerProcess, body: unknown) {
@@ -90,17 +95,16 @@ describe('quick start: the kind clusters of a kubeconfig are the pool', () => {
     assert.equal((await lease(server, { max_time: 60, cluster_version: '1.3' })).body.reason, 'NoMatchingCluster');
   });
 
-  test('kubectl get nodes with the leased kubeconfig answers from the leased cluster', { skip: !HAS_KUBECTL && 'kubectl is not installed' }, async () => {
-    const granted = await lease(server, { max_time: 600, cluster_regex: 'ci-2' });
-    assert.equal(granted.status, 200);
+  test('as the README says: lease create --kubeconfig-file, then kubectl get nodes answers from the leased cluster', { skip: !HAS_KUBECTL && 'kubectl is not installed' }, async () => {
     const path = join(folder, 'leased.yaml');
-    await writeFile(path, Buffer.from(granted.body.kubeconfig, 'base64'), { mode: 0o600 });
-    // Per-lease credentials: the token is the lease's own, not the admin one of the pool kubeconfig.
+    const created = await run(process.execPath, ['bin/k8s-claimer.js', 'lease', 'create', '--server', server.url, '--duration', '30m', '--kubeconfig-file', path], { AUTH_TOKEN: TOKEN });
+    assert.equal(created.status, 0, created.stderr);
+    // Per-lease credentials: the token is the lease's own, not an admin one of the pool kubeconfig.
     const leased = parse(await readFile(path, 'utf8'));
-    assert.notEqual(leased.users[0].user.token, 'admin-ci-2');
+    assert.doesNotMatch(String(leased.users[0].user.token), /^admin-/);
     const nodes = await kubectl(path, ['get', 'nodes', '-o', 'name']);
     assert.equal(nodes.status, 0, nodes.stderr);
-    assert.equal(nodes.stdout.trim(), 'node/node-of-cluster-2');
+    assert.match(nodes.stdout.trim(), /^node\/node-of-cluster-[12]$/);
   });
 });
 
