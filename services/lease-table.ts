@@ -17,6 +17,7 @@ import {
 import { isLeasable, type Cluster } from './providers/types.ts';
 import { afterGrant, afterNewcomer, computeQueue, rememberOrder, ticketLive, ticketOrder, type Queue } from './queue.ts';
 import { LRUCache } from 'lru-cache';
+import { derivedFrom, withRecords } from './table-changes.ts';
 import { hashToken } from './tokens.ts';
 
 /**
@@ -194,13 +195,12 @@ function busyUntil(table: LeaseTable, cluster: Cluster, now: number): number {
 }
 
 function withEntry(table: LeaseTable, clusterId: string, entry: ClusterEntry): LeaseTable {
-  return { ...table, clusters: { ...table.clusters, [clusterId]: entry } };
+  return { ...table, clusters: withRecords(table.clusters, { [clusterId]: entry }) };
 }
 
 function withoutWaiter(table: LeaseTable, ticket: string): LeaseTable {
   if (!(ticket in table.waiters)) return table;
-  const { [ticket]: _gone, ...waiters } = table.waiters;
-  return { ...table, waiters };
+  return { ...table, waiters: withRecords(table.waiters, { [ticket]: undefined }) };
 }
 
 /**
@@ -354,7 +354,7 @@ export const MAX_FILTER_BYTES = 32 * 1024;
 function withHeartbeat(table: LeaseTable, replica: string, now: number, ttlMs: number): LeaseTable {
   const beat = table.replicas[replica];
   if (beat && beat.expiresAt - now > ttlMs / 2) return table;
-  return { ...table, replicas: { ...table.replicas, [replica]: { expiresAt: now + ttlMs } } };
+  return { ...table, replicas: withRecords(table.replicas, { [replica]: { expiresAt: now + ttlMs } }) };
 }
 
 export interface AcquireRequest {
@@ -486,7 +486,7 @@ export function acquire(request: AcquireRequest): Decision<AcquireResult> {
       if (filtersBytes(filters) > MAX_FILTER_BYTES) throw new TooManyWaitersError('too many different filters are waiting already');
     }
     const waiter: Waiter = { since: queueTime(table, now), replica: wait.replica, principal: wait.principal, filter: digest };
-    const waiters = { ...table.waiters, [wait.ticket]: waiter };
+    const waiters = withRecords(table.waiters, { [wait.ticket]: waiter });
     // The newest ticket comes last: the order follows without sorting.
     rememberOrder(waiters, [...ticketOrder(table.waiters), [wait.ticket, waiter]]);
     return {
@@ -511,6 +511,15 @@ export function dropWaiter(ticket: string): Decision<void> {
   return (table) => ({ table: withoutWaiter(table, ticket), result: undefined });
 }
 
+/** Tickets that should be gone (their removal did not land where they live) go. */
+export function dropWaiters(tickets: readonly string[]): Decision<void> {
+  return (table) => {
+    const present = tickets.filter((ticket) => ticket in table.waiters);
+    if (present.length === 0) return { table, result: undefined };
+    return { table: { ...table, waiters: withRecords(table.waiters, Object.fromEntries(present.map((ticket) => [ticket, undefined]))) }, result: undefined };
+  };
+}
+
 /**
  * A replica's heartbeat: its tickets stay alive. Tickets it holds that none of its waiters has
  * any more (a drop that failed) go.
@@ -519,11 +528,7 @@ export function heartbeat(replica: string, ttlMs: number, tickets: ReadonlySet<s
   return (table, { now }) => {
     const stray = Object.keys(table.waiters).filter((ticket) => table.waiters[ticket].replica === replica && !tickets.has(ticket));
     let next = table;
-    if (stray.length > 0) {
-      const waiters = { ...table.waiters };
-      for (const ticket of stray) delete waiters[ticket];
-      next = { ...table, waiters };
-    }
+    if (stray.length > 0) next = { ...table, waiters: withRecords(table.waiters, Object.fromEntries(stray.map((ticket) => [ticket, undefined]))) };
     if (tickets.size === 0) return { table: next, result: undefined };
     return { table: withHeartbeat(next, replica, now, ttlMs), result: undefined };
   };
@@ -534,9 +539,8 @@ export function forgetReplica(replica: string): Decision<number> {
   return (table) => {
     const mine = Object.keys(table.waiters).filter((ticket) => table.waiters[ticket].replica === replica);
     if (mine.length === 0 && !(replica in table.replicas)) return { table, result: 0 };
-    const waiters = { ...table.waiters };
-    for (const ticket of mine) delete waiters[ticket];
-    const { [replica]: _gone, ...replicas } = table.replicas;
+    const waiters = withRecords(table.waiters, Object.fromEntries(mine.map((ticket) => [ticket, undefined])));
+    const replicas = withRecords(table.replicas, { [replica]: undefined });
     return { table: { ...table, waiters, replicas }, result: mine.length };
   };
 }
@@ -749,6 +753,7 @@ export function reap(options: ReapOptions = {}): Decision<Reaped> {
     const present = new Set<string>();
     for (const cluster of clusters) present.add(cluster.id);
     let clustersChanged: Record<string, ClusterEntry> | undefined;
+    const changedIds: string[] = [];
     for (const [clusterId, original] of Object.entries(table.clusters)) {
       // A record this version cannot read is never rewritten.
       if (original.state === 'unknown') continue;
@@ -778,10 +783,12 @@ export function reap(options: ReapOptions = {}): Decision<Reaped> {
       if (forget) {
         clustersChanged ??= { ...table.clusters };
         delete clustersChanged[clusterId];
+        changedIds.push(clusterId);
         result.forgotten.push(clusterId);
       } else if (entry !== original) {
         clustersChanged ??= { ...table.clusters };
         clustersChanged[clusterId] = entry;
+        changedIds.push(clusterId);
       }
     }
     let legacyChanged = false;
@@ -826,7 +833,7 @@ export function reap(options: ReapOptions = {}): Decision<Reaped> {
     if (!clustersChanged && !legacyChanged && !waitersChanged && !replicasChanged && !filtersChanged) return { table, result };
     return {
       table: {
-        clusters: clustersChanged ?? table.clusters,
+        clusters: clustersChanged ? derivedFrom(clustersChanged, table.clusters, changedIds) : table.clusters,
         legacy: legacyChanged ? legacyLeft : table.legacy,
         waiters: waitersChanged ? waitersLeft : table.waiters,
         filters: filtersChanged ? filtersLeft : table.filters,
@@ -958,6 +965,7 @@ export function releaseOwnClaims(owner: string): Decision<string[]> {
     const released = ownClaims(table, owner);
     if (released.length === 0) return { table, result: released };
     const clusters = { ...table.clusters };
+    derivedFrom(clusters, table.clusters, released);
     for (const clusterId of released) {
       const { idleSince: since, cleanup } = clusters[clusterId];
       clusters[clusterId] = {

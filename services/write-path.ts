@@ -1,12 +1,16 @@
 // The one write path: every change to the lease table goes through here. Decisions that arrive
-// while a write is in flight are queued and applied together in the next single
-// compare-and-swap (group commit); each still gets its own answer. A conflict re-reads the
-// table and replays the same decisions, so no answer is ever based on a stale table.
+// while a write is in flight are queued and applied together in the next commit (group
+// commit); each still gets its own answer. A store whose table spans several objects writes
+// each decision's records where they live, one compare-and-swap per object, and says per
+// decision whether they landed; a decision whose object moved on is decided again on fresh
+// data, so no answer is ever based on a stale table.
 
 import { ContentionError, LeaseNotFoundError, StoreFullError, TransientStoreError, VersionConflictError } from './errors.ts';
-import { holdsChanges, type Decision, type DecisionContext, type LeaseTable } from './lease-table.ts';
+import { isDeepStrictEqual } from 'node:util';
+import { dropWaiters, holdsChanges, type Decision, type DecisionContext, type LeaseTable } from './lease-table.ts';
 import type { Cluster } from './providers/types.ts';
-import type { LeaseStore, Snapshot } from './store/types.ts';
+import type { CommitResult, CommitStep, LeaseStore, Snapshot, StepOutcome } from './store/types.ts';
+import { tableChanges, type TableChange } from './table-changes.ts';
 
 export interface Clock {
   /** Milliseconds since the epoch. */
@@ -34,6 +38,10 @@ export interface WritePathOptions {
 
 interface Pending {
   decision: Decision<unknown>;
+  /** Conflicts so far: past maxAttempts the caller gets a 503. */
+  conflicts: number;
+  /** A write of this decision whose answer was lost: should its records show up, it landed. */
+  unclear?: { changes: readonly TableChange[]; settle: () => void };
   /**
    * What this decision answered in an earlier write whose fate is unknown. If deciding again
    * finds its lease gone (a release that did land), that earlier answer is the true one.
@@ -92,7 +100,7 @@ export class WritePath {
   /** Applies one decision through the write path and returns its answer (or throws its error). */
   submit<R>(decision: Decision<R>, options: SubmitOptions = {}): Promise<R> {
     return new Promise<R>((resolve, reject) => {
-      const pending: Pending = { decision, staleOk: options.staleOk ?? false, resolve: resolve as (value: unknown) => void, reject };
+      const pending: Pending = { decision, conflicts: 0, staleOk: options.staleOk ?? false, resolve: resolve as (value: unknown) => void, reject };
       if (!this.batch) {
         void this.commit([pending], false);
         return;
@@ -196,135 +204,181 @@ export class WritePath {
 
   private async commit(batch: Pending[], useCache: boolean): Promise<void> {
     let troubles = 0;
-    /** Earlier writes of this batch whose fate is unknown (no answer): one may still show up. */
-    const unclear: Array<{ base: LeaseTable; next: LeaseTable; settle: Array<() => void>; size: number }> = [];
-    /** The batch did not fit the store: from now on each decision is checked, and only those that do not fit are refused. */
-    let full = false;
-    for (let attempt = 1; ; attempt++) {
+    /** The next round reads the table from the store instead of using the cached one. */
+    let mustRead = !useCache;
+    let pending = batch;
+    while (pending.length > 0) {
       let base: Snapshot;
       let fresh: boolean;
       let clusters: Cluster[];
       try {
-        fresh = !(useCache && this.cached);
-        [base, clusters] = await Promise.all([
-          fresh ? this.store.read() : Promise.resolve(this.cached as Snapshot),
-          this.listClusters(),
-        ]);
+        fresh = mustRead || !this.cached;
+        [base, clusters] = await Promise.all([fresh ? this.store.read() : Promise.resolve(this.cached as Snapshot), this.listClusters()]);
       } catch (error) {
         if (error instanceof TransientStoreError && ++troubles < this.transientAttempts) {
           await this.sleep(this.transientPauseMs * 2 ** (troubles - 1));
           continue;
         }
-        for (const pending of batch) pending.reject(error);
+        for (const waiting of pending) waiting.reject(error);
         return;
       }
-      // A fresh table that holds an earlier unclear write: that write landed, its answers stand.
-      if (fresh) this.remember(base);
-      const earlier = unclear.find((write) => holdsChanges(write.base, write.next, base.table));
-      if (earlier) {
+      mustRead = false;
+      if (fresh) {
+        this.remember(base);
         if (useCache) this.cached = base;
-        for (const settle of earlier.settle) settle();
-        // Requests that joined the batch after that write are decided again on their own.
-        const later = batch.slice(earlier.size);
-        if (later.length > 0) this.queue.unshift(...later);
-        this.tell(base.table);
-        return;
       }
-      const context: DecisionContext = { now: this.clock.now(), clusters, endState: this.endState };
-      const wouldFit = this.store.wouldFit?.bind(this.store);
-      const { table, answers, outcomes } = this.decide(batch, base.table, context, full && wouldFit ? (next) => wouldFit(next, base) : undefined);
-      if (table === base.table) {
-        // Nothing to write. Answers such as "no cluster free" must come from a fresh table,
-        // since another replica may have released a cluster since the cached one was read.
-        if (!fresh && !batch.every((pending) => pending.staleOk)) {
+      // Earlier writes whose answer was lost, and that show up now: their answers stand.
+      pending = pending.filter((waiting) => {
+        if (!waiting.unclear || !holdsAll(waiting.unclear.changes, base.table)) return true;
+        waiting.unclear.settle();
+        return false;
+      });
+      if (pending.length === 0) return;
+      const round = this.decide(pending, base.table, { now: this.clock.now(), clusters, endState: this.endState }, fresh);
+      let result: CommitResult = { outcomes: [] };
+      if (round.steps.length > 0) {
+        try {
+          result = await (this.store.commit ? this.store.commit(base, round.steps) : commitWhole(this.store, base, round.steps));
+        } catch (error) {
+          result = { outcomes: round.steps.map(() => ({ kind: 'failed', error, mayHaveLanded: true })) };
+        }
+        if (result.snapshot) {
+          this.remember(result.snapshot);
+          if (useCache) this.cached = result.snapshot;
+        } else if (this.cached?.version === base.version) {
+          // Keep a table the watch delivered meanwhile: it is newer than the one that lost.
           this.cached = undefined;
-          continue;
         }
-        if (useCache) this.cached = base;
-        for (const settle of outcomes) settle();
-        return;
+        if (result.strayTickets?.length) this.dropStrays(result.strayTickets);
       }
-      let failure: unknown;
-      let written: Snapshot | undefined;
-      try {
-        written = await this.store.write(table, base);
-      } catch (error) {
-        failure = error;
-        // Keep a table the watch delivered meanwhile: it is newer than the one that lost.
-        if (this.cached?.version === base.version) this.cached = undefined;
-        // Anything but a clean refusal may hide a write that landed (a timeout, a reset).
-        if (!(error instanceof VersionConflictError || error instanceof StoreFullError)) {
-          written = await this.landed(base.table, table);
-          if (!written) {
-            unclear.push({ base: base.table, next: table, settle: outcomes, size: batch.length });
-            batch.forEach((pending, index) => {
-              if (answers[index]) pending.unclearAnswer = answers[index];
-            });
+      const next: Pending[] = [];
+      let conflicts = 0;
+      let transient = false;
+      let allWritten = true;
+      round.steps.forEach((step, index) => {
+        const writer = round.writers[index];
+        const outcome = result.outcomes[index] ?? { kind: 'conflict' };
+        if (outcome.kind !== 'written') allWritten = false;
+        if (outcome.kind === 'written') {
+          writer.settle();
+        } else if (outcome.kind === 'full') {
+          writer.pending.reject(new StoreFullError());
+        } else if (outcome.kind === 'conflict') {
+          writer.pending.conflicts += 1;
+          if (writer.pending.conflicts >= this.maxAttempts) writer.pending.reject(new ContentionError());
+          else {
+            conflicts = Math.max(conflicts, writer.pending.conflicts);
+            next.push(writer.pending);
           }
+        } else {
+          if (outcome.mayHaveLanded) {
+            // What was sent for this decision's records: the batch's last value of each.
+            const last = round.steps[round.steps.length - 1].table;
+            writer.pending.unclear = { changes: step.changes.map((change) => ({ ...change, value: last[change.section][change.key] })), settle: writer.settle };
+            writer.pending.unclearAnswer = writer.answer;
+          }
+          if (outcome.error instanceof TransientStoreError) {
+            transient = true;
+            next.push(writer.pending);
+          } else writer.pending.reject(outcome.error);
         }
+      });
+      if (round.steps.length > 0 && result.outcomes.some((outcome) => outcome.kind === 'written') && result.snapshot) this.tell(result.snapshot.table);
+      // Answers that changed nothing stand when the table they came from stands.
+      for (const quiet of round.quiet) {
+        if (quiet.after > 0 && !allWritten) next.push(quiet.pending);
+        else quiet.settle();
       }
-      if (written) {
-        if (useCache) this.cached = written;
-        this.remember(written);
-        for (const settle of outcomes) settle();
-        this.tell(written.table);
-        return;
+      if (round.needFresh.length > 0) {
+        // "No cluster free" must come from a fresh table: another replica may have released one.
+        mustRead = true;
+        next.push(...round.needFresh);
       }
-      if (failure instanceof StoreFullError && !full && batch.length > 1 && this.store.wouldFit) {
-        // One request's growth must not fail the others of its batch: decide again, one by one.
-        full = true;
-        continue;
-      }
-      if (failure instanceof VersionConflictError) {
-        if (attempt >= this.maxAttempts) {
-          for (const pending of batch) pending.reject(new ContentionError());
+      if (next.length === 0) return;
+      if (transient) {
+        if (++troubles >= this.transientAttempts) {
+          for (const waiting of next) waiting.reject(result.outcomes.find((outcome) => outcome.kind === 'failed')?.error ?? new TransientStoreError('the store kept failing'));
           return;
         }
-        // Decorrelated pauses keep replicas that collided from colliding again in lockstep.
-        await this.sleep(this.random() * this.jitterMs * 2 ** Math.min(attempt - 1, 5));
-      } else if (failure instanceof TransientStoreError && ++troubles < this.transientAttempts) {
         await this.sleep(this.transientPauseMs * 2 ** (troubles - 1));
-      } else {
-        for (const pending of batch) pending.reject(failure);
-        return;
+      } else if (conflicts > 0) {
+        // Decorrelated pauses keep replicas that collided from colliding again in lockstep.
+        await this.sleep(this.random() * this.jitterMs * 2 ** Math.min(conflicts - 1, 5));
       }
-      // The batch is decided again anyway: take in what arrived meanwhile, for free.
-      if (useCache) batch.push(...this.queue.splice(0));
+      // Decided again anyway, in the order they came: take in what arrived meanwhile, for free.
+      if (useCache) next.push(...this.queue.splice(0));
+      pending = next;
     }
   }
 
   /**
-   * Applies the batch's decisions in order, each to the table the previous one left. With
-   * `fits`, a decision whose table would not fit the store is refused on its own (503) and the
-   * rest go on without it.
+   * Applies the decisions in order, each to the table the previous one left. A decision that
+   * changes nothing is answered once the steps before it are written (`after` counts them);
+   * from a cached table, only when a stale answer will do.
    */
-  private decide(batch: Pending[], base: LeaseTable, context: DecisionContext, fits?: (table: LeaseTable) => boolean) {
+  private decide(pending: Pending[], base: LeaseTable, context: DecisionContext, fresh: boolean) {
     let table = base;
-    const answers: Array<{ value: unknown } | undefined> = [];
-    this.decisionsApplied += batch.length;
-    const outcomes = batch.map((pending, index) => {
+    const steps: CommitStep[] = [];
+    const writers: Array<{ pending: Pending; settle: () => void; answer: { value: unknown } }> = [];
+    const quiet: Array<{ pending: Pending; settle: () => void; after: number }> = [];
+    const needFresh: Pending[] = [];
+    this.decisionsApplied += pending.length;
+    for (const waiting of pending) {
+      let outcome: ReturnType<Decision<unknown>>;
       try {
-        const outcome = pending.decision(table, context);
-        if (fits && outcome.table !== table && !fits(outcome.table)) return () => pending.reject(new StoreFullError());
-        table = outcome.table;
-        answers[index] = { value: outcome.result };
-        return () => pending.resolve(outcome.result);
+        outcome = waiting.decision(table, context);
       } catch (error) {
-        const earlier = pending.unclearAnswer;
-        if (earlier && error instanceof LeaseNotFoundError) return () => pending.resolve(earlier.value);
-        return () => pending.reject(error);
+        const earlier = waiting.unclearAnswer;
+        // Its release did land, in the write whose answer was lost.
+        if (earlier && error instanceof LeaseNotFoundError) waiting.resolve(earlier.value);
+        else if (!fresh && !waiting.staleOk) needFresh.push(waiting);
+        else quiet.push({ pending: waiting, settle: () => waiting.reject(error), after: steps.length });
+        continue;
       }
-    });
-    return { table, answers, outcomes };
+      const result = outcome.result;
+      if (outcome.table === table) {
+        if (!fresh && !waiting.staleOk) needFresh.push(waiting);
+        else quiet.push({ pending: waiting, settle: () => waiting.resolve(result), after: steps.length });
+        continue;
+      }
+      steps.push({ changes: tableChanges(table, outcome.table), table: outcome.table });
+      writers.push({ pending: waiting, settle: () => waiting.resolve(result), answer: { value: result } });
+      table = outcome.table;
+    }
+    return { steps, writers, quiet, needFresh };
   }
 
-  /** The fresh table if it holds exactly what the failed write meant to change, else undefined. */
-  private async landed(base: LeaseTable, next: LeaseTable): Promise<Snapshot | undefined> {
-    try {
-      const fresh = await this.store.read();
-      return holdsChanges(base, next, fresh.table) ? fresh : undefined;
-    } catch {
-      return undefined;
-    }
+  /** Tickets whose removal did not land: removed again, decided on a fresh table like anything else. */
+  private dropStrays(tickets: string[]): void {
+    this.submit(dropWaiters(tickets)).catch(() => undefined);
   }
+}
+
+/**
+ * A store that holds the table in one object: the batch's last table is written in one
+ * compare-and-swap, and every step shares its fate. A failure that is not a clean refusal may
+ * hide a write that landed; a fresh read tells.
+ */
+async function commitWhole(store: LeaseStore, base: Snapshot, steps: readonly CommitStep[]): Promise<CommitResult> {
+  const next = steps[steps.length - 1].table;
+  const all = (outcome: StepOutcome) => steps.map(() => outcome);
+  try {
+    return { outcomes: all({ kind: 'written' }), snapshot: await store.write(next, base) };
+  } catch (error) {
+    if (error instanceof VersionConflictError) return { outcomes: all({ kind: 'conflict' }) };
+    if (error instanceof StoreFullError) return { outcomes: all({ kind: 'full' }) };
+    let fresh: Snapshot | undefined;
+    try {
+      fresh = await store.read();
+    } catch {
+      return { outcomes: all({ kind: 'failed', error, mayHaveLanded: true }) };
+    }
+    if (holdsChanges(base.table, next, fresh.table)) return { outcomes: all({ kind: 'written' }), snapshot: fresh };
+    return { outcomes: all({ kind: 'failed', error, mayHaveLanded: true }), snapshot: fresh };
+  }
+}
+
+/** Whether `table` holds every one of these records, as they were written. */
+function holdsAll(changes: readonly TableChange[], table: LeaseTable): boolean {
+  return changes.every((change) => isDeepStrictEqual(table[change.section][change.key], change.value));
 }

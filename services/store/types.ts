@@ -1,4 +1,5 @@
 import type { LeaseTable } from '../lease-table.ts';
+import type { TableChange } from '../table-changes.ts';
 
 /** The lease table as read from a store, with the version a compare-and-swap must match. */
 export interface Snapshot {
@@ -6,8 +7,33 @@ export interface Snapshot {
   version: string;
 }
 
+/** One decision of a batch, as the write path hands it to a store: what it changed, and the table after it. */
+export interface CommitStep {
+  changes: readonly TableChange[];
+  table: LeaseTable;
+}
+
+/** What became of one decision's changes. */
+export type StepOutcome =
+  | { kind: 'written' }
+  /** Somebody else wrote first where this decision's records live: decide it again. */
+  | { kind: 'conflict' }
+  /** Its records would not fit where they live (503). */
+  | { kind: 'full' }
+  /** `mayHaveLanded`: no answer came, so the write may yet show up. */
+  | { kind: 'failed'; error: unknown; mayHaveLanded: boolean };
+
+export interface CommitResult {
+  /** One per step, in order. */
+  outcomes: StepOutcome[];
+  /** The newest table the store knows after the commit, when it knows one. */
+  snapshot?: Snapshot;
+  /** Tickets that written steps removed, but whose removal did not land: to be removed again. */
+  strayTickets?: string[];
+}
+
 export interface StoreUsage {
-  /** The object (a Kubernetes Service) that holds records. */
+  /** The object (a Kubernetes Service or ConfigMap) that holds records. */
   object: string;
   usedBytes: number;
   limitBytes: number;
@@ -21,10 +47,12 @@ export interface LeaseStore {
    */
   write(next: LeaseTable, base: Snapshot): Promise<Snapshot>;
   /**
-   * Optional, for stores with a size limit: whether `next` would fit when written over `base`.
-   * `write` throws StoreFullError (and changes nothing) for a table that would not.
+   * Optional, for stores whose table spans several objects: writes each step's changes where
+   * its records live (each object a compare-and-swap of its own) and says, per step, whether
+   * they landed. Steps are in the order they were decided, each on the table the one before
+   * left. A store with it is written only through it.
    */
-  wouldFit?(next: LeaseTable, base: Snapshot): boolean;
+  commit?(base: Snapshot, steps: readonly CommitStep[]): Promise<CommitResult>;
   /**
    * Optional: reports tables written by others (other replicas) as they happen, so that the
    * next write starts from a fresh table. Returns a function that stops watching.
