@@ -45,6 +45,8 @@ export interface Config {
   forgetDepartedSeconds: number;
   /** Requests that may wait at once, per principal and in all (across replicas). */
   waitCaps: { perPrincipal: number; total: number };
+  /** Kubernetes store: the cluster shards (the Service and its shard ConfigMaps) and ticket shards that exist. */
+  shards: { clusters: number; tickets: number };
   /** CI systems' ID tokens accepted beside (or instead of) the shared token. */
   oidc?: { jwksUrl: string; issuer: string; audience: string; allowedSubjects: string[]; maxTokenAgeSeconds: number };
   /** Deadline of one call to a backend (the lease store's apiserver, GKE, a leased cluster). */
@@ -90,17 +92,19 @@ export interface ConfigDefaults {
 const text = () => v.optional(v.pipe(v.string(), v.nonEmpty()));
 const textOr = (fallback: string) => v.optional(v.pipe(v.string(), v.nonEmpty()), fallback);
 
-const integer = (min: number, max: number, fallback: number) =>
-  v.optional(
-    v.pipe(
-      v.string(),
-      v.regex(/^\d+$/, `must be a whole number from ${min} to ${max}`),
-      v.transform(Number),
-      v.minValue(min, `must be a whole number from ${min} to ${max}`),
-      v.maxValue(max, `must be a whole number from ${min} to ${max}`),
-    ),
-    String(fallback),
+const wholeNumber = (min: number, max: number) =>
+  v.pipe(
+    v.string(),
+    v.regex(/^\d+$/, `must be a whole number from ${min} to ${max}`),
+    v.transform(Number),
+    v.minValue(min, `must be a whole number from ${min} to ${max}`),
+    v.maxValue(max, `must be a whole number from ${min} to ${max}`),
   );
+
+const integer = (min: number, max: number, fallback: number) => v.optional(wholeNumber(min, max), String(fallback));
+
+/** Tickets one ticket shard holds at 70% of its 256 KiB (a ticket and its key take about 250 bytes). */
+export const TICKETS_PER_SHARD = 700;
 
 const namespaceName = () =>
   v.optional(v.pipe(v.string(), v.regex(/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/, 'must be a Kubernetes namespace name')));
@@ -131,7 +135,10 @@ const Environment = v.object({
   REAP_INTERVAL_SECONDS: integer(1, 3_600, 2),
   FORGET_DEPARTED_SECONDS: integer(0, 31_536_000, 3_600),
   WAIT_MAX_PER_PRINCIPAL: integer(0, 100_000, 50),
-  WAIT_MAX_TOTAL: integer(0, 100_000, 200),
+  // 200 in the Service; with ticket shards, what they hold.
+  WAIT_MAX_TOTAL: v.optional(wholeNumber(0, 100_000)),
+  LEASE_SHARDS: integer(1, 1024, 1),
+  LEASE_TICKET_SHARDS: integer(0, 1024, 0),
   BACKEND_TIMEOUT_SECONDS: integer(1, 600, 10),
   // https only: whoever can change the keys in transit can sign tokens. Plain http for loopback (tests).
   AUTH_JWKS_URL: v.optional(
@@ -270,7 +277,8 @@ export function loadConfig(environment: Record<string, string | undefined>, defa
     ...(env.POOL_KUBECONFIG && {
       poolKubeconfig: { file: env.POOL_KUBECONFIG, contexts: (env.POOL_CONTEXTS ?? '').split(',').map((glob) => glob.trim()).filter(Boolean) },
     }),
-    waitCaps: { perPrincipal: env.WAIT_MAX_PER_PRINCIPAL, total: env.WAIT_MAX_TOTAL },
+    waitCaps: { perPrincipal: env.WAIT_MAX_PER_PRINCIPAL, total: env.WAIT_MAX_TOTAL ?? (env.LEASE_TICKET_SHARDS > 0 ? env.LEASE_TICKET_SHARDS * TICKETS_PER_SHARD : 200) },
+    shards: { clusters: env.LEASE_SHARDS, tickets: env.LEASE_TICKET_SHARDS },
     backendTimeoutSeconds: env.BACKEND_TIMEOUT_SECONDS,
     // google-token and pool are one thing: the provider's own credentials for the lessee.
     ...(env.LEASE_CREDENTIALS && { leaseCredentials: env.LEASE_CREDENTIALS === 'serviceaccount' ? 'serviceaccount' : 'pool' }),

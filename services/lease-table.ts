@@ -550,6 +550,11 @@ export function forgetReplica(replica: string): Decision<number> {
  * is compared is the SHA-256 of the token the caller sent, so how long a comparison takes tells
  * at most how many leading digits of a hash match, which helps find no token.
  */
+/** The cluster whose live lease has this token hash, if any. */
+export function clusterOfLease(table: LeaseTable, tokenHash: string, now: number): string | undefined {
+  return findLive(table, tokenHash, now)?.clusterId;
+}
+
 function findLive(table: LeaseTable, tokenHash: string, now: number): { clusterId: string; lease: Lease } | undefined {
   // Where the token was last seen is checked first; the table itself always decides.
   const hinted = leaseHints.get(tokenHash);

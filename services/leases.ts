@@ -10,6 +10,7 @@ import type { Facts, HandOffFacts } from './facts.ts';
 import type { Metrics } from './metrics.ts';
 import {
   acquire,
+  clusterOfLease,
   describeClusters,
   describeLease,
   extend,
@@ -25,6 +26,7 @@ import {
   type Lease,
 } from './lease-table.ts';
 import type { Cluster, ClusterProvider } from './providers/types.ts';
+import type { StoreUsage } from './store/types.ts';
 import { hashToken, newLeaseToken } from './tokens.ts';
 import type { UnclearGrants } from './unclear-grants.ts';
 import type { Granted, Waiting } from './waiting.ts';
@@ -191,7 +193,7 @@ export class LeaseService {
 
   /** Throws (after revoking them) when the lease whose credentials were just made has ended. */
   private async stillLive(tokenHash: string, cluster: Cluster, leaseId: string): Promise<void> {
-    const { snapshot, context } = await this.writePath.view();
+    const { snapshot, context } = await this.viewOfLease(tokenHash, cluster.id);
     try {
       describeLease(snapshot.table, tokenHash, context);
     } catch (error) {
@@ -214,7 +216,7 @@ export class LeaseService {
   async extend(token: string, durationSeconds: number, log: Logger = this.logger): Promise<LeaseDetails> {
     const tokenHash = hashToken(token);
     const { maxLeaseSeconds } = this.options;
-    const { snapshot, context } = await this.writePath.view();
+    const { snapshot, context } = await this.viewOfLease(tokenHash);
     const current = describeLease(snapshot.table, tokenHash, context);
     // Decided on the view first: an extension that is refused (beyond the maximum) mints nothing.
     extend(tokenHash, durationSeconds, maxLeaseSeconds)(snapshot.table, context);
@@ -241,9 +243,22 @@ export class LeaseService {
     return refreshed ? { ...details, kubeconfig: refreshed.kubeconfig } : details;
   }
 
+  /**
+   * A fresh view for one lease: when this replica knows its cluster, only the object that holds
+   * its record is read (a table split over many objects); should the lease not be there, all.
+   */
+  private async viewOfLease(tokenHash: string, clusterId = this.writePath.clusterOfLease(tokenHash)) {
+    if (clusterId !== undefined) {
+      const scoped = await this.writePath.view([clusterId]);
+      if (clusterOfLease(scoped.snapshot.table, tokenHash, scoped.context.now) === clusterId) return scoped;
+    }
+    return this.writePath.view();
+  }
+
   async get(token: string): Promise<LeaseDetails> {
-    const { snapshot, context } = await this.writePath.view();
-    const view = describeLease(snapshot.table, hashToken(token), context);
+    const tokenHash = hashToken(token);
+    const { snapshot, context } = await this.viewOfLease(tokenHash);
+    const view = describeLease(snapshot.table, tokenHash, context);
     return { ...view, now: context.now, facts: await this.facts.for(view.cluster) };
   }
 
@@ -259,6 +274,11 @@ export class LeaseService {
     const counts: Record<string, number> = { free: 0, leased: 0, dirty: 0, cleaning: 0, quarantined: 0, unavailable: 0, unknown: 0 };
     for (const view of describeClusters(known.table, known.context)) counts[view.state] = (counts[view.state] ?? 0) + 1;
     return counts;
+  }
+
+  /** How full each object of the lease store is, as last seen. */
+  storeUsage(): StoreUsage[] {
+    return this.writePath.storeUsage();
   }
 
   /** Ready when the lease store (its watch, or a read) and the cluster pool answer. */

@@ -262,7 +262,25 @@ export const openApiDocument = {
       get: {
         summary: 'Readiness: the lease store and the pool answer',
         security: [],
-        responses: { 200: { description: 'Ready', content: json({ type: 'object', properties: { status: { const: 'ready' } } }) }, 503: error('Not ready') },
+        responses: {
+          200: {
+            description: 'Ready; with the Kubernetes store, how full each object of the lease table is (Kubernetes refuses one past 256 KiB of annotations)',
+            content: json({
+              type: 'object',
+              properties: {
+                status: { const: 'ready' },
+                store: {
+                  type: 'array',
+                  items: {
+                    type: 'object',
+                    properties: { object: { type: 'string' }, used_bytes: { type: 'integer' }, limit_bytes: { type: 'integer' }, used_percent: { type: 'number' } },
+                  },
+                },
+              },
+            }),
+          },
+          503: error('Not ready'),
+        },
       },
     },
     '/metrics': {

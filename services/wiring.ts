@@ -45,6 +45,8 @@ export interface BuildOptions {
   processMetrics?: boolean;
   /** Tests shorten the file store's lock times. */
   fileStore?: FileStoreOptions;
+  /** Tests make the Kubernetes store's shard keeper look more often. */
+  keeperIntervalMs?: number;
 }
 
 interface Closable {
@@ -69,8 +71,8 @@ async function buildProvider(config: Config, logger: Logger, clock: Clock): Prom
   });
 }
 
-async function buildStore(config: Config, logger: Logger, fileStore?: FileStoreOptions): Promise<LeaseStore> {
-  if (config.leaseStore === 'file') return FileLeaseStore.open(config.leaseStoreFile, logger, fileStore);
+async function buildStore(config: Config, logger: Logger, provider: ClusterProvider, options: BuildOptions): Promise<LeaseStore> {
+  if (config.leaseStore === 'file') return FileLeaseStore.open(config.leaseStoreFile, logger, options.fileStore);
   // Nothing survives a restart: for trying the claimer out, and for measuring the HTTP layer.
   if (config.leaseStore === 'memory') return new MemoryLeaseStore();
   const { KubernetesLeaseStore, kubeConfigFrom } = await import('./store/kubernetes.ts');
@@ -79,6 +81,10 @@ async function buildStore(config: Config, logger: Logger, fileStore?: FileStoreO
     serviceName: config.serviceName,
     timeoutMs: config.backendTimeoutSeconds * 1000,
     logger,
+    maxShards: config.shards.clusters,
+    ticketShards: config.shards.tickets,
+    poolSize: async () => (await provider.list()).length,
+    ...(options.keeperIntervalMs && { keeperIntervalMs: options.keeperIntervalMs }),
   });
 }
 
@@ -116,10 +122,11 @@ export function lifecyclePolicy(config: Config, provider: ClusterProvider) {
 export async function buildServices(config: Config, logger: Logger, options: BuildOptions): Promise<Services> {
   const clock = options.clock ?? systemClock;
   const provider = await buildProvider(config, logger, clock);
-  const store = await buildStore(config, logger, options.fileStore);
+  const store = await buildStore(config, logger, provider, options);
   const policy = lifecyclePolicy(config, provider);
   const writePath = new WritePath(store, () => provider.list(), clock, { endState: policy.endState, ...options.writePath });
   const stopWatching = writePath.watchStore();
+  const stopUpkeep = store.maintain?.() ?? (() => undefined);
   const access = new ClusterAccess(provider, config.backendTimeoutSeconds * 1000);
   const issuer = policy.perLease ? new ServiceAccountCredentials(access, config.groupRoles) : new ProviderCredentials(provider);
   const waiting = new Waiting(writePath, logger, { replicaName: config.replicaName, caps: config.waitCaps, ...options.waiting });
@@ -206,6 +213,7 @@ export async function buildServices(config: Config, logger: Logger, options: Bui
       waiting.close();
       unclear.close();
       stopWatching();
+      stopUpkeep();
       await provider.close?.();
       await store.close?.();
     },

@@ -7,9 +7,9 @@
 
 import { ContentionError, LeaseNotFoundError, StoreFullError, TransientStoreError, VersionConflictError } from './errors.ts';
 import { isDeepStrictEqual } from 'node:util';
-import { dropWaiters, holdsChanges, type Decision, type DecisionContext, type LeaseTable } from './lease-table.ts';
+import { clusterOfLease, dropWaiters, holdsChanges, type Decision, type DecisionContext, type LeaseTable } from './lease-table.ts';
 import type { Cluster } from './providers/types.ts';
-import type { CommitResult, CommitStep, LeaseStore, Snapshot, StepOutcome } from './store/types.ts';
+import type { CommitResult, CommitStep, LeaseStore, Snapshot, StepOutcome, StoreUsage } from './store/types.ts';
 import { tableChanges, type TableChange } from './table-changes.ts';
 
 export interface Clock {
@@ -120,9 +120,13 @@ export class WritePath {
     return { now: this.clock.now(), clusters: await this.listClusters(), endState: this.endState };
   }
 
-  /** A fresh read of the table and the pool, for answers that change nothing. */
-  async view(): Promise<{ snapshot: Snapshot; context: DecisionContext }> {
-    const [snapshot, clusters] = await Promise.all([this.store.read(), this.listClusters()]);
+  /**
+   * A fresh read of the table and the pool, for answers that change nothing. With cluster ids,
+   * a store split over objects reads only the objects that hold their records.
+   */
+  async view(clusterIds?: readonly string[]): Promise<{ snapshot: Snapshot; context: DecisionContext }> {
+    const read = clusterIds && this.store.readFor ? this.store.readFor(clusterIds) : this.store.read();
+    const [snapshot, clusters] = await Promise.all([read, this.listClusters()]);
     this.cached = snapshot;
     this.remember(snapshot);
     return { snapshot, context: { now: this.clock.now(), clusters, endState: this.endState } };
@@ -152,6 +156,16 @@ export class WritePath {
       this.readinessRead = { promise: this.view(), at: now };
     }
     await this.readinessRead.promise;
+  }
+
+  /** How full each object of the store is, as last seen. */
+  storeUsage(): StoreUsage[] {
+    return this.store.usage?.() ?? [];
+  }
+
+  /** The cluster of the live lease with this token hash in the newest table known, if any. */
+  clusterOfLease(tokenHash: string): string | undefined {
+    return this.latest ? clusterOfLease(this.latest.table, tokenHash, this.clock.now()) : undefined;
   }
 
   /** Whether the store's watch is live (readiness without a read). */

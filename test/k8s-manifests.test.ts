@@ -1,5 +1,6 @@
 // Checks k8s/: every manifest parses and fits the Kubernetes schemas, the kustomization builds,
-// the Role grants exactly what services/store/kubernetes.ts calls, and the Deployment,
+// the Role grants exactly what services/store/ calls, on the lease Service and the shard
+// ConfigMaps the configuration names, and the Deployment,
 // Service and PodDisruptionBudget fit together and with the Dockerfile.
 
 import assert from 'node:assert/strict';
@@ -27,14 +28,15 @@ import {
   type IService,
 } from 'kubernetes-models/v1';
 import { parseAllDocuments } from 'yaml';
-import { loadConfig } from '../services/config.ts';
+import { loadConfig, type Config } from '../services/config.ts';
+import { shardName } from '../services/store/shards.ts';
 import { tempDir } from './support/harness.ts';
 
 const ROOT = fileURLToPath(new URL('..', import.meta.url));
 const K8S_DIR = join(ROOT, 'k8s');
 const KUSTOMIZATION = 'kustomization.yaml';
 const SECRET_EXAMPLE = 'secret.example.yaml';
-const STORE_SOURCE = join(ROOT, 'services', 'store', 'kubernetes.ts');
+const STORE_SOURCES = join(ROOT, 'services', 'store');
 const APP_LABEL = { 'app.kubernetes.io/name': 'k8s-claimer' };
 
 interface Manifest {
@@ -200,6 +202,23 @@ async function kustomize(dir: string): Promise<Manifest[]> {
   return parseAllDocuments(output, { version: '1.1' }).map((document) => document.toJS() as Manifest);
 }
 
+/** The ConfigMap the pods read their settings from (the others are shards of the lease table). */
+function settingsOf(objects: Manifest[], container: IContainer): IConfigMap & Manifest {
+  assert.equal(container.envFrom?.length, 1, 'the settings come from one ConfigMap');
+  const named = container.envFrom?.[0].configMapRef?.name;
+  const settings = objects.find((object) => object.kind === 'ConfigMap' && object.metadata.name === named);
+  assert.ok(settings, `the ConfigMap ${named} the pods read is in the build`);
+  return settings as IConfigMap & Manifest;
+}
+
+/** The shard ConfigMaps a configuration counts (the Service is the first cluster shard). */
+function shardNamesOf(config: Config): string[] {
+  return [
+    ...Array.from({ length: config.shards.clusters - 1 }, (_, index) => shardName(config.serviceName, 'clusters', index + 1)),
+    ...Array.from({ length: config.shards.tickets }, (_, index) => shardName(config.serviceName, 'tickets', index + 1)),
+  ];
+}
+
 function builtKind<T extends Manifest>(objects: Manifest[], kind: string): T {
   return only<T>(objects.map((object) => ({ file: 'kubectl kustomize', object })), kind);
 }
@@ -219,9 +238,8 @@ async function checkDeployable(name: string, objects: Manifest[]) {
   const pod = deployment.spec?.template.spec;
   assert.equal(pod?.containers.length, 1, `${name}: one container`);
   const [container] = pod?.containers ?? [];
-  const configMap = builtKind<IConfigMap & Manifest>(objects, 'ConfigMap');
+  const configMap = settingsOf(objects, container);
   assert.equal(configMap.data?.NAMESPACE, undefined, `${name}: no namespace hard-coded in the ConfigMap`);
-  assert.deepEqual(container.envFrom, [{ configMapRef: { name: configMap.metadata.name } }]);
   const podNamespace = container.env?.find((variable) => variable.name === 'POD_NAMESPACE');
   assert.deepEqual(podNamespace?.valueFrom, { fieldRef: { fieldPath: 'metadata.namespace' } }, `${name}: POD_NAMESPACE comes from the downward API`);
 
@@ -240,6 +258,11 @@ async function checkDeployable(name: string, objects: Manifest[]) {
   const role = builtKind<IRole & Manifest>(objects, 'Role');
   assert.equal(role.metadata.namespace, config.namespace, `${name}: the Role covers the lease Service's namespace`);
   assert.deepEqual(role.rules?.[0].resourceNames, [config.serviceName]);
+  // The shard objects the configuration counts: each in the build, each named in the Role.
+  const shards = shardNamesOf(config);
+  assert.deepEqual(role.rules?.[1]?.resourceNames ?? [], shards, `${name}: the Role names the shard ConfigMaps LEASE_SHARDS and LEASE_TICKET_SHARDS count`);
+  const built = new Set(objects.filter((object) => object.kind === 'ConfigMap').map((object) => object.metadata.name));
+  assert.deepEqual(shards.filter((shard) => !built.has(shard)), [], `${name}: shard ConfigMaps the configuration counts but the build lacks`);
   const binding = builtKind<IRoleBinding & Manifest>(objects, 'RoleBinding');
   const account = builtKind(objects, 'ServiceAccount');
   assert.equal(binding.metadata.namespace, config.namespace);
@@ -326,14 +349,15 @@ function permissionsUsedBy(source: string): { permissions: Set<string>; problems
   for (const [, method, kind] of source.matchAll(/\.(read|patch|replace|create|deleteCollection|delete|list)Namespaced([A-Z]\w*)\s*\(/g)) {
     permissions.add(`${resourceOf(kind)} ${VERB_OF_METHOD[method]}`);
   }
-  const watches = [...source.matchAll(/\.watch\(\s*`\/api\/v1\/namespaces\/\$\{[^}]+\}\/([a-z]+)`\s*,\s*\{([^}]*)\}/g)];
-  for (const [, resource, query] of watches) {
-    permissions.add(`${resource} watch`);
+  // Watched resources: the paths the code builds, each a literal naming its resource.
+  for (const [, resource] of source.matchAll(/`\/api\/v1\/namespaces\/\$\{[^}]+\}\/([a-z]+)`/g)) permissions.add(`${resource} watch`);
+  const watchCalls = [...source.matchAll(/\.watch\(\s*[^,]+,\s*\{([^}]*)\}/g)];
+  for (const [call, query] of watchCalls) {
     // resourceNames only authorizes a watch that names its object with this field selector.
-    if (!/fieldSelector:\s*`metadata\.name=\$\{/.test(query)) problems.push(`the watch on ${resource} has no metadata.name field selector`);
+    if (!/fieldSelector:\s*`metadata\.name=\$\{/.test(query)) problems.push(`a watch without a metadata.name field selector: ${call.slice(0, 80)}`);
   }
-  const watchCalls = source.match(/\.watch\(\s*`/g)?.length ?? 0;
-  if (source.includes('new Watch(') && watchCalls !== watches.length) problems.push('a Watch whose resource this test cannot read');
+  const watchCount = source.match(/\.watch\(\s*[`a-z]/g)?.length ?? 0;
+  if (source.includes('new Watch(') && watchCount !== watchCalls.length) problems.push('a Watch whose query this test cannot read');
   return { permissions, problems };
 }
 
@@ -399,7 +423,7 @@ function fixture(): Promise<Fixture> {
       pod,
       container: pod.containers[0],
       service: only<IService & Manifest>(built, 'Service'),
-      configMap: only<IConfigMap & Manifest>(built, 'ConfigMap'),
+      configMap: settingsOf(built.map((loaded) => loaded.object), pod.containers[0]),
       dockerfile: await readFile(join(ROOT, 'Dockerfile'), 'utf8'),
     };
   })();
@@ -476,21 +500,35 @@ describe('k8s/ manifests', () => {
     assert.equal(config.serviceName, service.metadata?.name);
   });
 
-  test('the Role grants exactly what services/store/kubernetes.ts calls, on the lease Service only', async () => {
-    const { built, configMap } = await fixture();
+  test('the Role grants exactly what services/store/ calls, on the lease Service and its shard ConfigMaps only', async () => {
+    const { built, configMap, container } = await fixture();
     const role = only<IRole & Manifest>(built, 'Role');
-    const serviceName = configMap.data?.SERVICE_NAME;
-    assert.equal(role.rules?.length, 1, 'one rule');
-    const [rule] = role.rules ?? [];
-    assert.deepEqual(rule.apiGroups, ['']);
-    assert.deepEqual(rule.resources, ['services']);
-    assert.deepEqual(rule.resourceNames, [serviceName]);
-    assert.deepEqual([...rule.verbs].sort(), ['get', 'patch', 'watch']);
-    assert.equal(rule.nonResourceURLs, undefined);
+    const config = loadConfig({ ...configMap.data, AUTH_TOKEN: 'token', GOOGLE_CLOUD_ACCOUNT_FILE_BASE64: Buffer.from('{"client_email":"a@b.c","private_key":"k"}').toString('base64') }, { staticPoolFile: 'pool/example.yaml' });
+    assert.equal(container.envFrom?.[0].configMapRef?.name, configMap.metadata?.name);
+    assert.equal(role.rules?.length, 2, 'one rule for the Service, one for the shard ConfigMaps');
+    const [serviceRule, shardRule] = role.rules ?? [];
+    for (const rule of [serviceRule, shardRule]) {
+      assert.deepEqual(rule.apiGroups, ['']);
+      assert.deepEqual([...rule.verbs].sort(), ['get', 'patch', 'watch']);
+      assert.equal(rule.nonResourceURLs, undefined);
+    }
+    assert.deepEqual(serviceRule.resources, ['services']);
+    assert.deepEqual(serviceRule.resourceNames, [config.serviceName]);
+    assert.deepEqual(shardRule.resources, ['configmaps']);
+    assert.deepEqual(shardRule.resourceNames, shardNamesOf(config));
+    assert.ok(config.shards.clusters > 1 && config.shards.tickets > 0, 'the install has shards to grow into');
+    // The shard ConfigMaps start empty: the claimer writes them, apply never does.
+    const shards = built.filter((loaded) => loaded.object.kind === 'ConfigMap' && loaded.object.metadata.name !== configMap.metadata?.name);
+    assert.deepEqual(shards.map((loaded) => loaded.object.metadata.name).sort(), [...shardNamesOf(config)].sort());
+    for (const { object } of shards) {
+      assert.equal((object as IConfigMap).data, undefined);
+      assert.deepEqual(Object.keys(object.metadata.annotations ?? {}), []);
+    }
 
-    const { permissions, problems } = permissionsUsedBy(await readFile(STORE_SOURCE, 'utf8'));
+    const sources = (await readdir(STORE_SOURCES)).filter((file) => file.endsWith('.ts'));
+    const { permissions, problems } = permissionsUsedBy((await Promise.all(sources.map((file) => readFile(join(STORE_SOURCES, file), 'utf8')))).join('\n'));
     assert.deepEqual(problems, []);
-    const granted = new Set(rule.verbs.map((verb) => `services ${verb}`));
+    const granted = new Set(role.rules?.flatMap((rule) => rule.resources?.flatMap((resource) => rule.verbs.map((verb) => `${resource} ${verb}`)) ?? []));
     const missing = [...permissions].filter((permission) => !granted.has(permission));
     const unused = [...granted].filter((permission) => !permissions.has(permission));
     assert.deepEqual(missing, [], 'the code makes calls the Role does not allow: grant them in k8s/role.yaml');
@@ -508,7 +546,8 @@ describe('k8s/ manifests', () => {
       [...permissions].sort(),
       ['serviceaccounts get', 'services create', 'services delete', 'services get', 'services list', 'services update', 'services watch', 'services/status patch'],
     );
-    assert.deepEqual(problems, ['the watch on services has no metadata.name field selector']);
+    assert.equal(problems.length, 1);
+    assert.match(problems[0], /^a watch without a metadata.name field selector: .*labelSelector/);
   });
 
   test('the RoleBinding gives the Role to the ServiceAccount the pods run as', async () => {

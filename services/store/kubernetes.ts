@@ -1,91 +1,43 @@
-// The Kubernetes lease store: the lease table lives in annotations on one Service, so several
-// replicas share it. Each cluster's record is its own annotation
-// (`lease.k8s-claimer.io/c-<hash of the cluster id>`, value: the JSON record). Every write is a
-// JSON merge patch carrying the resourceVersion it was decided on: the apiserver refuses it
-// with 409 when somebody else wrote first. Only the annotations that changed are sent, so
-// annotations the claimer does not own are never touched.
+// The Kubernetes lease store: the lease table lives in annotations on the lease Service, and,
+// for pools past what one object holds (Kubernetes caps an object's annotations at 256 KiB),
+// on shard ConfigMaps beside it (see shards.ts for where each record lives). Each object is a
+// compare-and-swap register of its own (kube-object.ts) with its own watch; the write path
+// sees one table, and each decision's changes go only to the objects that hold its records,
+// grouped per object, so one steady acquire is still one write. A keeper (shard-keeper.ts)
+// adds shards as the pool or the records grow, moving records with the same compare-and-swap.
 
 import { Buffer } from 'node:buffer';
-import { createHash } from 'node:crypto';
-import { ApiException, CoreV1Api, KubeConfig, PatchStrategy, Watch, setHeaderOptions, type V1Service } from '@kubernetes/client-node';
+import { CoreV1Api, KubeConfig, Watch } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { StoreFullError, TransientStoreError, VersionConflictError } from '../errors.ts';
-import type { ClusterFilter } from '../cluster-filter.ts';
-import type { ClusterEntry, LeaseTable, LegacyLease, ReplicaHeartbeat, Waiter } from '../lease-table.ts';
-import {
-  clusterNamedIn,
-  decodeEntry,
-  decodeFilter,
-  decodeHeartbeat,
-  decodeLegacy,
-  decodeWaiter,
-  encodeEntry,
-  encodeFilter,
-  encodeHeartbeat,
-  encodeLegacy,
-  encodeWaiter,
-  type Decoded,
-} from './codec.ts';
 import { makeClient } from '../kube-client.ts';
-import type { LeaseStore, Snapshot, StoreUsage } from './types.ts';
+import type { LeaseTable } from '../lease-table.ts';
+import { tableChanges } from '../table-changes.ts';
+import { KubeObject, LeaseServiceError, type ObjectState } from './kube-object.ts';
+import { ShardKeeper } from './shard-keeper.ts';
+import { RecordReader, annotationOf } from './shard-records.ts';
+import {
+  ANNOTATIONS_LIMIT_BYTES,
+  EPOCH_KEY,
+  LAYOUT_KEY,
+  annotationsSize,
+  clusterShard,
+  decodeEpoch,
+  decodeLayout,
+  mergeViews,
+  placeChanges,
+  shardName,
+  withCopies,
+  type Layout,
+  type Merged,
+  type ShardKind,
+  type ShardView,
+  type ViewSet,
+} from './shards.ts';
+import type { CommitResult, CommitStep, LeaseStore, Snapshot, StepOutcome, StoreUsage } from './types.ts';
 
-export const ANNOTATION_PREFIX = 'lease.k8s-claimer.io/';
-/** Kubernetes refuses an object whose annotations (keys and values) exceed 256 KiB. */
-export const ANNOTATIONS_LIMIT_BYTES = 256 * 1024;
-/** The apiserver ends each watch after this long; the next one starts from the current Service. */
-const WATCH_SECONDS = 240;
-/** A watch silent for longer than its own timeout and a margin is taken for hung. */
-const WATCH_SILENCE_MS = (WATCH_SECONDS + 30) * 1000;
-/** The original k8s-claimer keyed its records by the lease UUID itself. */
-const ORIGINAL_KEY = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/i;
-
-export function annotationKeyFor(clusterId: string): string {
-  return `${ANNOTATION_PREFIX}c-${createHash('sha256').update(clusterId).digest('hex').slice(0, 24)}`;
-}
-
-/** A waiting request's ticket: `lease.k8s-claimer.io/w-<ticket id>`. */
-export function waiterKeyFor(ticket: string): string {
-  return `${ANNOTATION_PREFIX}w-${ticket}`;
-}
-
-/** A filter of waiting requests, shared by their tickets: `lease.k8s-claimer.io/f-<digest>`. */
-export function filterKeyFor(digest: string): string {
-  return `${ANNOTATION_PREFIX}f-${digest}`;
-}
-
-/** A replica's heartbeat, which keeps its tickets alive: `lease.k8s-claimer.io/r-<replica digest>`. */
-export function heartbeatKeyFor(replica: string): string {
-  return `${ANNOTATION_PREFIX}r-${replica}`;
-}
-
-/** The annotation changes of one section of the table: a value for what is new or changed, null for what went. */
-function diffSection<T>(
-  changes: Record<string, string | null>,
-  base: Readonly<Record<string, T>>,
-  next: Readonly<Record<string, T>>,
-  keyFor: (id: string) => string,
-  encode: (id: string, value: T) => unknown,
-): void {
-  for (const [id, value] of Object.entries(next)) {
-    if (base[id] !== value) changes[keyFor(id)] = JSON.stringify(encode(id, value));
-  }
-  for (const id of Object.keys(base)) {
-    if (!(id in next)) changes[keyFor(id)] = null;
-  }
-}
-
-const UNREADABLE: ClusterEntry = Object.freeze({ state: 'unknown' });
-
-/** The lease Service is missing, or refused the annotations: a backend failure, logged clearly. */
-export class LeaseServiceError extends Error {
-  override readonly name = 'LeaseServiceError';
-}
-
-function annotationsSize(annotations: Record<string, string>): number {
-  let size = 0;
-  for (const [key, value] of Object.entries(annotations)) size += Buffer.byteLength(key) + Buffer.byteLength(value);
-  return size;
-}
+export { ANNOTATION_PREFIX, ANNOTATIONS_LIMIT_BYTES, annotationKeyFor, filterKeyFor, heartbeatKeyFor, waiterKeyFor } from './shards.ts';
+export { LeaseServiceError } from './kube-object.ts';
 
 export function kubeConfigFrom(path?: string): KubeConfig {
   const kubeConfig = new KubeConfig();
@@ -99,287 +51,435 @@ export interface KubernetesStoreOptions {
   namespace: string;
   serviceName: string;
   logger: Logger;
+  /** Cluster shards that exist, the Service included (LEASE_SHARDS): the most the table grows to. */
+  maxShards?: number;
+  /** Ticket shards that exist (LEASE_TICKET_SHARDS); none keeps tickets in the Service. */
+  ticketShards?: number;
+  /** How many clusters the pool has: the number of shards follows from it. */
+  poolSize?: () => Promise<number>;
+  /** How often the keeper looks whether the table needs more shards. */
+  keeperIntervalMs?: number;
 }
 
+/**
+ * Resource versions are opaque to clients, but the apiserver's are etcd revisions, numbers
+ * that grow: a view is replaced only by a newer one, so that a watch event that arrives after
+ * this replica's own later write does not set it back. Only freshness rests on this; every
+ * write is still a compare-and-swap.
+ */
+function isNewer(candidate: string, known: string): boolean {
+  if (candidate === known) return false;
+  if (/^\d+$/.test(candidate) && /^\d+$/.test(known)) return BigInt(candidate) > BigInt(known);
+  return true;
+}
+
+type ShardResult = 'written' | 'conflict' | 'full' | { error: unknown; mayHaveLanded: boolean };
+
+const CONFLICT: StepOutcome = Object.freeze({ kind: 'conflict' });
+const WRITTEN: StepOutcome = Object.freeze({ kind: 'written' });
+
 export class KubernetesLeaseStore implements LeaseStore {
-  /** Annotations as last seen, by resourceVersion: the base of the size check before a write. */
-  private readonly seen = new Map<string, Record<string, string>>();
-  /** Decoded records by annotation value: a write changes a few of hundreds, so decode only those. */
-  private decoded = new Map<string, { clusterId: string; entry: ClusterEntry }>();
-  private readonly where: string;
-  private watchState = { connected: false, heardAt: 0 };
-  /** Bytes of all the Service's annotations (the limit counts everyone's), as last seen. */
-  private usedBytes = 0;
+  private readonly objects = new Map<string, KubeObject>();
+  private readonly readers = new Map<string, RecordReader>();
+  /** Each object as last seen, by name. */
+  private readonly views = new Map<string, ShardView>();
+  /** The view sets behind recent snapshots, by snapshot version: the bases of commits. */
+  private readonly viewSets = new Map<string, { views: ViewSet; merged: Merged }>();
+  private latest?: Snapshot;
+  private watching?: { onChange: (snapshot: Snapshot) => void; stops: Map<string, () => void>; emitting: boolean };
+  private readonly keeper: ShardKeeper;
+  readonly service: string;
 
   constructor(
     private readonly api: CoreV1Api,
     private readonly options: KubernetesStoreOptions,
     private readonly watcher?: Watch,
   ) {
-    this.where = `${options.namespace}/${options.serviceName}`;
+    this.service = options.serviceName;
+    this.keeper = new ShardKeeper(this, {
+      service: this.service,
+      logger: options.logger,
+      maxShards: options.maxShards ?? 1,
+      ticketShards: options.ticketShards ?? 0,
+      ...(options.poolSize && { poolSize: options.poolSize }),
+    });
   }
 
   static fromKubeConfig(kubeConfig: KubeConfig, options: KubernetesStoreOptions & { timeoutMs?: number }): KubernetesLeaseStore {
     return new KubernetesLeaseStore(makeClient(kubeConfig, CoreV1Api, options.timeoutMs ?? 10_000), options, new Watch(kubeConfig));
   }
 
-  /**
-   * Watches the lease Service; each change another writer made is reported as a snapshot. The
-   * watch asks the apiserver to end it every few minutes and starts again (each start reports
-   * the Service as it is), so that a stream that went silent is noticed and replaced.
-   */
-  watch(onChange: (snapshot: Snapshot) => void): () => void {
-    const watcher = this.watcher;
-    if (!watcher) return () => undefined;
-    let stopped = false;
-    let controller: AbortController | undefined;
-    let failures = 0;
-    const restart = (error?: unknown) => {
-      this.watchState.connected = false;
-      if (stopped) return;
-      if (error) {
-        failures += 1;
-        this.options.logger.debug({ err: error, service: this.where }, 'lease Service watch ended; restarting');
-      }
-      setTimeout(start, Math.min(30_000, 100 * 2 ** Math.min(failures, 9)));
-    };
-    const start = () => {
-      if (stopped) return;
-      let ended = false;
-      const end = (error?: unknown) => {
-        if (ended) return;
-        ended = true;
-        restart(error);
-      };
-      watcher
-        .watch(
-          `/api/v1/namespaces/${this.options.namespace}/services`,
-          { fieldSelector: `metadata.name=${this.options.serviceName}`, timeoutSeconds: WATCH_SECONDS, allowWatchBookmarks: true },
-          (phase: string, service: V1Service) => {
-            failures = 0;
-            this.watchState.heardAt = performance.now();
-            const version = service?.metadata?.resourceVersion;
-            // Versions this replica has already seen (its own writes) would only set it back.
-            if ((phase === 'ADDED' || phase === 'MODIFIED') && version && !this.seen.has(version)) {
-              onChange(this.snapshotOf(service));
-            }
-          },
-          end,
-        )
-        .then((abort) => {
-          controller = abort;
-          if (stopped) {
-            abort.abort();
-            return;
-          }
-          if (ended) return;
-          this.watchState = { connected: true, heardAt: performance.now() };
-        }, end);
-    };
-    // A stream that neither delivers nor ends (a hung connection) is given up and replaced.
-    const watchdog = setInterval(() => {
-      if (this.watchState.connected && performance.now() - this.watchState.heardAt > WATCH_SILENCE_MS) {
-        this.options.logger.warn({ service: this.where }, 'lease Service watch went silent; restarting it');
-        controller?.abort();
-        this.watchState.connected = false;
-      }
-    }, WATCH_SILENCE_MS / 4);
-    watchdog.unref?.();
-    start();
-    return () => {
-      stopped = true;
-      clearInterval(watchdog);
-      controller?.abort();
-    };
+  // ---- objects and their views -------------------------------------------------------------
+
+  object(name: string): KubeObject {
+    let object = this.objects.get(name);
+    if (!object) {
+      object = new KubeObject(this.api, this.watcher, this.options.namespace, name, name === this.service ? 'Service' : 'ConfigMap', this.options.logger);
+      this.objects.set(name, object);
+    }
+    return object;
   }
 
-  usage(): StoreUsage[] {
-    return [{ object: this.options.serviceName, usedBytes: this.usedBytes, limitBytes: ANNOTATIONS_LIMIT_BYTES }];
+  private kindOf(name: string): { kind: ShardKind; index: number } {
+    if (name === this.service) return { kind: 'clusters', index: 0 };
+    const match = /-(shard|tickets)-(\d+)$/.exec(name);
+    if (!match) throw new Error(`not a lease object: ${name}`);
+    return { kind: match[1] === 'shard' ? 'clusters' : 'tickets', index: Number(match[2]) };
   }
 
-  /** Whether the watch is connected and was heard from (an event, or its start) lately. */
-  watchLive(): boolean {
-    return this.watchState.connected && performance.now() - this.watchState.heardAt <= WATCH_SILENCE_MS;
+  /** Takes in an object as read, written or watched, unless a newer one is known; returns the view. */
+  absorb(name: string, state: ObjectState): ShardView {
+    const known = this.views.get(name);
+    if (known && !isNewer(state.version, known.version)) return known;
+    let reader = this.readers.get(name);
+    if (!reader) {
+      reader = new RecordReader(this.object(name).where, this.options.logger);
+      this.readers.set(name, reader);
+    }
+    const { kind, index } = this.kindOf(name);
+    const annotations = state.annotations;
+    const view: ShardView = {
+      name,
+      kind,
+      index,
+      version: state.version,
+      epoch: decodeEpoch(annotations[EPOCH_KEY]),
+      ...(index === 0 && kind === 'clusters' && { layout: decodeLayout(annotations[LAYOUT_KEY]) }),
+      table: reader.read(annotations),
+      annotations,
+      bytes: annotationsSize(annotations),
+    };
+    this.views.set(name, view);
+    if (view.index === 0 && kind === 'clusters' && !sameLayout(known?.layout, view.layout)) this.watchAll();
+    return view;
   }
+
+  view(name: string): ShardView | undefined {
+    return this.views.get(name);
+  }
+
+  /** Reads one object now. */
+  async refresh(name: string): Promise<ShardView> {
+    return this.absorb(name, await this.object(name).read());
+  }
+
+  /** Patches one object if it is still at `version` (VersionConflictError otherwise). */
+  async patch(name: string, changes: Readonly<Record<string, string | null>>, version: string): Promise<ShardView> {
+    return this.absorb(name, await this.object(name).patch(changes, version));
+  }
+
+  /** The layout as shard 0 last showed it. */
+  layout(): Layout | undefined {
+    const zero = this.views.get(this.service);
+    if (!zero) return undefined;
+    if (!zero.layout) throw new LeaseServiceError(`the ${LAYOUT_KEY} annotation on Service ${this.options.namespace}/${this.service} does not parse; nothing is written until it is fixed`);
+    return zero.layout;
+  }
+
+  /** Every object the layout reads. */
+  private layoutNames(layout: Layout): string[] {
+    const names: string[] = [];
+    const clusterShards = Math.max(layout.shards, layout.from ?? 0);
+    for (let index = 0; index < clusterShards; index++) names.push(shardName(this.service, 'clusters', index));
+    for (let index = 1; index <= layout.tickets; index++) names.push(shardName(this.service, 'tickets', index));
+    return names;
+  }
+
+  private viewSet(): ViewSet | undefined {
+    const layout = this.layout();
+    if (!layout) return undefined;
+    const clusters: ShardView[] = [];
+    const tickets: Array<ShardView | undefined> = [undefined];
+    for (let index = 0; index < Math.max(layout.shards, layout.from ?? 0); index++) {
+      const view = this.views.get(shardName(this.service, 'clusters', index));
+      if (!view) return undefined;
+      clusters.push(view);
+    }
+    for (let index = 1; index <= layout.tickets; index++) {
+      const view = this.views.get(shardName(this.service, 'tickets', index));
+      if (!view) return undefined;
+      tickets.push(view);
+    }
+    return { layout, clusters, tickets };
+  }
+
+  /** A view of every object the layout reads, reading those not seen yet. */
+  private async ensure(): Promise<ViewSet> {
+    for (let round = 0; ; round++) {
+      const set = this.viewSet();
+      if (set) return set;
+      if (round > 8) throw new TransientStoreError('the lease layout kept changing while its objects were read');
+      if (!this.views.has(this.service)) await this.refresh(this.service);
+      const layout = this.layout() as Layout;
+      await Promise.all(this.layoutNames(layout).filter((name) => !this.views.has(name)).map((name) => this.refresh(name)));
+    }
+  }
+
+  /** The one table of the current views. */
+  private snapshotOf(set: ViewSet): Snapshot {
+    const version = `${set.layout.epoch}/${set.layout.shards}/${set.layout.from ?? ''}/${set.layout.tickets}:${[...set.clusters, ...set.tickets.slice(1)].map((view) => view?.version).join(',')}`;
+    if (this.latest?.version === version) return this.latest;
+    const merged = mergeViews(set);
+    for (const stray of merged.strays) {
+      this.options.logger.warn({ object: stray.shard, cluster: stray.clusterId }, 'a lease record is in an object where the layout does not put it: its cluster is not leased until it is removed');
+    }
+    this.viewSets.set(version, { views: set, merged });
+    for (const old of this.viewSets.keys()) {
+      if (this.viewSets.size <= 16) break;
+      this.viewSets.delete(old);
+    }
+    this.latest = { table: merged.table, version };
+    return this.latest;
+  }
+
+  private async snapshot(): Promise<Snapshot> {
+    return this.snapshotOf(await this.ensure());
+  }
+
+  // ---- the LeaseStore contract -------------------------------------------------------------
 
   async read(): Promise<Snapshot> {
-    let service: V1Service;
-    try {
-      service = await this.api.readNamespacedService({ name: this.options.serviceName, namespace: this.options.namespace });
-    } catch (error) {
-      throw this.explain(error);
-    }
-    return this.snapshotOf(service);
+    const zero = await this.refresh(this.service);
+    if (!zero.layout) this.layout();
+    const names = this.layoutNames(zero.layout as Layout).filter((name) => name !== this.service);
+    await Promise.all(names.map((name) => this.refresh(name)));
+    return this.snapshot();
   }
 
-  /** The size the Service's annotations would have after `changes`, when its base is known. */
-  private sizeAfter(changes: Record<string, string | null>, base: Snapshot): number | undefined {
-    const previous = this.seen.get(base.version);
-    if (!previous) return undefined;
-    let size = annotationsSize(previous);
-    for (const [key, value] of Object.entries(changes)) {
-      const before = previous[key];
-      if (before !== undefined) size -= Buffer.byteLength(key) + Buffer.byteLength(before);
-      if (value !== null) size += Buffer.byteLength(key) + Buffer.byteLength(value);
-    }
-    return size;
-  }
-
-  wouldFit(next: LeaseTable, base: Snapshot): boolean {
-    return (this.sizeAfter(this.changes(base.table, next), base) ?? 0) <= ANNOTATIONS_LIMIT_BYTES;
+  async readFor(clusterIds: readonly string[]): Promise<Snapshot> {
+    const set = await this.ensure();
+    const names = new Set(clusterIds.map((clusterId) => shardName(this.service, 'clusters', clusterShard(clusterId, set))));
+    await Promise.all([...names].map((name) => this.refresh(name)));
+    return this.snapshot();
   }
 
   async write(next: LeaseTable, base: Snapshot): Promise<Snapshot> {
-    const changes = this.changes(base.table, next);
-    const size = this.sizeAfter(changes, base);
-    if (size !== undefined && size > ANNOTATIONS_LIMIT_BYTES) {
-      this.options.logger.warn(
-        { service: this.where, bytes: size, limit: ANNOTATIONS_LIMIT_BYTES },
-        'the lease records would pass Kubernetes\' 256 KiB annotation limit on the lease Service; the write is refused (503) and nothing changes',
-      );
-      throw new StoreFullError();
-    }
-    let service: V1Service;
-    try {
-      service = await this.api.patchNamespacedService(
-        {
-          name: this.options.serviceName,
-          namespace: this.options.namespace,
-          // A resourceVersion in a merge patch is a precondition: 409 if the Service has moved on.
-          body: { metadata: { resourceVersion: base.version, annotations: changes } },
-        },
-        setHeaderOptions('Content-Type', PatchStrategy.MergePatch),
-      );
-    } catch (error) {
-      throw this.explain(error);
-    }
-    return this.snapshotOf(service);
+    const { outcomes, snapshot } = await this.commit(base, [{ changes: tableChanges(base.table, next), table: next }]);
+    const outcome = outcomes[0];
+    if (outcome.kind === 'written') return snapshot ?? this.snapshot();
+    if (outcome.kind === 'conflict') throw new VersionConflictError();
+    if (outcome.kind === 'full') throw new StoreFullError();
+    throw outcome.error;
   }
 
-  /** The annotation changes that turn `base` into `next`: new values, or null to delete. */
-  private changes(base: LeaseTable, next: LeaseTable): Record<string, string | null> {
-    const changes: Record<string, string | null> = {};
-    for (const [clusterId, entry] of Object.entries(next.clusters)) {
-      // An unreadable record is left exactly as it is.
-      if (entry.state === 'unknown') continue;
-      if (base.clusters[clusterId] !== entry) changes[annotationKeyFor(clusterId)] = JSON.stringify(encodeEntry(clusterId, entry));
+  async commit(base: Snapshot, steps: readonly CommitStep[]): Promise<CommitResult> {
+    const known = this.viewSets.get(base.version);
+    const conflictAll = async (): Promise<CommitResult> => ({ outcomes: steps.map(() => CONFLICT), snapshot: await this.snapshot() });
+    // A table this replica no longer knows the objects of: decided again on the current one.
+    if (!known) return conflictAll();
+    const { views, merged } = known;
+    // A layout changed since, or an object fenced by a newer layout than the one decided on: decide again.
+    if (!sameLayout(this.layout(), views.layout)) return conflictAll();
+    if ([...views.clusters, ...views.tickets].some((view) => view && view.epoch > views.layout.epoch)) {
+      await this.refresh(this.service);
+      return conflictAll();
     }
-    for (const clusterId of Object.keys(base.clusters)) {
-      if (!(clusterId in next.clusters)) changes[annotationKeyFor(clusterId)] = null;
-    }
-    diffSection(changes, base.legacy, next.legacy, (token) => token, (_token, legacy) => encodeLegacy(legacy));
-    diffSection(changes, base.waiters, next.waiters, waiterKeyFor, encodeWaiter);
-    diffSection(changes, base.filters, next.filters, filterKeyFor, encodeFilter);
-    diffSection(changes, base.replicas, next.replicas, heartbeatKeyFor, encodeHeartbeat);
-    return changes;
-  }
-
-  private snapshotOf(service: V1Service): Snapshot {
-    const version = service.metadata?.resourceVersion;
-    if (!version) throw new LeaseServiceError(`Service ${this.where} came back without a resourceVersion`);
-    const annotations = service.metadata?.annotations ?? {};
-    const clusters: Record<string, ClusterEntry> = {};
-    const legacy: Record<string, LegacyLease> = {};
-    const waiters: Record<string, Waiter> = {};
-    const filters: Record<string, ClusterFilter> = {};
-    const replicas: Record<string, ReplicaHeartbeat> = {};
-    const decodedNow = new Map<string, { clusterId: string; entry: ClusterEntry }>();
-    /** Waiting records that do not parse are skipped: a ticket without its record lapses, nothing is leased by it. */
-    const waitingRecord = <T>(key: string, value: string, decode: (record: unknown) => Decoded<T>, keyOf: (decoded: T) => string): T | undefined => {
-      const decoded = decode(parseJson(value));
-      if (decoded.ok && keyOf(decoded.value) === key) return decoded.value;
-      this.options.logger.warn({ annotation: key, service: this.where }, 'skipping a waiting record that does not parse');
-      return undefined;
-    };
-    for (const [key, value] of Object.entries(annotations)) {
-      if (key.startsWith(`${ANNOTATION_PREFIX}w-`)) {
-        const decoded = waitingRecord(key, value, decodeWaiter, (record) => waiterKeyFor(record.ticket));
-        if (decoded) waiters[decoded.ticket] = decoded.waiter;
-      } else if (key.startsWith(`${ANNOTATION_PREFIX}f-`)) {
-        const decoded = waitingRecord(key, value, decodeFilter, (record) => filterKeyFor(record.digest));
-        if (decoded) filters[decoded.digest] = decoded.filter;
-      } else if (key.startsWith(`${ANNOTATION_PREFIX}r-`)) {
-        const decoded = waitingRecord(key, value, decodeHeartbeat, (record) => heartbeatKeyFor(record.replica));
-        if (decoded) replicas[decoded.replica] = decoded.beat;
-      } else if (key.startsWith(ANNOTATION_PREFIX)) {
-        const known = this.decoded.get(value);
-        const raw = known ? undefined : parseJson(value);
-        const decoded = known ? ({ ok: true, value: known } as const) : decodeEntry(raw);
-        if (decoded.ok && annotationKeyFor(decoded.value.clusterId) === key) {
-          clusters[decoded.value.clusterId] = decoded.value.entry;
-          decodedNow.set(value, decoded.value);
-        } else {
-          // A record this version cannot read may hold a live lease: its cluster is not leased.
-          const named = clusterNamedIn(raw);
-          if (named && annotationKeyFor(named) === key) clusters[named] = UNREADABLE;
-          this.options.logger.warn(
-            { annotation: key, service: this.where, cluster: named, problem: decoded.ok ? 'key does not match the cluster id' : decoded.problem },
-            'a lease record does not parse: it is left in place and its cluster is not leased',
-          );
+    const final = steps[steps.length - 1].table;
+    const outcomes: Array<StepOutcome | undefined> = steps.map(() => undefined);
+    /** Per object: the annotations to send, and their size after, across the batch. */
+    const running = new Map<string, { bytes: number; values: Map<string, string | null> }>();
+    /** Objects where a step did not fit: the later steps there are decided again. */
+    const blocked = new Set<string>();
+    const parts: Array<{ commit: Map<string, Array<[string, string | null]>>; follow: Map<string, Array<[string, string | null]>> }> = [];
+    steps.forEach((step, index) => {
+      const placement = placeChanges(step.changes, views, merged, this.service);
+      const commit = new Map<string, Array<[string, string | null]>>();
+      const follow = new Map<string, Array<[string, string | null]>>();
+      parts[index] = { commit, follow };
+      if (placement.byShard.size === 0) {
+        outcomes[index] = WRITTEN;
+        return;
+      }
+      if ([...placement.byShard.keys()].some((shard) => blocked.has(shard))) {
+        outcomes[index] = CONFLICT;
+        return;
+      }
+      const sizes = new Map<string, number>();
+      let tooBig: { shard: string; bytes: number } | undefined;
+      for (const [shard, changes] of placement.byShard) {
+        const view = this.viewOf(views, shard);
+        const entries = withCopies(view, changes, final)
+          .map(annotationOf)
+          .filter((entry): entry is [string, string | null] => entry !== undefined);
+        (placement.commitShards.includes(shard) ? commit : follow).set(shard, entries);
+        const state = running.get(shard);
+        let bytes = state?.bytes ?? view.bytes;
+        for (const [key, value] of entries) {
+          const before = state?.values.has(key) ? state.values.get(key) : view.annotations[key];
+          if (before !== undefined && before !== null) bytes -= Buffer.byteLength(key) + Buffer.byteLength(before);
+          if (value !== null) bytes += Buffer.byteLength(key) + Buffer.byteLength(value);
         }
-      } else if (ORIGINAL_KEY.test(key)) {
-        const decoded = decodeLegacy(parseJson(value));
-        if (decoded.ok) legacy[key] = decoded.value;
-        // The key of such a record is a lease token of the original claimer: only its start is logged.
-        else this.options.logger.warn({ annotation: `${key.slice(0, 8)}...`, service: this.where, problem: decoded.problem }, 'an annotation keyed like an original k8s-claimer lease does not parse; it is left alone');
+        sizes.set(shard, bytes);
+        if (bytes > ANNOTATIONS_LIMIT_BYTES && bytes > (state?.bytes ?? view.bytes)) tooBig = { shard, bytes };
       }
+      if (tooBig) {
+        this.options.logger.warn(
+          { object: this.object(tooBig.shard).where, bytes: tooBig.bytes, limit: ANNOTATIONS_LIMIT_BYTES, shards: views.layout.shards, max_shards: this.options.maxShards ?? 1 },
+          "the lease records would pass Kubernetes' 256 KiB annotation limit on this object; the request is refused (503) and nothing changes (more shards: LEASE_SHARDS)",
+        );
+        outcomes[index] = { kind: 'full' };
+        for (const shard of placement.byShard.keys()) blocked.add(shard);
+        return;
+      }
+      for (const [shard, changes] of [...commit, ...follow]) {
+        let state = running.get(shard);
+        if (!state) {
+          state = { bytes: 0, values: new Map() };
+          running.set(shard, state);
+        }
+        state.bytes = sizes.get(shard) as number;
+        for (const [key, value] of changes) state.values.set(key, value);
+      }
+    });
+
+    // A full object and room to grow: grow now, and decide everything again on the new layout.
+    if (outcomes.some((outcome) => outcome?.kind === 'full') && this.keeper.canGrow(views.layout)) {
+      await this.keeper.kick();
+      if (!sameLayout(this.layout(), views.layout)) return conflictAll();
     }
-    this.decoded = decodedNow;
-    this.seen.set(version, annotations);
-    this.usedBytes = annotationsSize(annotations);
-    // Only recent versions can be the base of a write; keep the map small.
-    for (const old of this.seen.keys()) {
-      if (this.seen.size <= 8) break;
-      this.seen.delete(old);
+    // The objects that decide each step, all at once; then what written steps change besides.
+    const phase = async (pick: (index: number) => Map<string, Array<[string, string | null]>> | undefined, baseOf: (shard: string) => string) => {
+      const groups = new Map<string, Record<string, string | null>>();
+      steps.forEach((_step, index) => {
+        for (const [shard, entries] of pick(index) ?? []) {
+          let group = groups.get(shard);
+          if (!group) {
+            group = {};
+            groups.set(shard, group);
+          }
+          for (const [key, value] of entries) group[key] = value;
+        }
+      });
+      const results = new Map<string, ShardResult>();
+      await Promise.all(
+        [...groups].map(async ([shard, changes]) => {
+          const version = baseOf(shard);
+          // The watch already brought a newer version: the compare-and-swap would lose; spare the apiserver.
+          if (this.views.get(shard)?.version !== version) results.set(shard, 'conflict');
+          else results.set(shard, await this.writeShard(shard, version, changes));
+        }),
+      );
+      return results;
+    };
+    const first = await phase((index) => (outcomes[index] ? undefined : parts[index].commit), (shard) => this.viewOf(views, shard).version);
+    steps.forEach((_step, index) => {
+      if (outcomes[index]) return;
+      const results = [...parts[index].commit.keys()].map((shard) => first.get(shard) as ShardResult);
+      const failed = results.find((result): result is { error: unknown; mayHaveLanded: boolean } => typeof result === 'object');
+      if (results.every((result) => result === 'written')) outcomes[index] = WRITTEN;
+      else if (results.includes('full')) outcomes[index] = { kind: 'full' };
+      else if (failed && !results.includes('conflict')) outcomes[index] = { kind: 'failed', error: failed.error, mayHaveLanded: failed.mayHaveLanded || results.includes('written') };
+      else outcomes[index] = CONFLICT;
+    });
+    const strayTickets: string[] = [];
+    const written = (index: number) => outcomes[index]?.kind === 'written' && parts[index].follow.size > 0;
+    if (steps.some((_step, index) => written(index))) {
+      const second = await phase((index) => (written(index) ? parts[index].follow : undefined), (shard) => (this.views.get(shard) as ShardView).version);
+      steps.forEach((step, index) => {
+        if (!written(index)) return;
+        for (const shard of parts[index].follow.keys()) {
+          if (second.get(shard) === 'written') continue;
+          for (const change of step.changes) if (change.section === 'waiters' && change.value === undefined) strayTickets.push(change.key);
+        }
+      });
     }
-    return { table: { clusters, legacy, waiters, filters, replicas }, version };
+    return { outcomes: outcomes as StepOutcome[], snapshot: await this.snapshot(), ...(strayTickets.length > 0 && { strayTickets }) };
   }
 
-  private explain(error: unknown): Error {
-    if (error instanceof ApiException) {
-      if (error.code === 409) return new VersionConflictError();
-      if (error.code === 404) {
-        return new LeaseServiceError(`lease Service ${this.where} does not exist; create it (see k8s/) before starting`);
+  private viewOf(views: ViewSet, shard: string): ShardView {
+    const { kind, index } = this.kindOf(shard);
+    const view = kind === 'clusters' ? views.clusters[index] : views.tickets[index];
+    if (!view) throw new Error(`no view of ${shard}`);
+    return view;
+  }
+
+  /** One object's compare-and-swap, and what became of it. */
+  private async writeShard(shard: string, version: string, changes: Record<string, string | null>): Promise<ShardResult> {
+    try {
+      await this.patch(shard, changes, version);
+      return 'written';
+    } catch (error) {
+      if (error instanceof VersionConflictError) {
+        await this.refresh(shard).catch(() => undefined);
+        return 'conflict';
       }
-      if (error.code === 422 && /annotations.*too long|must have at most/i.test(statusMessage(error))) {
-        this.options.logger.warn({ service: this.where, problem: statusMessage(error) }, 'the apiserver refused the lease records as too large; the write is refused (503)');
-        return new StoreFullError();
+      if (error instanceof StoreFullError) return 'full';
+      if (!(error instanceof TransientStoreError)) return { error, mayHaveLanded: false };
+      // No answer: the write may have landed. A fresh read tells.
+      try {
+        const view = await this.refresh(shard);
+        if (Object.entries(changes).every(([key, value]) => (value === null ? !(key in view.annotations) : view.annotations[key] === value))) return 'written';
+      } catch {
+        // Still no answer: unclear.
       }
-      if (error.code === 422) return new LeaseServiceError(`the apiserver refused the lease records on Service ${this.where}: ${statusMessage(error)}`);
-      if (error.code === 429 || (error.code >= 500 && error.code <= 504)) {
-        return new TransientStoreError(`the apiserver answered ${error.code} for Service ${this.where}: ${statusMessage(error)}`, { cause: error });
-      }
-      return new LeaseServiceError(`the apiserver answered ${error.code} for Service ${this.where}: ${statusMessage(error)}`);
+      return { error, mayHaveLanded: true };
     }
-    // No answer at all (reset, refused, timed out): the request may or may not have landed.
-    if (isNetworkError(error)) return new TransientStoreError(`no answer from the apiserver for Service ${this.where}: ${(error as Error).message}`, { cause: error });
-    return error instanceof Error ? error : new Error(String(error));
+  }
+
+  watch(onChange: (snapshot: Snapshot) => void): () => void {
+    this.watching = { onChange, stops: new Map(), emitting: false };
+    this.watchAll();
+    return () => {
+      for (const stop of this.watching?.stops.values() ?? []) stop();
+      this.watching = undefined;
+    };
+  }
+
+  /** Watches every object the layout reads (the Service alone until the layout is known). */
+  private watchAll(): void {
+    const watching = this.watching;
+    if (!watching) return;
+    const zero = this.views.get(this.service);
+    const names = zero?.layout ? this.layoutNames(zero.layout) : [this.service];
+    for (const name of names) {
+      if (watching.stops.has(name)) continue;
+      watching.stops.set(
+        name,
+        this.object(name).watch((state) => {
+          const before = this.views.get(name);
+          if (this.absorb(name, state) !== before) this.emit();
+        }),
+      );
+    }
+  }
+
+  /** Reports the table once per burst of watch events. */
+  private emit(): void {
+    const watching = this.watching;
+    if (!watching || watching.emitting) return;
+    watching.emitting = true;
+    setImmediate(() => {
+      watching.emitting = false;
+      this.snapshot().then(
+        (snapshot) => this.watching?.onChange(snapshot),
+        (error: unknown) => this.options.logger.debug({ err: error }, 'could not assemble the lease table after a change'),
+      );
+    });
+  }
+
+  /** Whether every object's watch is connected and heard from lately (readiness). */
+  watchLive(): boolean {
+    const watching = this.watching;
+    const layout = this.views.get(this.service)?.layout;
+    if (!watching || !layout) return false;
+    return this.layoutNames(layout).every((name) => this.objects.get(name)?.watchLive() ?? false);
+  }
+
+  /** How full each object is. */
+  usage(): StoreUsage[] {
+    const layout = this.views.get(this.service)?.layout ?? { shards: 1, tickets: 0 };
+    return this.layoutNames(layout as Layout).flatMap((name) => {
+      const view = this.views.get(name);
+      return view ? [{ object: name, usedBytes: view.bytes, limitBytes: ANNOTATIONS_LIMIT_BYTES }] : [];
+    });
+  }
+
+  /** The keeper, on a timer: adds shards when the pool or the records need them. */
+  maintain(): () => void {
+    return this.keeper.start(this.options.keeperIntervalMs ?? 5_000);
   }
 }
 
-const NETWORK_CODES = new Set(['ECONNRESET', 'ECONNREFUSED', 'ETIMEDOUT', 'EPIPE', 'EAI_AGAIN', 'UND_ERR_SOCKET', 'ECONNABORTED']);
-
-/** No answer at all: client-node's fetch says `fetch failed` and puts the socket's error in `cause`. */
-function isNetworkError(error: unknown): boolean {
-  for (let current = error, depth = 0; current && depth < 4; current = (current as { cause?: unknown }).cause, depth++) {
-    const { name, code, type, message } = current as { name?: string; code?: string; type?: string; message?: string };
-    if (name === 'FetchError' || name === 'AbortError' || name === 'TimeoutError' || type === 'system') return true;
-    if (code !== undefined && (NETWORK_CODES.has(code) || code.startsWith('UND_ERR'))) return true;
-    if (name === 'TypeError' && message?.startsWith('fetch failed')) return true;
-  }
-  return false;
-}
-
-function parseJson(text: string): unknown {
-  try {
-    return JSON.parse(text);
-  } catch {
-    return undefined;
-  }
-}
-
-function statusMessage(error: ApiException<unknown>): string {
-  const body = typeof error.body === 'string' ? parseJson(error.body) : error.body;
-  const message = (body as { message?: unknown } | undefined)?.message;
-  return typeof message === 'string' ? message.slice(0, 300) : 'no message';
+function sameLayout(a: Layout | undefined, b: Layout | undefined): boolean {
+  return a?.epoch === b?.epoch && a?.shards === b?.shards && a?.tickets === b?.tickets && a?.from === b?.from;
 }

@@ -42,6 +42,11 @@ export interface StoreUsage {
 export interface LeaseStore {
   read(): Promise<Snapshot>;
   /**
+   * Optional, for stores whose table spans several objects: a snapshot in which the objects
+   * that hold these clusters' records are read now (the others as last seen).
+   */
+  readFor?(clusterIds: readonly string[]): Promise<Snapshot>;
+  /**
    * Writes `next` if the stored version is still `base.version`, and returns the new snapshot.
    * Throws VersionConflictError when somebody else wrote first; nothing is changed then.
    */
@@ -62,6 +67,8 @@ export interface LeaseStore {
   watchLive?(): boolean;
   /** How full each object of the store is, by its name, when objects have a size limit. */
   usage?(): StoreUsage[];
+  /** Starts the store's upkeep (the Kubernetes store's shard keeper); returns a function that stops it. */
+  maintain?(): () => void;
   /** Releases what the store holds (the file store's lock). */
   close?(): Promise<void>;
 }

@@ -122,6 +122,8 @@ export async function startTestApp(
     fileStore?: FileStoreOptions;
     /** The pool file's own settings; default: pool credentials, no cleanup. */
     poolSettings?: Record<string, unknown>;
+    /** How often the Kubernetes store's shard keeper looks. */
+    keeperIntervalMs?: number;
   } = {},
 ): Promise<TestApp> {
   const folder = options.folder ?? (await tempDir());
@@ -139,7 +141,7 @@ export async function startTestApp(
   );
   const clock = options.clock ?? new ManualClock();
   const logs = captureLogs();
-  const services = await buildServices(config, logs.logger, { authToken: AUTH_TOKEN, clock, waiting: options.waiting, janitor: options.janitor, fileStore: options.fileStore, processMetrics: false });
+  const services = await buildServices(config, logs.logger, { authToken: AUTH_TOKEN, clock, waiting: options.waiting, janitor: options.janitor, fileStore: options.fileStore, keeperIntervalMs: options.keeperIntervalMs, processMetrics: false });
   const app = createApp(services.deps);
   return {
     app,

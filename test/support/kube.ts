@@ -41,3 +41,32 @@ export function leaseAnnotations(fake: FakeKubeApiserver): Record<string, string
 export async function startKube(): Promise<FakeKubeApiserver> {
   return startFakeKubeApiserver();
 }
+
+/** The shard ConfigMaps of the lease table, as k8s/ makes them: cluster shards 1.. and ticket shards 1... */
+export function seedShards(fake: FakeKubeApiserver, { shards = 1, tickets = 0 }: { shards?: number; tickets?: number }): void {
+  const names = [
+    ...Array.from({ length: Math.max(0, shards - 1) }, (_, index) => `${LEASE_SERVICE}-shard-${index + 1}`),
+    ...Array.from({ length: tickets }, (_, index) => `${LEASE_SERVICE}-tickets-${index + 1}`),
+  ];
+  for (const name of names) {
+    fake.putObject('configmaps', { apiVersion: 'v1', kind: 'ConfigMap', metadata: { name, namespace: LEASE_NAMESPACE, annotations: {} } });
+  }
+}
+
+/** Every object of the lease table (the Service and its shard ConfigMaps) with its annotations. */
+export function leaseObjects(fake: FakeKubeApiserver): Array<{ name: string; annotations: Record<string, string> }> {
+  const configMaps = fake
+    .listObjects('configmaps', LEASE_NAMESPACE)
+    .filter((object) => /-(shard|tickets)-\d+$/.test(object.metadata.name ?? ''))
+    .map((object) => ({ name: object.metadata.name as string, annotations: object.metadata.annotations ?? {} }));
+  return [{ name: LEASE_SERVICE, annotations: leaseAnnotations(fake) }, ...configMaps];
+}
+
+/** Every cluster record in the lease objects, with the object it is in. */
+export function clusterRecords(fake: FakeKubeApiserver): Array<{ object: string; record: { cluster: string; state: string; lease?: { token_sha256: string; note?: string } } }> {
+  return leaseObjects(fake).flatMap(({ name, annotations }) =>
+    Object.entries(annotations)
+      .filter(([key]) => key.startsWith('lease.k8s-claimer.io/c-'))
+      .map(([, value]) => ({ object: name, record: JSON.parse(value) })),
+  );
+}

@@ -1,0 +1,176 @@
+// The lease table past one object's 256 KiB: the Service and its shard ConfigMaps, through the
+// real @kubernetes/client-node against the fake kube-apiserver (which refuses an object whose
+// annotations pass 256 KiB, as the real one does).
+
+import assert from 'node:assert/strict';
+import { rm } from 'node:fs/promises';
+import { after, afterEach, before, beforeEach, describe, test } from 'node:test';
+import { acquire } from '../services/lease-table.ts';
+import { createLogger } from '../services/logger.ts';
+import { StaticProvider } from '../services/providers/static.ts';
+import { KubernetesLeaseStore, kubeConfigFrom } from '../services/store/kubernetes.ts';
+import { homeOf, shardName } from '../services/store/shards.ts';
+import { tableChanges } from '../services/table-changes.ts';
+import { hashToken } from '../services/tokens.ts';
+import type { FakeKubeApiserver } from './fakes/kube-apiserver.ts';
+import { poolOf, startTestApp, tempDir, writePool, ManualClock, type TestApp } from './support/harness.ts';
+import { LEASE_NAMESPACE, LEASE_SERVICE, clusterRecords, leaseAnnotations, leaseObjects, seedLeaseService, seedShards, startKube, writeKubeconfig } from './support/kube.ts';
+
+const LAYOUT = 'lease.k8s-claimer.io/layout';
+
+describe('sharded lease table', () => {
+  let fake: FakeKubeApiserver;
+  let folder: string;
+  let kubeconfig: string;
+  const apps: TestApp[] = [];
+
+  before(async () => {
+    fake = await startKube();
+    folder = await tempDir();
+    kubeconfig = await writeKubeconfig(folder, fake.url);
+  });
+  after(async () => {
+    await fake.close();
+    await rm(folder, { recursive: true, force: true });
+  });
+  beforeEach(() => {
+    seedLeaseService(fake);
+    seedShards(fake, { shards: 16, tickets: 2 });
+  });
+  afterEach(async () => {
+    while (apps.length) await apps.pop()?.close();
+    fake.deleteObject('services', LEASE_NAMESPACE, LEASE_SERVICE);
+    for (const object of fake.listObjects('configmaps', LEASE_NAMESPACE)) fake.deleteObject('configmaps', LEASE_NAMESPACE, object.metadata.name as string);
+    fake.resetCounts();
+  });
+
+  async function replica(clusters: ReturnType<typeof poolOf>, env: Record<string, string> = {}, clock?: ManualClock): Promise<TestApp> {
+    const app = await startTestApp({ clusters, clock, keeperIntervalMs: 50, env: { LEASE_STORE: 'kubernetes', KUBECONFIG: kubeconfig, ...env } });
+    apps.push(app);
+    return app;
+  }
+
+  async function until(what: string, check: () => boolean, ms = 10_000): Promise<void> {
+    const deadline = Date.now() + ms;
+    while (!check()) {
+      if (Date.now() > deadline) assert.fail(`timed out waiting until ${what}`);
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+  }
+
+  const layout = () => {
+    const text = leaseAnnotations(fake)[LAYOUT];
+    return text ? JSON.parse(text) : undefined;
+  };
+
+  async function lease(app: TestApp, body: Record<string, unknown> = {}) {
+    const response = await app.request('POST', '/lease', { body: { max_time: 600, ...body } });
+    return { status: response.status, body: await response.json() };
+  }
+
+  test('a small pool looks exactly as before: records in the Service, no layout, no ConfigMap touched', async () => {
+    const app = await replica(poolOf(20), { LEASE_SHARDS: '16' });
+    for (let index = 0; index < 5; index++) assert.equal((await lease(app)).status, 200);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+    assert.equal(layout(), undefined);
+    assert.equal(fake.countRequests({ resource: 'configmaps' }), 0);
+    assert.equal(clusterRecords(fake).filter(({ object }) => object === LEASE_SERVICE).length, 5);
+  });
+
+  test('a pool past one object: the table grows into shard ConfigMaps, each record in the shard its id hashes to, one write per acquire', async () => {
+    const app = await replica(poolOf(1500), { LEASE_SHARDS: '16' });
+    await until('the layout is in place', () => layout()?.shards > 1 && layout()?.from === undefined);
+    const shards = layout().shards;
+    assert.ok(shards >= 6 && shards <= 16, `${shards} shards`);
+    fake.resetCounts();
+    for (let index = 0; index < 60; index++) assert.equal((await lease(app)).status, 200);
+    // Steady state: one compare-and-swap per acquire, on the one object that holds its record.
+    assert.equal(fake.countRequests({ method: 'PATCH' }), 60);
+    const records = clusterRecords(fake);
+    assert.equal(records.length, 60);
+    for (const { object, record } of records) assert.equal(object, shardName(LEASE_SERVICE, 'clusters', homeOf(record.cluster, shards)));
+    assert.ok(new Set(records.map(({ object }) => object)).size > 3, 'records spread over the shards');
+  });
+
+  test('upgrade: records a single Service held keep their leases while the table grows under load; no cluster is granted twice', async () => {
+    const pool = poolOf(900);
+    const old = await replica(pool);
+    const tokens = new Map<string, string>();
+    const note = 'n'.repeat(256);
+    for (let index = 0; index < 300; index++) {
+      const granted = await lease(old, { note });
+      assert.equal(granted.status, 200);
+      tokens.set(granted.body.token, granted.body.cluster_id);
+    }
+    assert.equal(layout(), undefined);
+    assert.equal(clusterRecords(fake).length, 300);
+    // A rolling update: the new configuration starts beside the old replica, which then stops;
+    // jobs keep asking all along.
+    const grown = [await replica(pool, { LEASE_SHARDS: '16' }), await replica(pool, { LEASE_SHARDS: '16' })];
+    const asking = Promise.all(Array.from({ length: 200 }, (_, index) => lease([old, ...grown][index % 3], { note })));
+    const third = await replica(pool, { LEASE_SHARDS: '16' });
+    const during = await asking;
+    for (const answer of during) {
+      assert.equal(answer.status, 200, JSON.stringify(answer.body));
+      tokens.set(answer.body.token, answer.body.cluster_id);
+    }
+    await old.close();
+    apps.splice(apps.indexOf(old), 1);
+    const serving = [...grown, third];
+    await until('the records are all in their shards', () => layout()?.shards > 1 && layout()?.from === undefined, 20_000);
+    const shards = layout().shards;
+    const records = clusterRecords(fake);
+    assert.equal(new Set(records.map(({ record }) => record.cluster)).size, records.length, 'a cluster has two records');
+    assert.equal(records.length, 500);
+    for (const { object, record } of records) assert.equal(object, shardName(LEASE_SERVICE, 'clusters', homeOf(record.cluster, shards)));
+    assert.equal(new Set(tokens.values()).size, 500, 'a cluster was granted twice');
+    // Every lease answers to its token on every replica, and releases.
+    let index = 0;
+    for (const [token, clusterId] of tokens) {
+      const app = serving[index++ % 3];
+      const response = await app.request('GET', `/lease/${token}`);
+      assert.equal(response.status, 200);
+      assert.equal((await response.json()).id, clusterId);
+    }
+    for (const token of [...tokens.keys()].slice(0, 50)) assert.equal((await third.request('DELETE', `/lease/${token}`)).status, 200);
+    const stored = new Map(clusterRecords(fake).filter(({ record }) => record.state === 'leased').map(({ record }) => [record.cluster, record.lease?.token_sha256]));
+    assert.equal(stored.size, 450);
+    for (const [token, clusterId] of [...tokens].slice(50)) assert.equal(stored.get(clusterId), hashToken(token));
+  });
+
+  test('a writer that still has the old layout is fenced: its write to an old shard is refused, and it decides again where the record now lives', async () => {
+    const logger = createLogger('silent');
+    const options = { namespace: LEASE_NAMESPACE, serviceName: LEASE_SERVICE, logger };
+    const provider = await StaticProvider.load(await writePool(folder, poolOf(400)));
+    const clusters = await provider.list();
+    // Two shards, as a deployment grown once before has.
+    const keeperOf = (maxShards: number, poolSize: number) => KubernetesLeaseStore.fromKubeConfig(kubeConfigFrom(kubeconfig), { ...options, maxShards, poolSize: async () => poolSize, keeperIntervalMs: 20 });
+    const two = keeperOf(2, 2_000);
+    const stopTwo = two.maintain();
+    await until('two shards', () => layout()?.shards === 2 && layout()?.from === undefined);
+    stopTwo();
+    // The stale writer reads the table now, and decides on it later.
+    const stale = keeperOf(2, 0);
+    const base = await stale.read();
+    const target = clusters.find((cluster) => homeOf(cluster.id, 2) === 1 && homeOf(cluster.id, 4) >= 2);
+    assert.ok(target, 'a cluster of shard 1 that moves on growing to 4');
+    // Another replica grows the table to 4 shards. Shard 1 holds no record, so only the fence changes it.
+    const four = keeperOf(4, 2_000);
+    const stopFour = four.maintain();
+    await until('four shards', () => layout()?.shards === 4 && layout()?.from === undefined);
+    stopFour();
+    const decide = (snapshot: typeof base) => {
+      const context = { now: Date.now(), clusters: clusters.filter((cluster) => cluster.id === target.id), endState: 'free' as const };
+      const outcome = acquire({ tokenHash: hashToken('stale-writer'), durationSeconds: 600 })(snapshot.table, context);
+      return [{ changes: tableChanges(snapshot.table, outcome.table), table: outcome.table }];
+    };
+    const refused = await stale.commit(base, decide(base));
+    assert.equal(refused.outcomes[0].kind, 'conflict');
+    assert.equal(clusterRecords(fake).length, 0, 'the stale write landed');
+    // Decided again on what it reads now: the record goes where the new layout puts it.
+    const fresh = await stale.read();
+    const landed = await stale.commit(fresh, decide(fresh));
+    assert.equal(landed.outcomes[0].kind, 'written');
+    assert.deepEqual(clusterRecords(fake).map(({ object }) => object), [shardName(LEASE_SERVICE, 'clusters', homeOf(target.id, 4))]);
+  });
+});
