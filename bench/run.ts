@@ -6,7 +6,10 @@
 //   BENCH_SECONDS      duration of the autocannon run (default 8)
 //   BENCH_WAITERS      waiters in scenario (f) (default 5000)
 //   BENCH_PROFILE      a folder: the claimers' CPU profile of the measured burst (b) is written there
-//   BENCH_ONLY         run only some scenarios, e.g. `a,b` (default: a,b,c,d,e,f)
+//   BENCH_BIG_BURST    concurrent acquires in the sharded burst (h) (default 5000)
+//   BENCH_BIG_POOL     the pool of (h) (default 10000)
+//   BENCH_SHARDS       cluster shards provisioned for (h) (LEASE_SHARDS, default 64)
+//   BENCH_ONLY         run only some scenarios, e.g. `a,b` (default: a,b,c,d,e,f,h,i)
 
 import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
@@ -30,7 +33,10 @@ const BURST = Number(process.env.BENCH_BURST ?? 500);
 const CANNON_SECONDS = Number(process.env.BENCH_SECONDS ?? 8);
 const WAITERS = Number(process.env.BENCH_WAITERS ?? 5000);
 const PROFILE = process.env.BENCH_PROFILE;
-const ONLY = new Set((process.env.BENCH_ONLY ?? 'a,b,c,d,e,f').split(','));
+const BIG_BURST = Number(process.env.BENCH_BIG_BURST ?? 5000);
+const BIG_POOL = Number(process.env.BENCH_BIG_POOL ?? 10000);
+const SHARDS = Number(process.env.BENCH_SHARDS ?? 64);
+const ONLY = new Set((process.env.BENCH_ONLY ?? 'a,b,c,d,e,f,h,i').split(','));
 const TOKEN = 'bench-token';
 const NAMESPACE = 'k8s-claimer';
 const SERVICE = 'k8s-claimer';
@@ -79,6 +85,7 @@ async function startApiserver(): Promise<Apiserver> {
 
 interface Replica {
   url: string;
+  services: Awaited<ReturnType<typeof buildServices>>;
   close(): Promise<void>;
 }
 
@@ -94,12 +101,12 @@ const serverSpan = {
   },
 };
 
-async function startReplicas(count: number, folder: string, kubeconfig: string, poolSize: number, batch: boolean): Promise<Replica[]> {
+async function startReplicas(count: number, folder: string, kubeconfig: string, poolSize: number, batch: boolean, env: Record<string, string> = {}): Promise<Replica[]> {
   const poolFile = await writePool(folder, poolOf(poolSize));
   const replicas: Replica[] = [];
   for (let index = 0; index < count; index++) {
     const config = loadConfig(
-      { AUTH_TOKEN: TOKEN, STATIC_POOL_FILE: poolFile, LEASE_STORE: 'kubernetes', KUBECONFIG: kubeconfig, LOG_LEVEL: 'silent' },
+      { AUTH_TOKEN: TOKEN, STATIC_POOL_FILE: poolFile, LEASE_STORE: 'kubernetes', KUBECONFIG: kubeconfig, LOG_LEVEL: 'silent', REPLICA_NAME: `bench-${index}`, ...env },
       { staticPoolFile: poolFile },
     );
     const services = await buildServices(config, createLogger('silent'), { authToken: TOKEN, writePath: { batch } });
@@ -123,6 +130,7 @@ async function startReplicas(count: number, folder: string, kubeconfig: string, 
     await server.ready();
     replicas.push({
       url: String(server.url).replace(/\/$/, ''),
+      services,
       async close() {
         await server.close(true);
         await services.close();
@@ -174,24 +182,67 @@ async function sequential(api: Apiserver, folder: string, kubeconfig: string) {
 
 // ---- (b)/(c) burst across three replicas -----------------------------------------------------
 
-async function burst(api: Apiserver, folder: string, kubeconfig: string, batch: boolean, count = BURST) {
-  await api.call({ command: 'seed', namespace: NAMESPACE, name: SERVICE });
-  const replicas = await startReplicas(3, folder, kubeconfig, count, batch);
+interface BurstOptions {
+  count?: number;
+  pool?: number;
+  /** Shard objects provisioned (LEASE_SHARDS); the table grows into them as the pool needs. */
+  shards?: number;
+}
+
+/** Every cluster record in the lease objects, by object. */
+async function leaseRecords(api: Apiserver) {
+  const objects = await api.call<Array<{ name: string; annotations: Record<string, string> }>>({ command: 'records', namespace: NAMESPACE, name: SERVICE });
+  return objects.map(({ name, annotations }) => ({
+    name,
+    bytes: Object.entries(annotations).reduce((sum, [key, value]) => sum + Buffer.byteLength(key) + Buffer.byteLength(value), 0),
+    clusters: Object.entries(annotations)
+      .filter(([key]) => key.startsWith('lease.k8s-claimer.io/c-'))
+      .map(([, value]) => JSON.parse(value) as { cluster: string; state: string }),
+  }));
+}
+
+/** The layout record on the lease Service, if any. */
+async function layoutOf(api: Apiserver): Promise<{ shards: number; tickets: number; from?: number } | undefined> {
+  const [service] = await api.call<Array<{ annotations: Record<string, string> }>>({ command: 'records', namespace: NAMESPACE, name: SERVICE });
+  const text = service?.annotations['lease.k8s-claimer.io/layout'];
+  return text ? JSON.parse(text) : undefined;
+}
+
+async function burst(api: Apiserver, folder: string, kubeconfig: string, batch: boolean, options: BurstOptions = {}) {
+  const count = options.count ?? BURST;
+  const shards = options.shards ?? 1;
+  await api.call({ command: 'seed', namespace: NAMESPACE, name: SERVICE, shards });
+  const replicas = await startReplicas(3, folder, kubeconfig, options.pool ?? count, batch, shards > 1 ? { LEASE_SHARDS: String(shards) } : {});
+  // A deployment that has run for a moment: its table has the shards its pool needs.
+  if (shards > 1) {
+    for (const deadline = performance.now() + 60_000; performance.now() < deadline; ) {
+      const layout = await layoutOf(api);
+      if (layout && layout.shards > 1 && layout.from === undefined) break;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
+    for (const replica of replicas) await replica.services.writePath.warmUp();
+  }
+  const before = await api.call<{ requests: number; writes: number }>({ command: 'counts' });
   serverSpan.reset();
-  const profiler = PROFILE && batch && count === BURST ? await startProfiler() : undefined;
+  const profiler = PROFILE && batch && count === BURST && shards === 1 ? await startProfiler() : undefined;
   const { wall, statuses, clusters } = await burstFromAnotherProcess(replicas.map((replica) => replica.url), count);
   await profiler?.stop(join(PROFILE as string, `burst-${Date.now()}.cpuprofile`));
   const span = serverSpan.last - serverSpan.first;
   const arrivals = serverSpan.lastArrival - serverSpan.first;
-  const counts = await api.call<{ requests: number; writes: number }>({ command: 'counts' });
-  const annotations = await api.call<Record<string, string>>({ command: 'annotations', namespace: NAMESPACE, name: SERVICE });
+  const after = await api.call<{ requests: number; writes: number }>({ command: 'counts' });
+  const objects = await leaseRecords(api);
   for (const replica of replicas) await replica.close();
 
   const perCluster = new Map<string, number>();
   for (const cluster of clusters) perCluster.set(cluster, (perCluster.get(cluster) ?? 0) + 1);
-  const stored = Object.entries(annotations).filter(([key]) => key.startsWith('lease.k8s-claimer.io/')).length;
-  // A double lease shows as a cluster granted twice, or as fewer records than grants.
-  const doubles = [...perCluster.values()].filter((times) => times > 1).length + Math.max(0, clusters.length - stored);
+  const records = objects.flatMap((object) => object.clusters);
+  const leased = new Set(records.filter((record) => record.state === 'leased').map((record) => record.cluster));
+  // A double lease shows as a cluster granted twice, a cluster with two records, or fewer leased records than grants.
+  const doubles =
+    [...perCluster.values()].filter((times) => times > 1).length +
+    (records.length - new Set(records.map((record) => record.cluster)).size) +
+    Math.max(0, clusters.length - leased.size);
+  const used = objects.filter((object) => object.clusters.length > 0);
   return {
     wall,
     span,
@@ -199,8 +250,71 @@ async function burst(api: Apiserver, folder: string, kubeconfig: string, batch: 
     granted: clusters.length,
     doubles,
     errors: statuses.filter((status) => status >= 500).length,
-    writes: counts.writes,
-    requests: counts.requests,
+    writes: after.writes - before.writes,
+    requests: after.requests - before.requests,
+    objects: used.length,
+    fullest: Math.max(...used.map((object) => object.bytes)) / (256 * 1024),
+  };
+}
+
+// ---- (i) waiters over HTTP, their tickets in ticket shards --------------------------------
+
+async function waitersOverHttp(api: Apiserver, folder: string, kubeconfig: string, count: number, poolSize: number) {
+  const tickets = Math.ceil(count / 600) + 1;
+  await api.call({ command: 'seed', namespace: NAMESPACE, name: SERVICE, tickets });
+  const env = { LEASE_TICKET_SHARDS: String(tickets), WAIT_MAX_TOTAL: String(count), WAIT_MAX_PER_PRINCIPAL: String(count) };
+  const replicas = await startReplicas(3, folder, kubeconfig, poolSize, true, env);
+  for (const deadline = performance.now() + 60_000; performance.now() < deadline && (await layoutOf(api))?.tickets !== tickets; ) {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+  }
+  for (const replica of replicas) await replica.services.writePath.warmUp();
+  // Every cluster is leased when the waiters come.
+  const held = await Promise.all(Array.from({ length: poolSize }, () => call(replicas[0].url, 'POST', '/lease', { max_time: 600 })));
+  const child = spawn(process.execPath, ['--import', 'tsx', 'bench/waiter-client.ts', TOKEN, String(count), '100', ...replicas.map((replica) => replica.url)], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
+  const lines: Array<Record<string, unknown>> = [];
+  let pending = '';
+  let lineArrived: () => void = () => undefined;
+  child.stdout?.on('data', (chunk: Buffer) => {
+    pending += chunk.toString();
+    for (let end = pending.indexOf('\n'); end >= 0; end = pending.indexOf('\n')) {
+      lines.push(JSON.parse(pending.slice(0, end)));
+      pending = pending.slice(end + 1);
+      lineArrived();
+    }
+  });
+  const nextLine = async (index: number) => {
+    while (lines.length <= index) await new Promise<void>((resolve) => (lineArrived = resolve));
+    return lines[index];
+  };
+  const queued = (await nextLine(0)) as { enqueueMs: number };
+  const objects = await leaseRecords(api);
+  const ticketObjects = objects.filter((object) => object.name.includes('-tickets-') && object.bytes > 0);
+  const before = await api.call<{ writes: number }>({ command: 'counts' });
+  const serving = performance.now();
+  await Promise.all(held.map((lease) => call(replicas[1].url, 'DELETE', `/lease/${lease.body.token}`)));
+  const served = (await nextLine(1)) as { served: number; grantedRounds: number[]; errors: number; failures: number };
+  const serveMs = performance.now() - serving;
+  const after = await api.call<{ writes: number }>({ command: 'counts' });
+  for (const replica of replicas) await replica.close();
+  // A job granted while one of a round before the last still waited was served out of order.
+  let outOfOrder = 0;
+  let latest = 0;
+  for (const round of served.grantedRounds) {
+    if (round < latest - 1) outOfOrder += 1;
+    latest = Math.max(latest, round);
+  }
+  return {
+    served: served.served,
+    errors: served.errors,
+    failures: served.failures,
+    outOfOrder,
+    enqueueMs: queued.enqueueMs,
+    serveMs,
+    writes: after.writes - before.writes - poolSize,
+    ticketObjects: ticketObjects.length,
+    fullestTickets: Math.max(0, ...ticketObjects.map((object) => object.bytes)) / (256 * 1024),
   };
 }
 
@@ -365,7 +479,7 @@ try {
   if (ONLY.has('a')) await sequential(api, folder, kubeconfig);
 
   // Warm-up, not measured: a server that has run for a while has its code compiled.
-  if (ONLY.has('b') || ONLY.has('c')) await burst(api, folder, kubeconfig, true, 200);
+  if (ONLY.has('b') || ONLY.has('c')) await burst(api, folder, kubeconfig, true, { count: 200 });
   const batched = ONLY.has('b') ? await burst(api, folder, kubeconfig, true) : undefined;
   const plain = ONLY.has('c') ? await burst(api, folder, kubeconfig, false) : undefined;
   for (const [scenario, result] of [
@@ -383,6 +497,25 @@ try {
     const grantRate = (result: typeof batched) => result.granted / result.wall;
     record('(b)/(c)', 'speed-up: wall time (c) / (b)', `${(plain.wall / batched.wall).toFixed(1)}x`, '>= 10x');
     record('(b)/(c)', 'speed-up: grants per second (b) / (c)', `${(grantRate(batched) / grantRate(plain)).toFixed(1)}x`);
+  }
+  if (ONLY.has('h')) {
+    const big = await burst(api, folder, kubeconfig, true, { count: BIG_BURST, pool: BIG_POOL, shards: SHARDS });
+    const scenario = `(h) burst ${BIG_BURST} acquires, ${BIG_POOL} clusters, 3 replicas, sharded table`;
+    record(scenario, 'wall time (client side: first connect to last answer)', ms(big.wall));
+    record(scenario, 'leases granted / double leases / 5xx', `${big.granted} / ${big.doubles} / ${big.errors}`, `${BIG_BURST} / 0 / 0`);
+    record(scenario, 'API writes / API requests (writes per grant)', `${big.writes} / ${big.requests} (${(big.writes / Math.max(1, big.granted)).toFixed(3)})`);
+    record(scenario, 'objects holding records / fullest object', `${big.objects} / ${(big.fullest * 100).toFixed(0)}% of 256 KiB`);
+    record(scenario, 'grants per second', (big.granted / (big.wall / 1000)).toFixed(0));
+    if (batched) record('(b) vs (h)', 'grants per second: one object (b) / sharded (h)', `${(batched.granted / (batched.wall / 1000)).toFixed(0)} / ${(big.granted / (big.wall / 1000)).toFixed(0)}`);
+  }
+  if (ONLY.has('i')) {
+    const waited = await waitersOverHttp(api, folder, kubeconfig, WAITERS, 100);
+    const scenario = `(i) ${WAITERS} waiters, 100 clusters, 3 replicas, ticket shards: each job releases when granted`;
+    record(scenario, 'served / 5xx / other failures', `${waited.served} / ${waited.errors} / ${waited.failures}`, `${WAITERS} / 0 / 0`);
+    record(scenario, 'served out of arrival order (by more than the 100 served at once)', waited.outOfOrder, '0');
+    record(scenario, 'enqueue time / serve time (wall)', `${ms(waited.enqueueMs)} / ${ms(waited.serveMs)}`);
+    record(scenario, 'API writes per grant (grant + release)', (waited.writes / Math.max(1, waited.served)).toFixed(2));
+    record(scenario, 'ticket shards used / fullest ticket shard', `${waited.ticketObjects} / ${(waited.fullestTickets * 100).toFixed(0)}% of 256 KiB`);
   }
   if (ONLY.has('d') || ONLY.has('e')) await httpAndMemory(folder, api, kubeconfig);
   if (ONLY.has('f')) {

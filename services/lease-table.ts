@@ -702,6 +702,10 @@ export interface ReapOptions {
   ticketTtlMs?: number;
   /** The furthest ahead a cleanup claim's deadline or a retry may be (the quarantine's retry). */
   maxCleanupWaitMs?: number;
+  /** Only these clusters' records (a table split over objects reaps each object's on its own); default all. */
+  only?: readonly string[];
+  /** Whether the original claimer's records, tickets, heartbeats and filters are reaped too (default). */
+  others?: boolean;
 }
 
 export interface Reaped {
@@ -755,13 +759,12 @@ export function reap(options: ReapOptions = {}): Decision<Reaped> {
   const maxCleanupWaitMs = options.maxCleanupWaitMs ?? Number.POSITIVE_INFINITY;
   return (table, { now, endState, clusters }) => {
     const result: Reaped = { ended: [], forgotten: [], clamped: [] };
-    const present = new Set<string>();
-    for (const cluster of clusters) present.add(cluster.id);
     let clustersChanged: Record<string, ClusterEntry> | undefined;
     const changedIds: string[] = [];
-    for (const [clusterId, original] of Object.entries(table.clusters)) {
+    for (const clusterId of options.only ?? Object.keys(table.clusters)) {
+      const original = table.clusters[clusterId];
       // A record this version cannot read is never rewritten.
-      if (original.state === 'unknown') continue;
+      if (original === undefined || original.state === 'unknown') continue;
       let entry = clampEntry(original, now, maxLeaseMs, maxCleanupWaitMs);
       if (entry !== original) result.clamped.push(clusterId);
       const lease = entry.lease;
@@ -775,7 +778,7 @@ export function reap(options: ReapOptions = {}): Decision<Reaped> {
         });
       }
       let forget = false;
-      if (present.has(clusterId)) {
+      if (clusterById(clusters, clusterId) !== undefined) {
         if (entry.missingSince !== undefined) {
           const { missingSince: _back, ...rest } = entry;
           entry = rest;
@@ -795,6 +798,10 @@ export function reap(options: ReapOptions = {}): Decision<Reaped> {
         clustersChanged[clusterId] = entry;
         changedIds.push(clusterId);
       }
+    }
+    if (options.others === false) {
+      if (!clustersChanged) return { table, result };
+      return { table: { ...table, clusters: derivedFrom(clustersChanged, table.clusters, changedIds) }, result };
     }
     let legacyChanged = false;
     const legacyLeft: Record<string, LegacyLease> = {};

@@ -163,6 +163,11 @@ export class WritePath {
     return this.store.usage?.() ?? [];
   }
 
+  /** The records of `table` by the object of the store that holds them, for stores split over several. */
+  groupByObject(table: LeaseTable | undefined): string[][] | undefined {
+    return table && this.store.groupByObject?.(Object.keys(table.clusters));
+  }
+
   /** The cluster of the live lease with this token hash in the newest table known, if any. */
   clusterOfLease(tokenHash: string): string | undefined {
     return this.latest ? clusterOfLease(this.latest.table, tokenHash, this.clock.now()) : undefined;

@@ -173,4 +173,100 @@ describe('sharded lease table', () => {
     assert.equal(landed.outcomes[0].kind, 'written');
     assert.deepEqual(clusterRecords(fake).map(({ object }) => object), [shardName(LEASE_SERVICE, 'clusters', homeOf(target.id, 4))]);
   });
+
+  test('the reaper writes each shard on its own: a conflict on one shard loses no expiry from the log, and only the objects holding them are written', async () => {
+    const clock = new ManualClock();
+    const app = await replica(poolOf(1500), { LEASE_SHARDS: '16', REAP_INTERVAL_SECONDS: '1' }, clock);
+    await until('the layout is in place', () => layout()?.shards > 1 && layout()?.from === undefined);
+    for (let index = 0; index < 60; index++) assert.equal((await lease(app, { max_time: 60 })).status, 200);
+    const holding = new Set(clusterRecords(fake).map(({ object }) => object));
+    assert.ok(holding.size > 3);
+    fake.resetCounts();
+    // Another writer gets to one shard first, just as the reaper writes it.
+    fake.conflictNextWrite({ resource: 'configmaps' });
+    clock.advance(61);
+    await until('every lease has ended', () => clusterRecords(fake).every(({ record }) => record.state !== 'leased'));
+    await new Promise((resolve) => setTimeout(resolve, 1_200));
+    const expired = app.logs.lines.filter((line) => line.event === 'lease.expired').map((line) => line.cluster);
+    assert.equal(expired.length, 60);
+    assert.equal(new Set(expired).size, 60);
+    const written = new Set(fake.requests.filter((request) => request.method === 'PATCH').map((request) => request.name));
+    assert.deepEqual([...written].filter((name) => !holding.has(name as string)), []);
+  });
+
+  test('tickets live in their own shards, beside their filter and heartbeat; waiters on three replicas are served in arrival order', async () => {
+    const clock = new ManualClock();
+    const pool = poolOf(4);
+    const env = { LEASE_TICKET_SHARDS: '2' };
+    const replicas = [await replica(pool, env, clock), await replica(pool, env, clock), await replica(pool, env, clock)];
+    await until('the ticket shards are in the layout', () => layout()?.tickets === 2);
+    const held = [];
+    for (let index = 0; index < 4; index++) held.push((await lease(replicas[0])).body.token);
+    const tickets = () => leaseObjects(fake).flatMap(({ name, annotations }) => Object.keys(annotations).filter((key) => key.includes('/w-')).map((key) => ({ name, key })));
+    const order: number[] = [];
+    const waiting: Array<Promise<unknown>> = [];
+    for (let index = 0; index < 12; index++) {
+      const app = replicas[index % 3];
+      waiting.push(
+        app.request('POST', '/lease', { body: { max_time: 600, wait: 300 } }).then(async (response) => {
+          assert.equal(response.status, 200);
+          order.push(index);
+          return response.json();
+        }),
+      );
+      // Each waiter joins after the one before it is in the queue.
+      await until(`waiter ${index} queued`, () => tickets().length === index + 1);
+    }
+    const where = tickets();
+    assert.ok(where.every(({ name }) => name.startsWith(`${LEASE_SERVICE}-tickets-`)), 'tickets are in the ticket shards');
+    assert.equal(new Set(where.map(({ name }) => name)).size, 2, 'both ticket shards hold tickets');
+    for (const { name, annotations } of leaseObjects(fake).filter(({ name }) => name.includes('-tickets-'))) {
+      // Whole on its own: each ticket's filter and heartbeat are in the same object.
+      for (const [key, value] of Object.entries(annotations).filter(([key]) => key.includes('/w-'))) {
+        const ticket = JSON.parse(value);
+        assert.ok(`lease.k8s-claimer.io/f-${ticket.filter}` in annotations, `${name}: ${key} without its filter`);
+        assert.ok(`lease.k8s-claimer.io/r-${ticket.replica}` in annotations, `${name}: ${key} without its heartbeat`);
+      }
+    }
+    // Release one cluster at a time: the oldest waiter gets it, whichever replica it waits on.
+    const granted: string[] = [];
+    for (let round = 0; round < 12; round++) {
+      const token = held.shift() as string;
+      assert.equal((await replicas[(round + 1) % 3].request('DELETE', `/lease/${token}`)).status, 200);
+      await until(`waiter ${round} served`, () => order.length === round + 1);
+      const body = (await waiting[order[round]]) as { token: string };
+      held.push(body.token);
+      granted.push(body.token);
+    }
+    assert.deepEqual(order, Array.from({ length: 12 }, (_, index) => index));
+    await until('the served tickets are gone', () => tickets().length === 0);
+  });
+
+  test('a full shard: 503 with the object named in the log; /readyz and the metrics show every object\'s fullness', async () => {
+    // Somebody else's annotation leaves the Service no room for one more record.
+    seedLeaseService(fake, { 'example.com/huge': 'x'.repeat(256 * 1024 - 300) });
+    const app = await replica(poolOf(3));
+    const refused = await lease(app, { note: 'n'.repeat(256) });
+    assert.equal(refused.status, 503);
+    assert.equal(refused.body.reason, 'StoreFull');
+    assert.match(app.logs.raw(), /"object":"Service k8s-claimer\/k8s-claimer".*256 KiB annotation limit/);
+    const ready = await (await app.request('GET', '/readyz', { auth: null })).json();
+    assert.equal(ready.status, 'ready');
+    assert.deepEqual(ready.store.map((object: { object: string }) => object.object), [LEASE_SERVICE]);
+    assert.ok(ready.store[0].used_percent > 99);
+    const metrics = await (await app.request('GET', '/metrics', { auth: null })).text();
+    assert.match(metrics, /k8s_claimer_lease_store_used_bytes\{object="k8s-claimer"\} \d{6}/);
+  });
+
+  test('/readyz and the metrics list every shard of a grown table', async () => {
+    const app = await replica(poolOf(1500), { LEASE_SHARDS: '16', LEASE_TICKET_SHARDS: '2' });
+    await until('the layout is in place', () => layout()?.shards > 1 && layout()?.from === undefined);
+    assert.equal((await lease(app)).status, 200);
+    const ready = await (await app.request('GET', '/readyz', { auth: null })).json();
+    const objects = ready.store.map((object: { object: string }) => object.object);
+    assert.equal(objects.length, layout().shards + 2);
+    assert.ok(objects.includes(`${LEASE_SERVICE}-shard-1`) && objects.includes(`${LEASE_SERVICE}-tickets-2`));
+    const metrics = await (await app.request('GET', '/metrics', { auth: null })).text();
+    for (const object of objects) assert.match(metrics, new RegExp(`k8s_claimer_lease_store_used_bytes\\{object="${object}"\\}`));
+  });
 });

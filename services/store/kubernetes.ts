@@ -253,6 +253,19 @@ export class KubernetesLeaseStore implements LeaseStore {
     return this.snapshot();
   }
 
+  groupByObject(clusterIds: readonly string[]): string[][] {
+    const set = this.viewSet();
+    if (!set) return [[...clusterIds]];
+    const groups = new Map<number, string[]>();
+    for (const clusterId of clusterIds) {
+      const shard = clusterShard(clusterId, set);
+      const group = groups.get(shard);
+      if (group) group.push(clusterId);
+      else groups.set(shard, [clusterId]);
+    }
+    return [...groups.values()];
+  }
+
   async write(next: LeaseTable, base: Snapshot): Promise<Snapshot> {
     const { outcomes, snapshot } = await this.commit(base, [{ changes: tableChanges(base.table, next), table: next }]);
     const outcome = outcomes[0];

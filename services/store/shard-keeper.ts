@@ -59,6 +59,8 @@ export const RECORD_BUDGET_BYTES = 900;
 export const FILL_TARGET = 0.7;
 /** An object fuller than this gets the table more shards, whatever the pool's size says. */
 export const GROW_AT = 0.8;
+/** Steps of a move taken again at once after losing to writers, before the next look. */
+const MOVE_ROUNDS = 50;
 
 export interface GrowthTarget {
   shards: number;
@@ -126,7 +128,7 @@ export class ShardKeeper {
     const seen = this.host.view(this.options.service) ?? (await this.host.refresh(this.options.service));
     if (!seen.layout) return;
     if (seen.layout.from !== undefined) {
-      await this.move(seen.layout);
+      await this.moveUntilDone(seen.layout);
       return;
     }
     if (this.options.maxShards <= seen.layout.shards && this.options.ticketShards <= seen.layout.tickets) return;
@@ -155,7 +157,7 @@ export class ShardKeeper {
       { event: 'store.grow', from_shards: layout.shards, shards: next.shards, ticket_shards: next.tickets, epoch: next.epoch, pool: poolSize, fullest: Number(fullest.toFixed(2)) },
       'the lease table grows into more shards; records move while leasing goes on',
     );
-    if (next.from !== undefined) await this.move(next);
+    if (next.from !== undefined) await this.moveUntilDone(next);
   }
 
   /** The fullest active cluster shard's share of the limit, as last seen. */
@@ -192,8 +194,19 @@ export class ShardKeeper {
     return { shards, tickets };
   }
 
-  /** Fences the old shards, moves their records out, and ends the move when none is left. */
-  private async move(layout: Layout): Promise<void> {
+  /**
+   * Moves while leasing goes on: a step that loses a compare-and-swap to a writer is taken
+   * again at once, on fresh reads, so that a busy table does not keep records moving for long.
+   */
+  private async moveUntilDone(layout: Layout): Promise<void> {
+    for (let round = 0; round < MOVE_ROUNDS; round++) {
+      if (await this.move(layout)) return;
+      await new Promise((resolve) => setTimeout(resolve, Math.random() * 20));
+    }
+  }
+
+  /** Fences the old shards, moves their records out, and ends the move when none is left; true when done. */
+  private async move(layout: Layout): Promise<boolean> {
     const from = layout.from as number;
     const name = (index: number) => shardName(this.options.service, 'clusters', index);
     for (let index = 1; index < from; index++) {
@@ -202,23 +215,24 @@ export class ShardKeeper {
       try {
         await this.host.patch(name(index), { [EPOCH_KEY]: String(layout.epoch) }, view.version);
       } catch (error) {
-        if (error instanceof VersionConflictError) return;
+        if (error instanceof VersionConflictError) return false;
         throw error;
       }
     }
     let left = 0;
     for (let index = 0; index < from; index++) left += await this.moveOut(index, layout);
-    if (left > 0) return;
+    if (left > 0) return false;
     const zero = await this.host.refresh(this.options.service);
-    if (zero.layout?.epoch !== layout.epoch || zero.layout.from === undefined) return;
+    if (zero.layout?.epoch !== layout.epoch || zero.layout.from === undefined) return true;
     const done: Layout = { epoch: layout.epoch, shards: layout.shards, tickets: layout.tickets };
     try {
       await this.host.patch(this.options.service, { [LAYOUT_KEY]: encodeLayout(done) }, zero.version);
     } catch (error) {
-      if (error instanceof VersionConflictError) return;
+      if (error instanceof VersionConflictError) return false;
       throw error;
     }
     this.options.logger.info({ event: 'store.grown', shards: done.shards, ticket_shards: done.tickets, epoch: done.epoch }, 'the lease table\'s records are all in their shards');
+    return true;
   }
 
   /** Moves the records of one old shard that belong elsewhere; returns how many were left there. */

@@ -46,6 +46,8 @@ export interface LeaseStore {
    * that hold these clusters' records are read now (the others as last seen).
    */
   readFor?(clusterIds: readonly string[]): Promise<Snapshot>;
+  /** Optional, for stores whose table spans several objects: these clusters by the object that holds their records. */
+  groupByObject?(clusterIds: readonly string[]): string[][];
   /**
    * Writes `next` if the stored version is still `base.version`, and returns the new snapshot.
    * Throws VersionConflictError when somebody else wrote first; nothing is changed then.
