@@ -1,6 +1,7 @@
 // The burst's clients in a process of their own (so that their CPU is not charged to the
 // claimers): all requests at once, spread round-robin over the replicas.
-// argv: token, count, url...   Prints one JSON line: wall time, statuses, leased cluster ids.
+// argv: token, count, url...   Prints one JSON line: wall time, statuses, leased cluster ids, and
+// the reasons of the answers that were not 200, counted.
 
 const [token, countText, ...urls] = process.argv.slice(2);
 const count = Number(countText);
@@ -17,10 +18,12 @@ const results = await Promise.all(
       body: JSON.stringify({ max_time: 600 }),
     });
     const body = await response.json();
-    return { status: response.status, cluster: response.status === 200 ? (body.cluster_id as string) : undefined };
+    return { status: response.status, cluster: response.status === 200 ? (body.cluster_id as string) : undefined, reason: body.reason as string | undefined };
   }),
 );
 const wall = performance.now() - started;
 const statuses = results.map((result) => result.status);
 const clusters = results.flatMap((result) => (result.cluster ? [result.cluster] : []));
-process.stdout.write(`${JSON.stringify({ wall, statuses, clusters })}\n`);
+const reasons: Record<string, number> = {};
+for (const result of results) if (result.status !== 200) reasons[`${result.status} ${result.reason ?? ''}`] = (reasons[`${result.status} ${result.reason ?? ''}`] ?? 0) + 1;
+process.stdout.write(`${JSON.stringify({ wall, statuses, clusters, reasons })}\n`);

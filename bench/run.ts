@@ -109,7 +109,7 @@ async function startReplicas(count: number, folder: string, kubeconfig: string, 
       { AUTH_TOKEN: TOKEN, STATIC_POOL_FILE: poolFile, LEASE_STORE: 'kubernetes', KUBECONFIG: kubeconfig, LOG_LEVEL: 'silent', REPLICA_NAME: `bench-${index}`, ...env },
       { staticPoolFile: poolFile },
     );
-    const services = await buildServices(config, createLogger('silent'), { authToken: TOKEN, writePath: { batch } });
+    const services = await buildServices(config, createLogger(process.env.BENCH_LOG ?? 'silent'), { authToken: TOKEN, writePath: { batch } });
     // As main.ts does at start-up: a running replica has read the table once.
     await services.writePath.warmUp();
     const app = createApp(services.deps);
@@ -224,13 +224,14 @@ async function burst(api: Apiserver, folder: string, kubeconfig: string, batch: 
   }
   const before = await api.call<{ requests: number; writes: number }>({ command: 'counts' });
   serverSpan.reset();
-  const profiler = PROFILE && batch && count === BURST && shards === 1 ? await startProfiler() : undefined;
-  const { wall, statuses, clusters } = await burstFromAnotherProcess(replicas.map((replica) => replica.url), count);
+  const profiler = PROFILE && batch && (shards === 1 ? count === BURST : true) ? await startProfiler() : undefined;
+  const { wall, statuses, clusters, reasons } = await burstFromAnotherProcess(replicas.map((replica) => replica.url), count);
   await profiler?.stop(join(PROFILE as string, `burst-${Date.now()}.cpuprofile`));
   const span = serverSpan.last - serverSpan.first;
   const arrivals = serverSpan.lastArrival - serverSpan.first;
   const after = await api.call<{ requests: number; writes: number }>({ command: 'counts' });
   const objects = await leaseRecords(api);
+  const decisions = replicas.reduce((sum, replica) => sum + replica.services.writePath.decisionsApplied, 0);
   for (const replica of replicas) await replica.close();
 
   const perCluster = new Map<string, number>();
@@ -253,6 +254,8 @@ async function burst(api: Apiserver, folder: string, kubeconfig: string, batch: 
     writes: after.writes - before.writes,
     requests: after.requests - before.requests,
     objects: used.length,
+    decisions,
+    reasons,
     fullest: Math.max(...used.map((object) => object.bytes)) / (256 * 1024),
   };
 }
@@ -336,7 +339,7 @@ async function startProfiler() {
   };
 }
 
-async function burstFromAnotherProcess(urls: string[], count: number): Promise<{ wall: number; statuses: number[]; clusters: string[] }> {
+async function burstFromAnotherProcess(urls: string[], count: number): Promise<{ wall: number; statuses: number[]; clusters: string[]; reasons: Record<string, number> }> {
   const child = spawn(process.execPath, ['--import', 'tsx', 'bench/burst-client.ts', TOKEN, String(count), ...urls], {
     stdio: ['ignore', 'pipe', 'inherit'],
   });
@@ -502,10 +505,10 @@ try {
     const big = await burst(api, folder, kubeconfig, true, { count: BIG_BURST, pool: BIG_POOL, shards: SHARDS });
     const scenario = `(h) burst ${BIG_BURST} acquires, ${BIG_POOL} clusters, 3 replicas, sharded table`;
     record(scenario, 'wall time (client side: first connect to last answer)', ms(big.wall));
-    record(scenario, 'leases granted / double leases / 5xx', `${big.granted} / ${big.doubles} / ${big.errors}`, `${BIG_BURST} / 0 / 0`);
+    record(scenario, 'leases granted / double leases / 5xx', `${big.granted} / ${big.doubles} / ${big.errors}${big.errors ? ` (${JSON.stringify(big.reasons)})` : ''}`, `${BIG_BURST} / 0 / 0`);
     record(scenario, 'API writes / API requests (writes per grant)', `${big.writes} / ${big.requests} (${(big.writes / Math.max(1, big.granted)).toFixed(3)})`);
     record(scenario, 'objects holding records / fullest object', `${big.objects} / ${(big.fullest * 100).toFixed(0)}% of 256 KiB`);
-    record(scenario, 'grants per second', (big.granted / (big.wall / 1000)).toFixed(0));
+    record(scenario, 'grants per second / decisions applied per grant', `${(big.granted / (big.wall / 1000)).toFixed(0)} / ${(big.decisions / Math.max(1, big.granted)).toFixed(1)}`);
     if (batched) record('(b) vs (h)', 'grants per second: one object (b) / sharded (h)', `${(batched.granted / (batched.wall / 1000)).toFixed(0)} / ${(big.granted / (big.wall / 1000)).toFixed(0)}`);
   }
   if (ONLY.has('i')) {

@@ -136,6 +136,19 @@ export interface DecisionContext {
   clusters: readonly Cluster[];
   /** What a lease's end leaves: `dirty` when cleanup or revocation has work to do. Default `free`. */
   endState?: 'free' | 'dirty';
+  /**
+   * False when no earlier write of this very decision can have landed (the write path knows:
+   * none of its answers was lost), so the table cannot hold its outcome yet and need not be
+   * searched for it. Unset: it may have.
+   */
+  mayHaveLanded?: boolean;
+  /**
+   * This replica's order among clusters equally idle, lowest first, for a request when nobody
+   * waits (a table split over objects: each replica prefers other objects, so that replicas
+   * leasing at once write different ones). Which of two equally idle clusters a request gets is
+   * all it changes: never whether it gets one, nor who is served first.
+   */
+  prefer?: (clusterId: string) => number;
 }
 
 /** A decision returns the same table object when it changes nothing. */
@@ -195,7 +208,8 @@ function busyUntil(table: LeaseTable, cluster: Cluster, now: number): number {
 }
 
 function withEntry(table: LeaseTable, clusterId: string, entry: ClusterEntry): LeaseTable {
-  return { ...table, clusters: withRecords(table.clusters, { [clusterId]: entry }) };
+  // The clusters map keys no memo: within a batch of decisions it may be written in place.
+  return { ...table, clusters: withRecords(table.clusters, { [clusterId]: entry }, true) };
 }
 
 function withoutWaiter(table: LeaseTable, ticket: string): LeaseTable {
@@ -242,10 +256,46 @@ function nextTimeChange(table: LeaseTable, now: number): number {
   return next;
 }
 
-function derived<T>(memo: WeakMap<LeaseTable, Derived<T>>, table: LeaseTable, context: DecisionContext, compute: () => T): T {
+/**
+ * Tables a store assembled from the one before and a few changed cluster records (a table split
+ * over objects: one object changed), with the rest of the table the same.
+ */
+const lineage = new WeakMap<LeaseTable, { parent: LeaseTable; changed: readonly string[] }>();
+
+/** Records that `table` is `parent` with only these clusters' records changed. */
+export function succeeds(table: LeaseTable, parent: LeaseTable, changedClusters: readonly string[]): void {
+  lineage.set(table, { parent, changed: changedClusters });
+}
+
+/** Past this many changed records, working a value out afresh is as cheap as carrying it over. */
+const MAX_CARRIED_CHANGES = 256;
+
+function derived<T>(
+  memo: WeakMap<LeaseTable, Derived<T>>,
+  table: LeaseTable,
+  context: DecisionContext,
+  compute: () => T,
+  carry?: (parentValue: T, changed: readonly string[]) => T,
+): T {
   const endState = context.endState ?? 'free';
+  const valid = (known: Derived<T> | undefined): known is Derived<T> =>
+    known !== undefined && known.clusters === context.clusters && known.endState === endState && known.from <= context.now && context.now < known.until;
   const known = memo.get(table);
-  if (known && known.clusters === context.clusters && known.endState === endState && known.from <= context.now && context.now < known.until) return known.value;
+  if (valid(known)) return known.value;
+  const origin = carry && lineage.get(table);
+  const parent = origin && memo.get(origin.parent);
+  if (origin && carry && valid(parent) && origin.changed.length <= MAX_CARRIED_CHANGES) {
+    // Still true of the parent until its window ends or a changed record's lease does.
+    let until = parent.until;
+    for (const clusterId of origin.changed) {
+      const expiresAt = table.clusters[clusterId]?.lease?.expiresAt;
+      if (expiresAt !== undefined && expiresAt > context.now) until = Math.min(until, expiresAt);
+    }
+    const value = carry(parent.value, origin.changed);
+    changeMemo.set(table, { now: context.now, next: until });
+    memo.set(table, { clusters: context.clusters, endState, from: context.now, until, value });
+    return value;
+  }
   const value = compute();
   memo.set(table, { clusters: context.clusters, endState, from: context.now, until: nextTimeChange(table, context.now), value });
   return value;
@@ -267,13 +317,37 @@ const freeListMemo = new WeakMap<LeaseTable, Derived<readonly Cluster[]>>();
 
 /** The leasable free clusters at `context.now`, idle the longest first (ties by id). */
 export function freeClusters(table: LeaseTable, context: DecisionContext): readonly Cluster[] {
-  return derived(freeListMemo, table, context, () =>
-    context.clusters
-      .filter((cluster) => isLeasable(cluster) && effectiveState(table, cluster, context.now, context.endState) === 'free')
-      .map((cluster) => ({ cluster, since: idleSince(table.clusters[cluster.id]) }))
-      .sort((a, b) => a.since - b.since || (a.cluster.id < b.cluster.id ? -1 : 1))
-      .map(({ cluster }) => cluster),
+  return derived(
+    freeListMemo,
+    table,
+    context,
+    () =>
+      context.clusters
+        .filter((cluster) => isLeasable(cluster) && effectiveState(table, cluster, context.now, context.endState) === 'free')
+        .map((cluster) => ({ cluster, since: idleSince(table.clusters[cluster.id]) }))
+        .sort((a, b) => a.since - b.since || (a.cluster.id < b.cluster.id ? -1 : 1))
+        .map(({ cluster }) => cluster),
+    (parentFree, changed) => carriedFree(parentFree, changed, table, context),
   );
+}
+
+/** A parent's free list with the changed clusters taken out and, where free now, put back in their place. */
+function carriedFree(parentFree: readonly Cluster[], changed: readonly string[], table: LeaseTable, context: DecisionContext, rank?: (clusterId: string) => number): readonly Cluster[] {
+  const changedSet = new Set(changed);
+  let free = parentFree.some((cluster) => changedSet.has(cluster.id)) ? parentFree.filter((cluster) => !changedSet.has(cluster.id)) : parentFree;
+  for (const clusterId of changed) {
+    const cluster = clusterById(context.clusters, clusterId);
+    if (cluster && isLeasable(cluster) && effectiveState(table, cluster, context.now, context.endState) === 'free') free = withFreed(free, cluster, table, rank);
+  }
+  return free;
+}
+
+/** `list` without `item` (usually its first: the cluster idle the longest), copied without a callback per element. */
+function without<T>(list: readonly T[], item: T): readonly T[] {
+  const index = list.indexOf(item);
+  if (index < 0) return list;
+  if (index === 0) return list.slice(1);
+  return [...list.slice(0, index), ...list.slice(index + 1)];
 }
 
 /** The pool's clusters by id, per pool list. */
@@ -292,16 +366,52 @@ export function clusterById(clusters: readonly Cluster[], id: string): Cluster |
  * The free list once `cluster` became free at `now`: it has been idle the shortest, so it goes
  * last (among clusters freed in the same millisecond, by id), without a pass over the pool.
  */
-function withFreed(free: readonly Cluster[], cluster: Cluster, table: LeaseTable): readonly Cluster[] {
+function withFreed(free: readonly Cluster[], cluster: Cluster, table: LeaseTable, rank?: (clusterId: string) => number): readonly Cluster[] {
   const since = idleSince(table.clusters[cluster.id]);
-  let position = free.length;
-  while (position > 0) {
-    const before = free[position - 1] as Cluster;
-    const beforeSince = idleSince(table.clusters[before.id]);
-    if (beforeSince < since || (beforeSince === since && before.id < cluster.id)) break;
-    position -= 1;
+  const clusterRank = rank?.(cluster.id) ?? 0;
+  /** Whether `other` comes before `cluster`: idle longer, or as long and first by rank, then id. */
+  const before = (other: Cluster) => {
+    const otherSince = idleSince(table.clusters[other.id]);
+    if (otherSince !== since) return otherSince < since;
+    const otherRank = rank?.(other.id) ?? 0;
+    return otherRank < clusterRank || (otherRank === clusterRank && other.id < cluster.id);
+  };
+  // Usually the newest to become free: at the end, found at once; else by halving.
+  let low = 0;
+  let high = free.length;
+  if (high > 0 && before(free[high - 1] as Cluster)) low = high;
+  while (low < high) {
+    const middle = (low + high) >>> 1;
+    if (before(free[middle] as Cluster)) low = middle + 1;
+    else high = middle;
   }
-  return [...free.slice(0, position), cluster, ...free.slice(position)];
+  return [...free.slice(0, low), cluster, ...free.slice(low)];
+}
+
+/** Free lists in a replica's order of preference, with the preference they follow. */
+const preferredMemo = new WeakMap<LeaseTable, Derived<{ prefer: (clusterId: string) => number; list: readonly Cluster[] }>>();
+
+/** The free clusters in this replica's order of preference: idle the longest first, then `context.prefer`, then id. */
+function preferredFree(table: LeaseTable, context: DecisionContext): readonly Cluster[] {
+  const prefer = context.prefer;
+  if (!prefer) return freeClusters(table, context);
+  const known = derived(
+    preferredMemo,
+    table,
+    context,
+    () => ({
+      prefer,
+      list: freeClusters(table, context)
+        .map((cluster) => ({ cluster, since: idleSince(table.clusters[cluster.id]), rank: prefer(cluster.id) }))
+        .sort((a, b) => a.since - b.since || a.rank - b.rank || (a.cluster.id < b.cluster.id ? -1 : 1))
+        .map(({ cluster }) => cluster),
+    }),
+    (parent, changed) => (parent.prefer === prefer ? { prefer, list: carriedFree(parent.list, changed, table, context, prefer) } : parent),
+  );
+  if (known.prefer === prefer) return known.list;
+  // The preference changed (this replica moved on to other shards): worked out anew.
+  preferredMemo.delete(table);
+  return preferredFree(table, context);
 }
 
 /** The leasable clusters of the pool, per pool list. */
@@ -411,7 +521,7 @@ export function acquire(request: AcquireRequest): Decision<AcquireResult> {
   return (table, context) => {
     const { now, clusters } = context;
     // Decided again after a write whose answer was lost? If it landed, this is its lease.
-    const already = findLive(table, request.tokenHash, now);
+    const already = context.mayHaveLanded === false ? undefined : findLive(table, request.tokenHash, now);
     const landed = already && clusterById(clusters, already.clusterId);
     if (already && landed) return { table, result: { granted: true, cluster: landed, lease: already.lease } };
     const idempotency = request.idempotency;
@@ -431,7 +541,9 @@ export function acquire(request: AcquireRequest): Decision<AcquireResult> {
     const queue = queueOf(table, context);
     const queued = ticket !== undefined && table.waiters[ticket] !== undefined && ticketLive(table, table.waiters[ticket], now) ? table.waiters[ticket] : undefined;
     // A waiter gets exactly the cluster the queue gives it; anyone else only what no waiter gets.
-    const cluster = queued ? queue.assigned.get(ticket as string) : queue.leftover.find((candidate) => matches(filter, candidate));
+    // With nobody waiting, every free cluster is left over: which of those equally idle is this replica's choice.
+    const leftover = !queued && queue.order.length === 0 && context.prefer ? preferredFree(table, context) : queue.leftover;
+    const cluster = queued ? queue.assigned.get(ticket as string) : leftover.find((candidate) => matches(filter, candidate));
     if (cluster !== undefined) {
       const lease: Lease = {
         id: request.leaseId ?? request.tokenHash.slice(0, 16),
@@ -449,7 +561,8 @@ export function acquire(request: AcquireRequest): Decision<AcquireResult> {
       const next = withEntry(base, cluster.id, { state: 'leased', lease });
       leaseHints.set(request.tokenHash, cluster.id);
       // What the next decision of a burst needs follows from this one's: no pass over the pool.
-      remember(freeListMemo, next, context, freeClusters(table, context).filter((candidate) => candidate !== cluster), table, lease.expiresAt);
+      remember(freeListMemo, next, context, without(freeClusters(table, context), cluster), table, lease.expiresAt);
+      if (leftover !== queue.leftover && context.prefer) remember(preferredMemo, next, context, { prefer: context.prefer, list: without(leftover, cluster) }, table, lease.expiresAt);
       if (queued && base !== table) {
         rememberOrder(base.waiters, ticketOrder(table.waiters).filter(([id]) => id !== ticket));
         remember(queueMemo, next, context, afterGrant(queue, ticket as string, queued.principal), table, lease.expiresAt);
@@ -633,7 +746,7 @@ export function recordTokenExpiry(tokenHash: string, tokenExpiresAt: number): De
 
 /** Ends the live lease with this token hash at once: free for the next request, or dirty until cleaned. */
 export function release(tokenHash: string): Decision<{ clusterId: string; note?: string }> {
-  return (table, { now, clusters, endState }) => {
+  return (table, { now, clusters, endState, prefer }) => {
     const live = findLive(table, tokenHash, now);
     if (live) {
       const entry = ended(now, endState, live.lease);
@@ -641,7 +754,9 @@ export function release(tokenHash: string): Decision<{ clusterId: string; note?:
       // A cluster freed at once joins the free list's end: the next acquire needs no pass over the pool.
       const cluster = clusterById(clusters, live.clusterId);
       if (entry.state === 'free' && cluster && isLeasable(cluster) && effectiveState(next, cluster, now, endState) === 'free') {
-        remember(freeListMemo, next, { now, clusters, endState }, withFreed(freeClusters(table, { now, clusters, endState }), cluster, next), table);
+        const context = { now, clusters, endState, ...(prefer && { prefer }) };
+        remember(freeListMemo, next, context, withFreed(freeClusters(table, context), cluster, next), table);
+        if (prefer && preferredMemo.has(table)) remember(preferredMemo, next, context, { prefer, list: withFreed(preferredFree(table, context), cluster, next, prefer) }, table);
       }
       return { table: next, result: { clusterId: live.clusterId, ...(live.lease.note !== undefined && { note: live.lease.note }) } };
     }

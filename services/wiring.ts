@@ -84,6 +84,7 @@ async function buildStore(config: Config, logger: Logger, provider: ClusterProvi
     maxShards: config.shards.clusters,
     ticketShards: config.shards.tickets,
     poolSize: async () => (await provider.list()).length,
+    replica: config.replicaName,
     ...(options.keeperIntervalMs && { keeperIntervalMs: options.keeperIntervalMs }),
   });
 }

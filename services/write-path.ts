@@ -10,7 +10,7 @@ import { isDeepStrictEqual } from 'node:util';
 import { clusterOfLease, dropWaiters, holdsChanges, type Decision, type DecisionContext, type LeaseTable } from './lease-table.ts';
 import type { Cluster } from './providers/types.ts';
 import type { CommitResult, CommitStep, LeaseStore, Snapshot, StepOutcome, StoreUsage } from './store/types.ts';
-import { tableChanges, type TableChange } from './table-changes.ts';
+import { inDraft, tableChanges, undoDecision, type TableChange } from './table-changes.ts';
 
 export interface Clock {
   /** Milliseconds since the epoch. */
@@ -253,7 +253,8 @@ export class WritePath {
         return false;
       });
       if (pending.length === 0) return;
-      const round = this.decide(pending, base.table, { now: this.clock.now(), clusters, endState: this.endState }, fresh);
+      const prefer = this.store.preference?.();
+      const round = this.decide(pending, base.table, { now: this.clock.now(), clusters, endState: this.endState, ...(prefer && { prefer }) }, fresh);
       let result: CommitResult = { outcomes: [] };
       if (round.steps.length > 0) {
         try {
@@ -342,28 +343,32 @@ export class WritePath {
     const quiet: Array<{ pending: Pending; settle: () => void; after: number }> = [];
     const needFresh: Pending[] = [];
     this.decisionsApplied += pending.length;
-    for (const waiting of pending) {
-      let outcome: ReturnType<Decision<unknown>>;
-      try {
-        outcome = waiting.decision(table, context);
-      } catch (error) {
-        const earlier = waiting.unclearAnswer;
-        // Its release did land, in the write whose answer was lost.
-        if (earlier && error instanceof LeaseNotFoundError) waiting.resolve(earlier.value);
-        else if (!fresh && !waiting.staleOk) needFresh.push(waiting);
-        else quiet.push({ pending: waiting, settle: () => waiting.reject(error), after: steps.length });
-        continue;
+    const unlanded: DecisionContext = { ...context, mayHaveLanded: false };
+    inDraft((apply) => {
+      for (const waiting of pending) {
+        let outcome: ReturnType<Decision<unknown>>;
+        try {
+          outcome = apply(() => waiting.decision(table, waiting.unclear || waiting.unclearAnswer ? context : unlanded));
+        } catch (error) {
+          const earlier = waiting.unclearAnswer;
+          // Its release did land, in the write whose answer was lost.
+          if (earlier && error instanceof LeaseNotFoundError) waiting.resolve(earlier.value);
+          else if (!fresh && !waiting.staleOk) needFresh.push(waiting);
+          else quiet.push({ pending: waiting, settle: () => waiting.reject(error), after: steps.length });
+          continue;
+        }
+        const result = outcome.result;
+        if (outcome.table === table) {
+          undoDecision();
+          if (!fresh && !waiting.staleOk) needFresh.push(waiting);
+          else quiet.push({ pending: waiting, settle: () => waiting.resolve(result), after: steps.length });
+          continue;
+        }
+        steps.push({ changes: tableChanges(table, outcome.table), table: outcome.table });
+        writers.push({ pending: waiting, settle: () => waiting.resolve(result), answer: { value: result } });
+        table = outcome.table;
       }
-      const result = outcome.result;
-      if (outcome.table === table) {
-        if (!fresh && !waiting.staleOk) needFresh.push(waiting);
-        else quiet.push({ pending: waiting, settle: () => waiting.resolve(result), after: steps.length });
-        continue;
-      }
-      steps.push({ changes: tableChanges(table, outcome.table), table: outcome.table });
-      writers.push({ pending: waiting, settle: () => waiting.resolve(result), answer: { value: result } });
-      table = outcome.table;
-    }
+    });
     return { steps, writers, quiet, needFresh };
   }
 

@@ -11,7 +11,7 @@ import { CoreV1Api, KubeConfig, Watch } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { StoreFullError, TransientStoreError, VersionConflictError } from '../errors.ts';
 import { makeClient } from '../kube-client.ts';
-import type { LeaseTable } from '../lease-table.ts';
+import { succeeds, type LeaseTable } from '../lease-table.ts';
 import { tableChanges } from '../table-changes.ts';
 import { KubeObject, LeaseServiceError, type ObjectState } from './kube-object.ts';
 import { ShardKeeper } from './shard-keeper.ts';
@@ -23,6 +23,7 @@ import {
   annotationsSize,
   clusterShard,
   decodeEpoch,
+  homeOf,
   decodeLayout,
   mergeViews,
   placeChanges,
@@ -59,6 +60,8 @@ export interface KubernetesStoreOptions {
   poolSize?: () => Promise<number>;
   /** How often the keeper looks whether the table needs more shards. */
   keeperIntervalMs?: number;
+  /** This replica's name: which shards it prefers among equally idle clusters follows from it. */
+  replica?: string;
 }
 
 /**
@@ -220,6 +223,10 @@ export class KubernetesLeaseStore implements LeaseStore {
     const version = `${set.layout.epoch}/${set.layout.shards}/${set.layout.from ?? ''}/${set.layout.tickets}:${[...set.clusters, ...set.tickets.slice(1)].map((view) => view?.version).join(',')}`;
     if (this.latest?.version === version) return this.latest;
     const merged = mergeViews(set);
+    const previous = this.latest && this.viewSets.get(this.latest.version);
+    const changed = previous && changedClusters(previous.views, set);
+    // What the table before it derived (its free list) carries over, changed records aside.
+    if (previous && changed) succeeds(merged.table, previous.merged.table, changed);
     for (const stray of merged.strays) {
       this.options.logger.warn({ object: stray.shard, cluster: stray.clusterId }, 'a lease record is in an object where the layout does not put it: its cluster is not leased until it is removed');
     }
@@ -251,6 +258,34 @@ export class KubernetesLeaseStore implements LeaseStore {
     const names = new Set(clusterIds.map((clusterId) => shardName(this.service, 'clusters', clusterShard(clusterId, set))));
     await Promise.all([...names].map((name) => this.refresh(name)));
     return this.snapshot();
+  }
+
+  private preferred?: { layout: Layout; turn: number; rank: (clusterId: string) => number };
+  /** Bumped when this replica lost a compare-and-swap to another: it then prefers other shards. */
+  private turn = 0;
+  private turnedAt = 0;
+
+  /**
+   * Shards in an order of this replica's own (starting at one its name and its turn hash to),
+   * and clusters by their shard's place in it. A replica that loses a write to another moves on
+   * to other shards, at most every 200 ms, so that two replicas never keep meeting on one.
+   */
+  preference(): ((clusterId: string) => number) | undefined {
+    const layout = this.views.get(this.service)?.layout;
+    if (!layout || layout.shards <= 1) return undefined;
+    if (!this.preferred || this.preferred.turn !== this.turn || !sameLayout(this.preferred.layout, layout)) {
+      const { shards } = layout;
+      const start = homeOf(`replica:${this.options.replica ?? ''}:${this.turn}`, shards);
+      this.preferred = { layout, turn: this.turn, rank: (clusterId) => (homeOf(clusterId, shards) - start + shards) % shards };
+    }
+    return this.preferred.rank;
+  }
+
+  private lostToAnother(): void {
+    const now = performance.now();
+    if (now - this.turnedAt < 200) return;
+    this.turnedAt = now;
+    this.turn += 1;
   }
 
   groupByObject(clusterIds: readonly string[]): string[][] {
@@ -368,7 +403,10 @@ export class KubernetesLeaseStore implements LeaseStore {
         [...groups].map(async ([shard, changes]) => {
           const version = baseOf(shard);
           // The watch already brought a newer version: the compare-and-swap would lose; spare the apiserver.
-          if (this.views.get(shard)?.version !== version) results.set(shard, 'conflict');
+          if (this.views.get(shard)?.version !== version) {
+            this.lostToAnother();
+            results.set(shard, 'conflict');
+          }
           else results.set(shard, await this.writeShard(shard, version, changes));
         }),
       );
@@ -413,6 +451,7 @@ export class KubernetesLeaseStore implements LeaseStore {
       return 'written';
     } catch (error) {
       if (error instanceof VersionConflictError) {
+        this.lostToAnother();
         await this.refresh(shard).catch(() => undefined);
         return 'conflict';
       }
@@ -491,6 +530,34 @@ export class KubernetesLeaseStore implements LeaseStore {
   maintain(): () => void {
     return this.keeper.start(this.options.keeperIntervalMs ?? 5_000);
   }
+}
+
+/**
+ * The clusters whose records differ between two view sets of one layout, when nothing else of
+ * the table does (no records move, the ticket shards are the same, shard 0 holds no tickets or
+ * original records); otherwise undefined.
+ */
+function changedClusters(before: ViewSet, after: ViewSet): string[] | undefined {
+  if (!sameLayout(before.layout, after.layout) || after.layout.from !== undefined) return undefined;
+  if (after.tickets.some((view, index) => view !== before.tickets[index])) return undefined;
+  const quiet = (view: ShardView | undefined) => {
+    const table = view?.table;
+    return table !== undefined && isEmpty(table.legacy) && isEmpty(table.waiters) && isEmpty(table.replicas) && isEmpty(table.filters);
+  };
+  if (before.clusters[0] !== after.clusters[0] && !(quiet(before.clusters[0]) && quiet(after.clusters[0]))) return undefined;
+  const changed: string[] = [];
+  after.clusters.forEach((view, index) => {
+    const old = before.clusters[index];
+    if (!view || !old || view === old) return;
+    for (const clusterId in view.table.clusters) if (old.table.clusters[clusterId] !== view.table.clusters[clusterId]) changed.push(clusterId);
+    for (const clusterId in old.table.clusters) if (!(clusterId in view.table.clusters)) changed.push(clusterId);
+  });
+  return changed;
+}
+
+function isEmpty(records: object): boolean {
+  for (const _key in records) return false;
+  return true;
 }
 
 function sameLayout(a: Layout | undefined, b: Layout | undefined): boolean {

@@ -15,7 +15,6 @@
 
 import { Buffer } from 'node:buffer';
 import { createHash } from 'node:crypto';
-import { LRUCache } from 'lru-cache';
 import * as v from 'valibot';
 import type { ClusterFilter } from '../cluster-filter.ts';
 import type { ClusterEntry, LeaseTable, LegacyLease, ReplicaHeartbeat, Waiter } from '../lease-table.ts';
@@ -80,8 +79,9 @@ function mix32(value: number): number {
   return (h ^ (h >>> 16)) >>> 0;
 }
 
-/** Ids seen lately: the first 32 bits of their SHA-256, and their shard by shard count. */
-const seeds = new LRUCache<string, { seed: number; homes: Map<number, number> }>({ max: 200_000 });
+/** Ids seen lately: the first 32 bits of their SHA-256, and their shard by shard count (forgotten all at once past a bound). */
+const seeds = new Map<string, { seed: number; homes: Map<number, number> }>();
+const MAX_SEEDS = 200_000;
 
 /**
  * The shard (0..count-1) whose score for `id` is highest. This function decides where stored
@@ -91,6 +91,7 @@ export function homeOf(id: string, count: number): number {
   if (count <= 1) return 0;
   let known = seeds.get(id);
   if (!known) {
+    if (seeds.size >= MAX_SEEDS) seeds.clear();
     known = { seed: createHash('sha256').update(id).digest().readUInt32BE(0), homes: new Map() };
     seeds.set(id, known);
   }
@@ -208,6 +209,25 @@ function push<K, T>(map: Map<K, T[]>, key: K, value: T): void {
   else map.set(key, [value]);
 }
 
+/**
+ * The records of one object that the layout puts there, and the others: while no records move,
+ * that depends on the object and the shard count alone, so it is worked out once per view.
+ */
+const placedMemo = new WeakMap<ShardView, { shards: number; placed: Array<[string, ClusterEntry]>; strays: string[] }>();
+
+function placedIn(view: ShardView, shards: number) {
+  let known = placedMemo.get(view);
+  if (!known || known.shards !== shards) {
+    known = { shards, placed: [], strays: [] };
+    for (const clusterId in view.table.clusters) {
+      if (homeOf(clusterId, shards) === view.index) known.placed.push([clusterId, view.table.clusters[clusterId]]);
+      else known.strays.push(clusterId);
+    }
+    placedMemo.set(view, known);
+  }
+  return known;
+}
+
 /** The one table the write path decides on. */
 export function mergeViews(views: ViewSet): Merged {
   const clusters: Record<string, ClusterEntry> = {};
@@ -217,6 +237,15 @@ export function mergeViews(views: ViewSet): Merged {
   for (let index = 0; index < count; index++) {
     const view = views.clusters[index];
     if (!view) continue;
+    if (views.layout.from === undefined) {
+      const known = placedIn(view, views.layout.shards);
+      for (const [clusterId, entry] of known.placed) clusters[clusterId] = entry;
+      for (const clusterId of known.strays) {
+        strays.push({ shard: view.name, clusterId });
+        strayIds.add(clusterId);
+      }
+      continue;
+    }
     for (const clusterId in view.table.clusters) {
       const at = clusterShard(clusterId, views);
       if (at === index) clusters[clusterId] = view.table.clusters[clusterId];

@@ -46,6 +46,11 @@ export interface LeaseStore {
    * that hold these clusters' records are read now (the others as last seen).
    */
   readFor?(clusterIds: readonly string[]): Promise<Snapshot>;
+  /**
+   * Optional, for stores whose table spans several objects: this replica's order among equally
+   * idle clusters (see DecisionContext.prefer), so that replicas leasing at once write different objects.
+   */
+  preference?(): ((clusterId: string) => number) | undefined;
   /** Optional, for stores whose table spans several objects: these clusters by the object that holds their records. */
   groupByObject?(clusterIds: readonly string[]): string[][];
   /**
