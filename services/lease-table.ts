@@ -208,8 +208,7 @@ function busyUntil(table: LeaseTable, cluster: Cluster, now: number): number {
 }
 
 function withEntry(table: LeaseTable, clusterId: string, entry: ClusterEntry): LeaseTable {
-  // The clusters map keys no memo: within a batch of decisions it may be written in place.
-  return { ...table, clusters: withRecords(table.clusters, { [clusterId]: entry }, true) };
+  return { ...table, clusters: withRecords(table.clusters, { [clusterId]: entry }) };
 }
 
 function withoutWaiter(table: LeaseTable, ticket: string): LeaseTable {

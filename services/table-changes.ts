@@ -23,88 +23,16 @@ type Records<T> = Readonly<Record<string, T>>;
 /** Each derived map, with its parent and the keys in which they differ. */
 const parents = new WeakMap<object, { parent: object; keys: readonly string[] }>();
 
-/**
- * While the write path applies one batch of decisions, each to the table the one before left,
- * no table of the batch but the last is looked at again once the next is made. Copying a map
- * of ten thousand records for every decision would cost more than deciding, so the maps made
- * during a batch are its own, and later decisions of the batch update them in place: the first
- * decision copies, the others write into that copy. Every such write is undone when the
- * decision that made it fails, and remembered as that decision's change.
- */
-interface Draft {
-  owned: WeakSet<object>;
-  /** The current decision's writes into maps of the batch: keys by map, and how to undo them. */
-  touched: Map<object, Set<string>>;
-  undo: Array<() => void>;
-}
-
-let draft: Draft | undefined;
-
-/** Applies a batch of decisions (see Draft): `run` calls `decision` for each. */
-export function inDraft<T>(run: (decision: <R>(apply: () => R) => R) => T): T {
-  const outer = draft;
-  const current: Draft = { owned: new WeakSet(), touched: new Map(), undo: [] };
-  draft = current;
-  try {
-    return run((apply) => {
-      current.touched = new Map();
-      current.undo = [];
-      try {
-        return apply();
-      } catch (error) {
-        for (const undo of current.undo.reverse()) undo();
-        current.undo = [];
-        throw error;
-      }
-    });
-  } finally {
-    draft = outer;
-  }
-}
-
-/** Undoes the current decision's writes (a decision that ended up changing nothing). */
-export function undoDecision(): void {
-  if (!draft) return;
-  for (const undo of draft.undo.reverse()) undo();
-  draft.undo = [];
-  draft.touched = new Map();
-}
-
-/**
- * A copy of `parent` with `updates` applied (undefined removes), remembered as derived from it.
- * `inBatch`: a map nothing else keys a memo by may be written in place within a batch (Draft).
- */
-export function withRecords<T>(parent: Records<T>, updates: Readonly<Record<string, T | undefined>>, inBatch = false): Records<T> {
-  const keys = Object.keys(updates);
-  if (inBatch && draft?.owned.has(parent)) {
-    const map = parent as Record<string, T>;
-    let touched = draft.touched.get(map);
-    if (!touched) {
-      touched = new Set();
-      draft.touched.set(map, touched);
-    }
-    for (const key of keys) {
-      const had = Object.hasOwn(map, key);
-      const before = map[key];
-      draft.undo.push(() => {
-        if (had) map[key] = before;
-        else delete map[key];
-      });
-      const value = updates[key];
-      if (value === undefined) delete map[key];
-      else map[key] = value;
-      touched.add(key);
-    }
-    return map;
-  }
+/** A copy of `parent` with `updates` applied (undefined removes), remembered as derived from it. */
+export function withRecords<T>(parent: Records<T>, updates: Readonly<Record<string, T | undefined>>): Records<T> {
   const child: Record<string, T> = { ...parent };
+  const keys = Object.keys(updates);
   for (const key of keys) {
     const value = updates[key];
     if (value === undefined) delete child[key];
     else child[key] = value;
   }
   parents.set(child, { parent, keys });
-  if (inBatch) draft?.owned.add(child);
   return child;
 }
 
@@ -132,15 +60,9 @@ function recordedKeys(before: object, after: object): Set<string> | undefined {
 }
 
 function sectionChanges(section: Section, before: Records<unknown>, after: Records<unknown>, into: TableChange[]): void {
-  const inPlace = draft?.touched.get(after);
-  if (before === after) {
-    // Written in place by this decision (see Draft): what it wrote is what changed.
-    for (const key of inPlace ?? []) into.push({ section, key, value: after[key] });
-    return;
-  }
+  if (before === after) return;
   const recorded = recordedKeys(before, after);
   if (recorded) {
-    for (const key of inPlace ?? []) recorded.add(key);
     for (const key of recorded) {
       if (before[key] !== after[key]) into.push({ section, key, value: after[key] });
     }

@@ -10,7 +10,7 @@ import { isDeepStrictEqual } from 'node:util';
 import { clusterOfLease, dropWaiters, holdsChanges, type Decision, type DecisionContext, type LeaseTable } from './lease-table.ts';
 import type { Cluster } from './providers/types.ts';
 import type { CommitResult, CommitStep, LeaseStore, Snapshot, StepOutcome, StoreUsage } from './store/types.ts';
-import { inDraft, tableChanges, undoDecision, type TableChange } from './table-changes.ts';
+import { tableChanges, type TableChange } from './table-changes.ts';
 
 export interface Clock {
   /** Milliseconds since the epoch. */
@@ -40,6 +40,8 @@ interface Pending {
   decision: Decision<unknown>;
   /** Conflicts so far: past maxAttempts the caller gets a 503. */
   conflicts: number;
+  /** Writes of this decision that failed for a passing reason: past transientAttempts, its error. */
+  troubles: number;
   /** A write of this decision whose answer was lost: should its records show up, it landed. */
   unclear?: { changes: readonly TableChange[]; settle: () => void };
   /**
@@ -100,7 +102,7 @@ export class WritePath {
   /** Applies one decision through the write path and returns its answer (or throws its error). */
   submit<R>(decision: Decision<R>, options: SubmitOptions = {}): Promise<R> {
     return new Promise<R>((resolve, reject) => {
-      const pending: Pending = { decision, conflicts: 0, staleOk: options.staleOk ?? false, resolve: resolve as (value: unknown) => void, reject };
+      const pending: Pending = { decision, conflicts: 0, troubles: 0, staleOk: options.staleOk ?? false, resolve: resolve as (value: unknown) => void, reject };
       if (!this.batch) {
         void this.commit([pending], false);
         return;
@@ -273,7 +275,8 @@ export class WritePath {
       }
       const next: Pending[] = [];
       let conflicts = 0;
-      let transient = false;
+      /** The most failed writes of a decision decided again: the pause grows with it. */
+      let transient = 0;
       let allWritten = true;
       round.steps.forEach((step, index) => {
         const writer = round.writers[index];
@@ -297,8 +300,8 @@ export class WritePath {
             writer.pending.unclear = { changes: step.changes.map((change) => ({ ...change, value: last[change.section][change.key] })), settle: writer.settle };
             writer.pending.unclearAnswer = writer.answer;
           }
-          if (outcome.error instanceof TransientStoreError) {
-            transient = true;
+          if (outcome.error instanceof TransientStoreError && ++writer.pending.troubles < this.transientAttempts) {
+            transient = Math.max(transient, writer.pending.troubles);
             next.push(writer.pending);
           } else writer.pending.reject(outcome.error);
         }
@@ -315,12 +318,9 @@ export class WritePath {
         next.push(...round.needFresh);
       }
       if (next.length === 0) return;
-      if (transient) {
-        if (++troubles >= this.transientAttempts) {
-          for (const waiting of next) waiting.reject(result.outcomes.find((outcome) => outcome.kind === 'failed')?.error ?? new TransientStoreError('the store kept failing'));
-          return;
-        }
-        await this.sleep(this.transientPauseMs * 2 ** (troubles - 1));
+      if (transient > 0) {
+        // Only the decisions whose writes kept failing are refused; the others are decided again.
+        await this.sleep(this.transientPauseMs * 2 ** (transient - 1));
       } else if (conflicts > 0) {
         // Decorrelated pauses keep replicas that collided from colliding again in lockstep.
         await this.sleep(this.random() * this.jitterMs * 2 ** Math.min(conflicts - 1, 5));
@@ -344,31 +344,28 @@ export class WritePath {
     const needFresh: Pending[] = [];
     this.decisionsApplied += pending.length;
     const unlanded: DecisionContext = { ...context, mayHaveLanded: false };
-    inDraft((apply) => {
-      for (const waiting of pending) {
-        let outcome: ReturnType<Decision<unknown>>;
-        try {
-          outcome = apply(() => waiting.decision(table, waiting.unclear || waiting.unclearAnswer ? context : unlanded));
-        } catch (error) {
-          const earlier = waiting.unclearAnswer;
-          // Its release did land, in the write whose answer was lost.
-          if (earlier && error instanceof LeaseNotFoundError) waiting.resolve(earlier.value);
-          else if (!fresh && !waiting.staleOk) needFresh.push(waiting);
-          else quiet.push({ pending: waiting, settle: () => waiting.reject(error), after: steps.length });
-          continue;
-        }
-        const result = outcome.result;
-        if (outcome.table === table) {
-          undoDecision();
-          if (!fresh && !waiting.staleOk) needFresh.push(waiting);
-          else quiet.push({ pending: waiting, settle: () => waiting.resolve(result), after: steps.length });
-          continue;
-        }
-        steps.push({ changes: tableChanges(table, outcome.table), table: outcome.table });
-        writers.push({ pending: waiting, settle: () => waiting.resolve(result), answer: { value: result } });
-        table = outcome.table;
+    for (const waiting of pending) {
+      let outcome: ReturnType<Decision<unknown>>;
+      try {
+        outcome = waiting.decision(table, waiting.unclear || waiting.unclearAnswer ? context : unlanded);
+      } catch (error) {
+        const earlier = waiting.unclearAnswer;
+        // Its release did land, in the write whose answer was lost.
+        if (earlier && error instanceof LeaseNotFoundError) waiting.resolve(earlier.value);
+        else if (!fresh && !waiting.staleOk) needFresh.push(waiting);
+        else quiet.push({ pending: waiting, settle: () => waiting.reject(error), after: steps.length });
+        continue;
       }
-    });
+      const result = outcome.result;
+      if (outcome.table === table) {
+        if (!fresh && !waiting.staleOk) needFresh.push(waiting);
+        else quiet.push({ pending: waiting, settle: () => waiting.resolve(result), after: steps.length });
+        continue;
+      }
+      steps.push({ changes: tableChanges(table, outcome.table), table: outcome.table });
+      writers.push({ pending: waiting, settle: () => waiting.resolve(result), answer: { value: result } });
+      table = outcome.table;
+    }
     return { steps, writers, quiet, needFresh };
   }
 

@@ -9,14 +9,15 @@ import { acquire } from '../services/lease-table.ts';
 import { createLogger } from '../services/logger.ts';
 import { StaticProvider } from '../services/providers/static.ts';
 import { KubernetesLeaseStore, kubeConfigFrom } from '../services/store/kubernetes.ts';
-import { homeOf, shardName } from '../services/store/shards.ts';
+import { annotationKeyFor, annotationsSize, homeOf, shardName } from '../services/store/shards.ts';
 import { tableChanges } from '../services/table-changes.ts';
 import { hashToken } from '../services/tokens.ts';
-import type { FakeKubeApiserver } from './fakes/kube-apiserver.ts';
+import { matchRequest, type FakeKubeApiserver } from './fakes/kube-apiserver.ts';
 import { poolOf, startTestApp, tempDir, writePool, ManualClock, type TestApp } from './support/harness.ts';
 import { LEASE_NAMESPACE, LEASE_SERVICE, clusterRecords, leaseAnnotations, leaseObjects, seedLeaseService, seedShards, startKube, writeKubeconfig } from './support/kube.ts';
 
 const LAYOUT = 'lease.k8s-claimer.io/layout';
+const EPOCH = 'lease.k8s-claimer.io/epoch';
 
 describe('sharded lease table', () => {
   let fake: FakeKubeApiserver;
@@ -270,5 +271,90 @@ describe('sharded lease table', () => {
     assert.ok(objects.includes(`${LEASE_SERVICE}-shard-1`) && objects.includes(`${LEASE_SERVICE}-tickets-2`));
     const metrics = await (await app.request('GET', '/metrics', { auth: null })).text();
     for (const object of objects) assert.match(metrics, new RegExp(`k8s_claimer_lease_store_used_bytes\\{object="${object}"\\}`));
+  });
+
+  /**
+   * A table caught in the middle of a move from 2 shards to 4: a lease of a cluster whose record
+   * moves from shard 1, still in shard 1, every old shard fenced, nothing moved yet.
+   */
+  async function midMove() {
+    const logger = createLogger('silent');
+    const options = { namespace: LEASE_NAMESPACE, serviceName: LEASE_SERVICE, logger };
+    const clusters = await (await StaticProvider.load(await writePool(folder, poolOf(400)))).list();
+    const storeOf = (maxShards: number) => KubernetesLeaseStore.fromKubeConfig(kubeConfigFrom(kubeconfig), { ...options, maxShards, poolSize: async () => 2_000, keeperIntervalMs: 20 });
+    const two = storeOf(2);
+    const stopTwo = two.maintain();
+    await until('two shards', () => layout()?.shards === 2 && layout()?.from === undefined);
+    stopTwo();
+    const target = clusters.find((cluster) => homeOf(cluster.id, 2) === 1 && homeOf(cluster.id, 4) >= 2);
+    assert.ok(target);
+    const base = await two.read();
+    const context = { now: Date.now(), clusters: [target], endState: 'free' as const };
+    const outcome = acquire({ tokenHash: hashToken('moving-lease'), durationSeconds: 600 })(base.table, context);
+    assert.equal((await two.commit(base, [{ changes: tableChanges(base.table, outcome.table), table: outcome.table }])).outcomes[0].kind, 'written');
+    const epoch = layout().epoch + 1;
+    const annotations = (name: string) => fake.getObject(name === LEASE_SERVICE ? 'services' : 'configmaps', LEASE_NAMESPACE, name)?.metadata.annotations ?? {};
+    const edit = (name: string, change: (annotations: Record<string, string>) => void) => {
+      const object = structuredClone(fake.getObject(name === LEASE_SERVICE ? 'services' : 'configmaps', LEASE_NAMESPACE, name));
+      assert.ok(object);
+      object.metadata.annotations = { ...(object.metadata.annotations ?? {}) };
+      change(object.metadata.annotations);
+      delete object.metadata.resourceVersion;
+      fake.putObject(name === LEASE_SERVICE ? 'services' : 'configmaps', object);
+    };
+    edit(LEASE_SERVICE, (a) => Object.assign(a, { [LAYOUT]: JSON.stringify({ epoch, shards: 4, tickets: 0, from: 2 }), [EPOCH]: String(epoch) }));
+    const oldShard = shardName(LEASE_SERVICE, 'clusters', 1);
+    const newShard = shardName(LEASE_SERVICE, 'clusters', homeOf(target.id, 4));
+    edit(oldShard, (a) => Object.assign(a, { [EPOCH]: String(epoch) }));
+    const key = annotationKeyFor(target.id);
+    assert.ok(annotations(oldShard)[key], 'the record is in shard 1');
+    /** What the keeper does for this record: a copy into its new shard, then its removal from the old. */
+    const move = () => {
+      const value = annotations(oldShard)[key];
+      edit(newShard, (a) => Object.assign(a, { [key]: value }));
+      edit(oldShard, (a) => delete a[key]);
+    };
+    return { target, oldShard, move, reader: storeOf(4) };
+  }
+
+  test('a read while records move finds every record: the old shards are read before the new ones', async () => {
+    const { target, oldShard, move, reader } = await midMove();
+    // The read of the old shard is slow; the record moves while it is on its way.
+    const slow = fake.hang(matchRequest({ method: 'GET', resource: 'configmaps', name: oldShard }));
+    const reading = reader.read();
+    await until('the old shard is being read', () => slow.held > 0);
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    move();
+    slow.release();
+    const snapshot = await reading;
+    assert.equal(snapshot.table.clusters[target.id]?.state, 'leased', 'the read lost a live lease');
+  });
+
+  test('a read of one record while it moves reads its old shard, then its new one', async () => {
+    const { target, move, reader } = await midMove();
+    assert.equal((await reader.read()).table.clusters[target.id]?.state, 'leased');
+    // The record moves after this replica last looked (no watch runs here to tell it).
+    move();
+    const snapshot = await reader.readFor([target.id]);
+    assert.equal(snapshot.table.clusters[target.id]?.state, 'leased', 'the read lost a live lease');
+  });
+
+  test('records never fill the Service past the room its layout needs: a Service full of records still grows', async () => {
+    // One record's size, with the longest note.
+    const probe = await replica(poolOf(1));
+    assert.equal((await lease(probe, { note: 'n'.repeat(256) })).status, 200);
+    const record = annotationsSize(leaseAnnotations(fake));
+    await probe.close();
+    apps.pop();
+    // Somebody else's annotation leaves room for one such record and 50 bytes: too few for a layout.
+    seedLeaseService(fake, { 'example.com/huge': 'x'.repeat(256 * 1024 - record - 50 - 'example.com/huge'.length) });
+    const pool = poolOf(40);
+    const app = await replica(pool, { LEASE_SHARDS: '4' });
+    const clusters = await (await StaticProvider.load(await writePool(folder, pool))).list();
+    const stays = clusters.find((cluster) => homeOf(cluster.id, 2) === 0 && homeOf(cluster.id, 3) === 0 && homeOf(cluster.id, 4) === 0)?.name;
+    await lease(app, { note: 'n'.repeat(256), cluster_regex: `^${stays}$` });
+    await until('the table grows', () => layout()?.shards > 1);
+    const elsewhere = clusters.find((cluster) => homeOf(cluster.id, layout().shards) !== 0)?.name;
+    assert.equal((await lease(app, { note: 'n'.repeat(256), cluster_regex: `^${elsewhere}$` })).status, 200);
   });
 });

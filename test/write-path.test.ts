@@ -4,7 +4,7 @@ import { ContentionError, NoClusterAvailableError, TransientStoreError } from '.
 import { acquire, release, type AcquireResult, type LeaseTable } from '../services/lease-table.ts';
 import type { Cluster } from '../services/providers/types.ts';
 import { MemoryLeaseStore } from '../services/store/memory.ts';
-import type { Snapshot } from '../services/store/types.ts';
+import type { CommitResult, CommitStep, Snapshot } from '../services/store/types.ts';
 import { hashToken } from '../services/tokens.ts';
 import { WritePath } from '../services/write-path.ts';
 
@@ -103,6 +103,46 @@ describe('write path', () => {
     const store = new RacingStore(1000);
     const path = new WritePath(store, async () => clusters, clock, { ...noPause, maxAttempts: 5 });
     await assert.rejects(path.submit(acquire({ tokenHash: hashToken('a'), durationSeconds: 60 })), ContentionError);
+  });
+
+  test('a decision whose writes keep failing gets the error alone: one decided again after conflicts in the same rounds is still granted', async () => {
+    // A store split over objects: the object of one decision's records keeps failing, another's
+    // keeps losing to a rival for a while.
+    class SplitStore extends MemoryLeaseStore {
+      conflictsLeft = 6;
+      async commit(base: Snapshot, steps: readonly CommitStep[]): Promise<CommitResult> {
+        const outcomes = [];
+        for (const step of steps) {
+          const touches = (token: string) => step.changes.some((change) => (change.value as { lease?: { tokenHash: string } } | undefined)?.lease?.tokenHash === hashToken(token));
+          if (touches('broken')) outcomes.push({ kind: 'failed' as const, error: new TransientStoreError('that object is unreachable'), mayHaveLanded: false });
+          else if (this.conflictsLeft > 0) {
+            this.conflictsLeft -= 1;
+            outcomes.push({ kind: 'conflict' as const });
+          } else {
+            const current = await this.read();
+            const next = structuredClone(current.table);
+            for (const change of step.changes) {
+              const section = next[change.section] as Record<string, unknown>;
+              if (change.value === undefined) delete section[change.key];
+              else section[change.key] = change.value;
+            }
+            await this.write(next, current);
+            outcomes.push({ kind: 'written' as const });
+          }
+        }
+        return { outcomes, snapshot: await this.read() };
+      }
+    }
+    const store = new SplitStore();
+    const path = new WritePath(store, async () => clusters, clock, { ...noPause, transientPauseMs: 0, transientAttempts: 4, maxAttempts: 10 });
+    const [broken, fine] = await Promise.allSettled([
+      path.submit(acquire({ tokenHash: hashToken('broken'), durationSeconds: 60 })),
+      path.submit(acquire({ tokenHash: hashToken('fine'), durationSeconds: 60 })),
+    ]);
+    assert.equal(broken.status, 'rejected');
+    assert.ok(broken.status === 'rejected' && broken.reason instanceof TransientStoreError);
+    assert.equal(fine.status, 'fulfilled', 'a decision that only met conflicts got another\'s error');
+    assert.ok(fine.status === 'fulfilled' && fine.value.granted);
   });
 
   test('a store failure reaches every decision of the batch', async () => {

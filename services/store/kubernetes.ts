@@ -18,6 +18,7 @@ import { ShardKeeper } from './shard-keeper.ts';
 import { RecordReader, annotationOf } from './shard-records.ts';
 import {
   ANNOTATIONS_LIMIT_BYTES,
+  RECORDS_LIMIT_BYTES,
   EPOCH_KEY,
   LAYOUT_KEY,
   annotationsSize,
@@ -245,18 +246,61 @@ export class KubernetesLeaseStore implements LeaseStore {
 
   // ---- the LeaseStore contract -------------------------------------------------------------
 
+  /**
+   * Every object, read now. While records move, a record is copied into its new shard before it
+   * leaves the old one, so the old shards are read first and the new ones after them: a record
+   * the read misses in an old shard, it finds in the new. An object fenced by a newer layout
+   * than shard 0 showed means the layout changed under the read: it starts again.
+   */
   async read(): Promise<Snapshot> {
-    const zero = await this.refresh(this.service);
-    if (!zero.layout) this.layout();
-    const names = this.layoutNames(zero.layout as Layout).filter((name) => name !== this.service);
-    await Promise.all(names.map((name) => this.refresh(name)));
-    return this.snapshot();
+    for (let round = 0; ; round++) {
+      if (round > 8) throw new TransientStoreError('the lease layout kept changing while its objects were read');
+      await this.refresh(this.service);
+      const layout = this.layout() as Layout;
+      const names = this.layoutNames(layout).filter((name) => name !== this.service);
+      const moving = layout.from !== undefined;
+      const old = moving ? names.filter((name) => this.kindOf(name).kind === 'clusters' && this.kindOf(name).index < (layout.from as number)) : [];
+      const rest = names.filter((name) => !old.includes(name));
+      const oldViews = await Promise.all(old.map((name) => this.refresh(name)));
+      await this.readAfter(oldViews, () => Promise.all(rest.map((name) => this.refresh(name))));
+      if (this.fencedPast(layout, names)) continue;
+      return this.snapshot();
+    }
   }
 
+  /**
+   * Reads `then` after the old shards as `oldViews` show them; should the watch bring a newer
+   * old shard meanwhile (a record may have left it since), `then` is read again.
+   */
+  private async readAfter(oldViews: readonly ShardView[], then: () => Promise<unknown>): Promise<void> {
+    for (let round = 0; ; round++) {
+      const seen = oldViews.map((view) => this.views.get(view.name)?.version);
+      await then();
+      if (oldViews.every((view, index) => this.views.get(view.name)?.version === seen[index])) return;
+      if (round >= 8) throw new TransientStoreError('records kept moving while the lease table was read');
+    }
+  }
+
+  /** Whether one of the objects carries the fence of a newer layout than `layout`. */
+  private fencedPast(layout: Layout, names: readonly string[]): boolean {
+    return [this.service, ...names].some((name) => (this.views.get(name)?.epoch ?? 0) > layout.epoch);
+  }
+
+  /** The records of these clusters read now (the other objects as the watch shows them). */
   async readFor(clusterIds: readonly string[]): Promise<Snapshot> {
     const set = await this.ensure();
-    const names = new Set(clusterIds.map((clusterId) => shardName(this.service, 'clusters', clusterShard(clusterId, set))));
-    await Promise.all([...names].map((name) => this.refresh(name)));
+    const { layout } = set;
+    const old = new Set<string>();
+    const home = new Set<string>();
+    for (const clusterId of clusterIds) {
+      const at = homeOf(clusterId, layout.shards);
+      home.add(shardName(this.service, 'clusters', at));
+      if (layout.from !== undefined && homeOf(clusterId, layout.from) !== at) old.add(shardName(this.service, 'clusters', homeOf(clusterId, layout.from)));
+    }
+    const oldViews = await Promise.all([...old].map((name) => this.refresh(name)));
+    await this.readAfter(oldViews, () => Promise.all([...home].filter((name) => !old.has(name)).map((name) => this.refresh(name))));
+    // A shard fenced by a layout this replica has not seen yet: records may have moved; read all.
+    if (this.fencedPast(layout, [...old, ...home]) || !sameLayout(this.layout(), layout)) return this.read();
     return this.snapshot();
   }
 
@@ -358,11 +402,11 @@ export class KubernetesLeaseStore implements LeaseStore {
           if (value !== null) bytes += Buffer.byteLength(key) + Buffer.byteLength(value);
         }
         sizes.set(shard, bytes);
-        if (bytes > ANNOTATIONS_LIMIT_BYTES && bytes > (state?.bytes ?? view.bytes)) tooBig = { shard, bytes };
+        if (bytes > RECORDS_LIMIT_BYTES && bytes > (state?.bytes ?? view.bytes)) tooBig = { shard, bytes };
       }
       if (tooBig) {
         this.options.logger.warn(
-          { object: this.object(tooBig.shard).where, bytes: tooBig.bytes, limit: ANNOTATIONS_LIMIT_BYTES, shards: views.layout.shards, max_shards: this.options.maxShards ?? 1 },
+          { object: this.object(tooBig.shard).where, bytes: tooBig.bytes, limit: RECORDS_LIMIT_BYTES, shards: views.layout.shards, max_shards: this.options.maxShards ?? 1 },
           "the lease records would pass Kubernetes' 256 KiB annotation limit on this object; the request is refused (503) and nothing changes (more shards: LEASE_SHARDS)",
         );
         outcomes[index] = { kind: 'full' };
@@ -383,6 +427,7 @@ export class KubernetesLeaseStore implements LeaseStore {
     // A full object and room to grow: grow now, and decide everything again on the new layout.
     if (outcomes.some((outcome) => outcome?.kind === 'full') && this.keeper.canGrow(views.layout)) {
       await this.keeper.kick();
+      await this.refresh(this.service).catch(() => undefined);
       if (!sameLayout(this.layout(), views.layout)) return conflictAll();
     }
     // The objects that decide each step, all at once; then what written steps change besides.
@@ -425,6 +470,9 @@ export class KubernetesLeaseStore implements LeaseStore {
     const strayTickets: string[] = [];
     const written = (index: number) => outcomes[index]?.kind === 'written' && parts[index].follow.size > 0;
     if (steps.some((_step, index) => written(index))) {
+      // On the object as it is now: what follows a grant is the removal of its own ticket and
+      // this replica's own heartbeat, keys no other decision writes (filters and other
+      // replicas' heartbeats go only by the reaper, one object at a time, with no follow-up).
       const second = await phase((index) => (written(index) ? parts[index].follow : undefined), (shard) => (this.views.get(shard) as ShardView).version);
       steps.forEach((step, index) => {
         if (!written(index)) return;

@@ -22,6 +22,7 @@ import { StoreFullError, VersionConflictError } from '../errors.ts';
 import type { KubeObject } from './kube-object.ts';
 import {
   ANNOTATIONS_LIMIT_BYTES,
+  RECORDS_LIMIT_BYTES,
   EPOCH_KEY,
   LAYOUT_KEY,
   annotationKeyFor,
@@ -265,7 +266,7 @@ export class ShardKeeper {
         bytes += Buffer.byteLength(key) + Buffer.byteLength(value) - (fresh.annotations[key] === undefined ? 0 : Buffer.byteLength(key) + Buffer.byteLength(fresh.annotations[key]));
       }
       if (Object.keys(copies).length === 0) continue;
-      if (bytes > ANNOTATIONS_LIMIT_BYTES) {
+      if (bytes > RECORDS_LIMIT_BYTES) {
         this.options.logger.error({ object: newName, bytes }, 'records moving into this shard would pass the 256 KiB limit; the move waits (raise LEASE_SHARDS)');
         throw new StoreFullError();
       }

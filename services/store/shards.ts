@@ -27,6 +27,11 @@ export const LAYOUT_KEY = `${ANNOTATION_PREFIX}layout`;
 export const EPOCH_KEY = `${ANNOTATION_PREFIX}epoch`;
 /** Kubernetes refuses an object whose annotations (keys and values) exceed 256 KiB. */
 export const ANNOTATIONS_LIMIT_BYTES = 256 * 1024;
+/**
+ * What lease records may fill of an object: the limit less room for the layout and the fence,
+ * which a full object must still take, or it could never grow.
+ */
+export const RECORDS_LIMIT_BYTES = ANNOTATIONS_LIMIT_BYTES - 1024;
 
 export interface Layout {
   epoch: number;
