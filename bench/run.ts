@@ -5,7 +5,8 @@
 //   BENCH_BURST        concurrent acquires in the burst, and the pool size (default 500)
 //   BENCH_SECONDS      duration of the autocannon run (default 8)
 //   BENCH_WAITERS      waiters in scenario (f) (default 5000)
-//   BENCH_PROFILE      a folder: the claimers' CPU profile of the measured burst (b) is written there
+//   BENCH_PROFILE      a folder: the claimers' CPU profiles of the measured bursts (b) and (h) are written there
+//   BENCH_LOG          the log level of the bench's replicas (default silent)
 //   BENCH_BIG_BURST    concurrent acquires in the sharded burst (h) (default 5000)
 //   BENCH_BIG_POOL     the pool of (h) (default 10000)
 //   BENCH_SHARDS       cluster shards provisioned for (h) (LEASE_SHARDS, default 64)

@@ -15,8 +15,13 @@ export type ClusterStatus =
   | 'STATUS_UNSPECIFIED';
 
 export interface Cluster {
-  /** Stable, unique in the pool: `<location>/<name>`. The same name in two zones is two clusters. */
+  /**
+   * Stable, unique across the server's pools: `<location>/<name>` from a provider (the same name
+   * in two zones is two clusters), prefixed `<pool>/` for the pools of a pools file.
+   */
   id: string;
+  /** The name of the pool it is in (set by the pool set; a provider leaves it out). */
+  pool?: string;
   name: string;
   location: string;
   /** The API server's host (no scheme, no port): the lease response's `ip`. */
@@ -48,6 +53,12 @@ export interface ClusterProvider {
   kubeconfigFor(cluster: Cluster): Promise<string>;
   /** A kubeconfig (YAML) with which the claimer itself administers the cluster (credentials, cleanup). */
   adminKubeconfigFor(cluster: Cluster): Promise<string>;
+  /**
+   * How the last listing went, when part of it can fail while the rest answers (one region of
+   * several): the problem in words fit for an operator, never a credential. Unset: fine.
+   */
+  problem?(): string | undefined;
+  close?(): Promise<void>;
 }
 
 export function isLeasable(cluster: Cluster): boolean {
