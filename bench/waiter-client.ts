@@ -11,8 +11,9 @@ const headers = { authorization: `Bearer ${token}` };
 
 await Promise.all(urls.map((url) => fetch(`${url}/healthz`).then((response) => response.text())));
 
-/** Rounds of the jobs in the order they were granted. */
+/** Rounds of the jobs in the order their answers came, and with when the server granted each. */
 const grantedRounds: number[] = [];
+const grants: Array<{ round: number; grantedAt: number }> = [];
 let errors = 0;
 let failures = 0;
 
@@ -26,6 +27,8 @@ async function job(index: number, round: number): Promise<void> {
     return;
   }
   grantedRounds.push(round);
+  // The lease's start: when the claimer decided the grant (its expiry less the max_time asked).
+  grants.push({ round, grantedAt: Date.parse(body.expires_at) - 600_000 });
   const released = await fetch(`${url}/lease/${body.token}`, { method: 'DELETE', headers });
   await released.text();
   if (released.status !== 200) failures += 1;
@@ -46,4 +49,4 @@ for (let round = 0; round * roundSize < count; round++) {
 }
 process.stdout.write(`${JSON.stringify({ queued: count, enqueueMs: performance.now() - started })}\n`);
 await Promise.all(jobs);
-process.stdout.write(`${JSON.stringify({ served: grantedRounds.length, grantedRounds, errors, failures })}\n`);
+process.stdout.write(`${JSON.stringify({ served: grantedRounds.length, grantedRounds, grants, errors, failures })}\n`);

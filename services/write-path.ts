@@ -233,7 +233,7 @@ export class WritePath {
       let fresh: boolean;
       let clusters: Cluster[];
       try {
-        fresh = mustRead || !this.cached;
+        fresh = mustRead || !useCache || !this.cached;
         [base, clusters] = await Promise.all([fresh ? this.store.read() : Promise.resolve(this.cached as Snapshot), this.listClusters()]);
       } catch (error) {
         if (error instanceof TransientStoreError && ++troubles < this.transientAttempts) {
