@@ -44,6 +44,7 @@ function buildAcquireBody(maxLeaseSeconds: number) {
       cluster_regex: v.optional(text(1024, 'an RE2 pattern (a string)')),
       cluster_version: v.optional(text(64, 'a version (a string), matched by whole components')),
       cloud_provider: v.optional(text(64, 'a provider name (a string)')),
+      pool: v.optional(text(64, 'a pool name (a string)')),
       labels: v.optional(
         v.pipe(
           v.custom<Record<string, unknown>>((value) => typeof value === 'object' && value !== null && !Array.isArray(value), 'must be an object of label keys and values'),
@@ -118,6 +119,7 @@ function fingerprintOf(body: Record<string, unknown>): string {
     body.cluster_regex ?? '',
     body.cluster_version ?? '',
     body.cloud_provider ?? '',
+    body.pool ?? '',
     labels ? Object.entries(labels).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)) : [],
     body.note ?? null,
     body.gpu ?? false,
@@ -137,6 +139,7 @@ function grantedBody(granted: GrantedLease) {
     cluster_name: granted.cluster.name,
     cluster_version: granted.cluster.version,
     cluster_id: granted.cluster.id,
+    ...(granted.cluster.pool !== undefined && { pool: granted.cluster.pool }),
     location: granted.cluster.location,
     expires_at: new Date(granted.lease.expiresAt).toISOString(),
     note: granted.lease.note ?? null,
@@ -149,16 +152,14 @@ function grantedBody(granted: GrantedLease) {
 export async function POST(request: Request, context: RouteContext): Promise<Response> {
   const idempotencyKey = idempotencyKeyOf(request);
   const body = parseBody(acquireBody(context.maxLeaseSeconds), await readJsonBody(request));
-  if (body.cloud_provider && !context.leases.servesProvider(body.cloud_provider)) {
-    throw new BadRequestError(`cloud_provider: not a provider this claimer serves; it accepts ${context.leases.providerNames().join(', ')} (or "" for any)`, ['cloud_provider']);
-  }
+  const pools = context.leases.poolsFor(body.pool, body.cloud_provider);
   if (body.auth?.group && !context.leases.knowsGroup(body.auth.group)) {
     throw new BadRequestError('auth.group: no ClusterRole is configured for this group (LEASE_GROUP_ROLES)', ['auth.group']);
   }
   const granted = await context.leases.acquire(
     {
       durationSeconds: body.max_time,
-      filter: filterOf(body),
+      filter: { ...filterOf(body), ...(pools && { pools }) },
       ...(body.note !== undefined && { note: body.note }),
       ...(context.principal.subject !== undefined && { holder: context.principal.subject }),
       waitSeconds: body.wait ?? 0,

@@ -44,6 +44,9 @@ td.labels { max-width: 16rem; }
 .badge-quarantined { color: #bc4c00; background: #bc4c001a; }
 .badge-unavailable { color: var(--muted); background: #59636e1a; }
 .badge-unknown { color: #d1242f; background: #d1242f1a; }
+tr.pool-row th { background: var(--head); font-size: 1.05rem; padding-top: .9rem; }
+.pool-provider { color: var(--muted); font-weight: 400; font-size: .85em; }
+.pool-problem { color: #d1242f; font-weight: 400; font-size: .85em; }
 @media (max-width: 48rem) {
   body { padding: 1rem .75rem; }
   .counts { flex-wrap: wrap; gap: .5rem; }
@@ -54,6 +57,7 @@ td.labels { max-width: 16rem; }
   thead { position: absolute; width: 1px; height: 1px; overflow: hidden; clip-path: inset(50%); }
   table, tbody, tr, th, td { display: block; }
   tbody tr { border: 1px solid var(--line); border-radius: 6px; margin: 0 0 .75rem; padding: .5rem .75rem; }
+  tbody tr.pool-row { border: 0; padding: .5rem 0 0; }
   tbody th, tbody td { border: 0; padding: .15rem 0; max-width: none; overflow-wrap: anywhere; }
   tbody th { font-size: 1.05rem; }
   tbody td[data-label] { position: relative; padding-left: 6rem; }
@@ -247,7 +251,18 @@ const SCRIPT = `
     var clusters = last.clusters;
     var state = stateFilter.value, terms = filterTerms();
     var visible = clusters.filter(function (cluster) { return matches(cluster, state, terms); });
-    rows.replaceChildren(...visible.map(function (cluster) { return row(cluster, last.at); }));
+    var shownRows = [];
+    // Several pools: each pool's clusters under a heading that says how its last listing went.
+    var grouped = last.pools.length > 1;
+    var current;
+    visible.forEach(function (cluster) {
+      if (grouped && cluster.pool !== current) {
+        current = cluster.pool;
+        shownRows.push(poolHeading(last.pools.find(function (pool) { return pool.name === current; }) || { name: String(current) }));
+      }
+      shownRows.push(row(cluster, last.at));
+    });
+    rows.replaceChildren(...shownRows);
     if (visible.length === 0) {
       var empty = cell('td', '', clusters.length === 0 ? 'The pool has no clusters.' : 'No cluster matches the filters.');
       empty.colSpan = COLUMNS.length;
@@ -259,9 +274,24 @@ const SCRIPT = `
     tick();
   }
 
+  function poolHeading(pool) {
+    var heading = cell('th', 'pool', String(pool.name));
+    heading.scope = 'rowgroup';
+    heading.colSpan = COLUMNS.length;
+    if (pool.provider) heading.append(cell('span', 'pool-provider', ' ' + pool.provider));
+    if (pool.healthy === false) heading.append(cell('span', 'pool-problem', ' · ' + (pool.last_error || 'not answering')));
+    var tr = cell('tr', 'pool-row');
+    tr.append(heading);
+    return tr;
+  }
+
   function render(body) {
     var clusters = Array.isArray(body.clusters) ? body.clusters.slice() : [];
-    clusters.sort(function (a, b) { return String(a.name).localeCompare(String(b.name)); });
+    var pools = Array.isArray(body.pools) ? body.pools : [];
+    var order = pools.map(function (pool) { return pool.name; });
+    clusters.sort(function (a, b) {
+      return order.indexOf(a.pool) - order.indexOf(b.pool) || String(a.name).localeCompare(String(b.name));
+    });
     var count = function (states) { return clusters.filter(function (c) { return states.indexOf(c.state) >= 0; }).length; };
     byId('n-free').textContent = count(['free']);
     byId('n-leased').textContent = count(['leased']);
@@ -269,7 +299,7 @@ const SCRIPT = `
     byId('n-quarantined').textContent = count(['quarantined']);
     byId('n-waiting').textContent = Number(body.waiting) || 0;
     var now = Date.now();
-    last = { clusters: clusters, at: now };
+    last = { clusters: clusters, pools: pools, at: now };
     showRows();
     updated.textContent = 'Last updated ' + new Date(now).toLocaleTimeString();
     updated.dateTime = new Date(now).toISOString();

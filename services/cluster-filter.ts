@@ -19,6 +19,8 @@ export interface ClusterFilter {
   labels?: Record<string, string>;
   /** Only clusters with GPU nodes. */
   gpu?: boolean;
+  /** Only clusters of these pools (from `pool` and `cloud_provider`); unset: any pool. */
+  pools?: string[];
 }
 
 /** Throws RE2JS's syntax error for a pattern RE2 does not accept (backreferences, bad syntax). */
@@ -62,6 +64,7 @@ export function canonicalFilter(filter: ClusterFilter): string {
     ...(filter.version && { version: filter.version }),
     ...(labels && { labels }),
     ...(filter.gpu && { gpu: true }),
+    ...(filter.pools && { pools: [...filter.pools].sort() }),
   });
 }
 
@@ -84,6 +87,7 @@ export function versionMatches(wanted: string, version: string): boolean {
 
 export function matches(filter: ClusterFilter, cluster: Cluster): boolean {
   if (filter.gpu && !cluster.gpu) return false;
+  if (filter.pools && !filter.pools.includes(cluster.pool ?? '')) return false;
   if (filter.version && !versionMatches(filter.version, cluster.version)) return false;
   for (const [key, value] of Object.entries(filter.labels ?? {})) {
     if (cluster.labels[key] !== value) return false;

@@ -34,6 +34,8 @@ export interface Config {
   logFormat?: 'json' | 'pretty';
   mode: Mode;
   staticPoolFile: string;
+  /** Named pools from a file (every provider), instead of the one pool the environment describes. */
+  poolsFile?: string;
   leaseStore: StoreKind;
   leaseStoreFile: string;
   clusterCacheSeconds: number;
@@ -128,6 +130,7 @@ const Environment = v.object({
   LOG_FORMAT: oneOf(['json', 'pretty']),
   STATIC_POOL_FILE: text(),
   POOL_KUBECONFIG: text(),
+  POOLS_FILE: text(),
   POOL_CONTEXTS: v.optional(v.pipe(v.string(), v.regex(/^[^\s,]+(\s*,\s*[^\s,]+)*$/, 'must be context names or globs separated by commas'))),
   LEASE_STORE: oneOf(['file', 'kubernetes', 'memory']),
   LEASE_STORE_FILE: textOr('data/leases.json'),
@@ -237,6 +240,10 @@ export function loadConfig(environment: Record<string, string | undefined>, defa
     fail(!env.AUTH_JWKS_URL ? 'AUTH_JWKS_URL' : !env.AUTH_ISSUER ? 'AUTH_ISSUER' : 'AUTH_AUDIENCE', 'is required with the other AUTH_JWKS_URL, AUTH_ISSUER, AUTH_AUDIENCE settings');
   }
   if (env.POOL_KUBECONFIG && env.GOOGLE_CLOUD_PROJECT_ID) fail('POOL_KUBECONFIG', 'and GOOGLE_CLOUD_PROJECT_ID each name a pool: set one of them');
+  if (env.POOLS_FILE) {
+    const other = (['GOOGLE_CLOUD_PROJECT_ID', 'POOL_KUBECONFIG', 'STATIC_POOL_FILE'] as const).find((variable) => env[variable]);
+    if (other) fail('POOLS_FILE', `and ${other} both name the pool: list every pool in the pools file, or leave POOLS_FILE unset`);
+  }
   if (env.POOL_CONTEXTS && !env.POOL_KUBECONFIG) fail('POOL_CONTEXTS', 'needs POOL_KUBECONFIG (the kubeconfig whose contexts it picks)');
   if (env.AUTH_ALLOWED_SUBJECTS && !env.AUTH_JWKS_URL) fail('AUTH_ALLOWED_SUBJECTS', 'needs AUTH_JWKS_URL, AUTH_ISSUER and AUTH_AUDIENCE');
   const oidc = env.AUTH_JWKS_URL && env.AUTH_ISSUER && env.AUTH_AUDIENCE
@@ -269,6 +276,7 @@ export function loadConfig(environment: Record<string, string | undefined>, defa
     ...(env.LOG_FORMAT && { logFormat: env.LOG_FORMAT }),
     mode,
     staticPoolFile: env.STATIC_POOL_FILE ?? defaults.staticPoolFile,
+    ...(env.POOLS_FILE && { poolsFile: env.POOLS_FILE }),
     leaseStore: env.LEASE_STORE ?? (mode === 'gke' ? 'kubernetes' : 'file'),
     leaseStoreFile: env.LEASE_STORE_FILE,
     clusterCacheSeconds: env.CLUSTER_CACHE_SECONDS,

@@ -30,8 +30,10 @@ export interface Issued {
 }
 
 export interface CredentialIssuer {
-  /** Whether leases get credentials of their own, which must be revoked when they end. */
-  readonly perLease: boolean;
+  /** Whether leases of this cluster get credentials of their own, which must be revoked when they end. */
+  perLease(cluster: Cluster): boolean;
+  /** Whether leases of any cluster may (a request records who it is for before its cluster is known). */
+  readonly anyPerLease: boolean;
   /** The lessee's kubeconfig for a lease just granted (or being extended: a fresh token). */
   issue(cluster: Cluster, lease: Lease, tokenSeconds: number): Promise<Issued>;
   /** Removes the credentials of one lease (it ended while they were being made). */
@@ -39,7 +41,10 @@ export interface CredentialIssuer {
 }
 
 export class ProviderCredentials implements CredentialIssuer {
-  readonly perLease = false;
+  readonly anyPerLease = false;
+  perLease(): boolean {
+    return false;
+  }
   constructor(private readonly provider: ClusterProvider) {}
 
   async issue(cluster: Cluster): Promise<Issued> {
@@ -50,7 +55,10 @@ export class ProviderCredentials implements CredentialIssuer {
 }
 
 export class ServiceAccountCredentials implements CredentialIssuer {
-  readonly perLease = true;
+  readonly anyPerLease = true;
+  perLease(): boolean {
+    return true;
+  }
 
   constructor(
     private readonly access: ClusterAccess,
@@ -150,6 +158,32 @@ interface Doomed {
  * with a new uid, so tokens of the old one die); `default` goes last in each round, once the
  * accounts that could mint a token for its successor are gone.
  */
+/** Per pool: per-lease credentials, or the pool's own (a static pool's `credentials: pool`). */
+export class PoolCredentials implements CredentialIssuer {
+  constructor(
+    private readonly perLeaseIssuer: CredentialIssuer,
+    private readonly poolIssuer: CredentialIssuer,
+    private readonly perLeaseFor: (cluster: Cluster) => boolean,
+    readonly anyPerLease: boolean,
+  ) {}
+
+  perLease(cluster: Cluster): boolean {
+    return this.perLeaseFor(cluster);
+  }
+
+  private of(cluster: Cluster): CredentialIssuer {
+    return this.perLeaseFor(cluster) ? this.perLeaseIssuer : this.poolIssuer;
+  }
+
+  issue(cluster: Cluster, lease: Lease, tokenSeconds: number): Promise<Issued> {
+    return this.of(cluster).issue(cluster, lease, tokenSeconds);
+  }
+
+  revokeLease(cluster: Cluster, leaseId: string): Promise<void> {
+    return this.of(cluster).revokeLease(cluster, leaseId);
+  }
+}
+
 export class LeaseCredentialRevoker {
   constructor(
     private readonly access: ClusterAccess,

@@ -40,9 +40,11 @@ export interface JanitorOptions {
    * restart, so that a restarted replica takes back the claims it left; unique among replicas.
    */
   owner: string;
-  cleanup: 'namespaces' | 'none';
+  cleanup?: 'namespaces' | 'none';
   /** Leases get credentials of their own: every cleanup revokes the lease namespace's. */
-  revokeEveryCleanup: boolean;
+  revokeEveryCleanup?: boolean;
+  /** Per cluster (its pool's choice), instead of `cleanup` and `revokeEveryCleanup`. */
+  policyFor?: (cluster: Cluster) => { cleanup: 'namespaces' | 'none'; revokeEveryCleanup: boolean };
   protectedNamespaces: readonly string[];
   /** How long a claim holds before another replica may take the cluster over; renewed while working. */
   claimMs?: number;
@@ -301,12 +303,13 @@ export class Janitor implements CleanupControl {
     let step = 'revoking the lease credentials';
     try {
       // Credentials recorded for the ended lease are revoked whatever the mode is now.
-      const revoke = this.options.revokeEveryCleanup || claimed.revoke.length > 0;
+      const policy = this.options.policyFor?.(cluster) ?? { cleanup: this.options.cleanup ?? 'namespaces', revokeEveryCleanup: this.options.revokeEveryCleanup ?? false };
+      const revoke = policy.revokeEveryCleanup || claimed.revoke.length > 0;
       const revoked = revoke ? await this.revoker.revoke(cluster, claimed.revoke, claim) : 0;
       // Confirmed: the table stops naming these leases' credentials (later failures need no hurry).
       if (claimed.revoke.length > 0) await claim.revoked(claimed.revoke);
       let deleted: string[] = [];
-      if (this.options.cleanup === 'namespaces') {
+      if (policy.cleanup === 'namespaces') {
         step = 'deleting namespaces';
         deleted = await this.deleteNamespaces(cluster, claim);
       }

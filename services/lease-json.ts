@@ -11,6 +11,7 @@ export function clusterJson(view: ClusterView, now: number) {
   const expiresAt = lease?.expiresAt ?? legacy?.expiresAt;
   return {
     id: cluster.id,
+    ...(cluster.pool !== undefined && { pool: cluster.pool }),
     name: cluster.name,
     location: cluster.location,
     version: cluster.version,

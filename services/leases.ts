@@ -5,7 +5,7 @@ import type { Logger } from 'pino';
 import { createHash } from 'node:crypto';
 import type { ClusterFilter } from './cluster-filter.ts';
 import type { CredentialIssuer } from './credentials.ts';
-import { AppError, ClientGoneError, IdempotencyConflictError, LeaseNotFoundError, NoClusterAvailableError, NotReadyError } from './errors.ts';
+import { AppError, BadRequestError, ClientGoneError, IdempotencyConflictError, LeaseNotFoundError, NoClusterAvailableError, NotReadyError } from './errors.ts';
 import type { Facts, HandOffFacts } from './facts.ts';
 import type { Metrics } from './metrics.ts';
 import {
@@ -25,7 +25,8 @@ import {
   type Idempotency,
   type Lease,
 } from './lease-table.ts';
-import type { Cluster, ClusterProvider } from './providers/types.ts';
+import type { PoolHealth, PoolSet } from './providers/pools.ts';
+import type { Cluster } from './providers/types.ts';
 import type { StoreUsage } from './store/types.ts';
 import { hashToken, newLeaseToken } from './tokens.ts';
 import type { UnclearGrants } from './unclear-grants.ts';
@@ -69,7 +70,7 @@ export interface PoolView {
 export class LeaseService {
   constructor(
     private readonly writePath: WritePath,
-    private readonly provider: ClusterProvider,
+    private readonly provider: PoolSet,
     private readonly issuer: CredentialIssuer,
     private readonly facts: Facts,
     private readonly waiting: Waiting,
@@ -82,14 +83,31 @@ export class LeaseService {
   /** Idempotency keys (as stored) of acquires in progress on this replica. */
   private readonly inFlight = new Set<string>();
 
-  /** Whether `cloud_provider` names the configured provider. */
-  servesProvider(name: string): boolean {
-    return this.provider.aliases.includes(name.toLowerCase());
+  /**
+   * The pools a request may lease from, by `pool` and `cloud_provider` together; undefined when
+   * that is every pool (so that a one-pool server's tickets read as they always did).
+   */
+  poolsFor(pool: string | undefined, cloudProvider: string | undefined): string[] | undefined {
+    const every = this.provider.pools.map((known) => known.name);
+    let names = every;
+    if (pool) {
+      if (!this.provider.pool(pool)) throw new BadRequestError(`pool: not a pool of this claimer; it has ${every.join(', ')} (or "" for any)`, ['pool']);
+      names = [pool];
+    }
+    if (cloudProvider) {
+      const answering = this.provider.poolsAnswering(cloudProvider);
+      if (answering.length === 0) {
+        throw new BadRequestError(`cloud_provider: not a provider this claimer serves; it accepts ${this.provider.aliases.join(', ')} (or "" for any)`, ['cloud_provider']);
+      }
+      names = names.filter((name) => answering.includes(name));
+      if (names.length === 0) throw new BadRequestError(`pool: pool ${pool} does not answer to cloud_provider ${cloudProvider}`, ['pool', 'cloud_provider']);
+    }
+    return names.length === every.length ? undefined : names;
   }
 
-  /** The values of `cloud_provider` this claimer answers to. */
-  providerNames(): readonly string[] {
-    return this.provider.aliases;
+  /** Each pool's health: how its last listing went. */
+  poolHealth(): PoolHealth[] {
+    return this.provider.poolHealth();
   }
 
   /** Whether a group of an auth request maps to a ClusterRole. */
@@ -108,7 +126,7 @@ export class LeaseService {
     const stopTimer = this.metrics?.acquireSeconds.startTimer({ waited: options.waitSeconds ? 'yes' : 'no' });
     try {
       const granted = await this.acquireNow(options, idempotency, log);
-      this.metrics?.granted.inc();
+      this.metrics?.granted.inc({ pool: granted.cluster.pool ?? '' });
       stopTimer?.({ outcome: 'granted' });
       return granted;
     } catch (error) {
@@ -128,7 +146,7 @@ export class LeaseService {
       // 48 random bits, from the UUID generator's own buffered randomness (cheaper than a read of its own).
       leaseId: crypto.randomUUID().replaceAll('-', '').slice(0, 12),
       durationSeconds: options.durationSeconds,
-      ...(this.issuer.perLease && {
+      ...(this.issuer.anyPerLease && {
         credentials: { user: options.auth?.user ?? options.holder ?? DEFAULT_USER, group: options.auth?.group ?? this.options.defaultGroup },
       }),
       ...(options.filter && { filter: options.filter }),
@@ -176,7 +194,7 @@ export class LeaseService {
       if (options.signal?.aborted) throw new ClientGoneError('the client went away before its lease was handed over');
       // Minting takes round trips: the lease may have ended meanwhile, and its cluster been
       // cleaned and leased again. Then the credentials just made must go, and nobody gets them.
-      if (this.issuer.perLease) await this.stillLive(tokenHash, cluster, lease.id);
+      if (this.issuer.perLease(cluster)) await this.stillLive(tokenHash, cluster, lease.id);
     } catch (error) {
       // The lessee never learns the token, so hand the cluster back before failing.
       await this.writePath.submit(release(tokenHash)).catch((releaseError: unknown) => {
@@ -222,7 +240,7 @@ export class LeaseService {
     extend(tokenHash, durationSeconds, maxLeaseSeconds)(snapshot.table, context);
     let refreshed: { kubeconfig: string; tokenExpiresAt?: number } | undefined;
     const credentials = current.lease?.credentials;
-    if (this.issuer.perLease && current.lease && credentials && needsFreshToken(credentials, context.now + durationSeconds * 1000)) {
+    if (this.issuer.perLease(current.cluster) && current.lease && credentials && needsFreshToken(credentials, context.now + durationSeconds * 1000)) {
       refreshed = await this.issuer.issue(current.cluster, current.lease, refreshedTokenSeconds(current.lease, durationSeconds, maxLeaseSeconds, context.now));
     }
     let extended;
@@ -268,11 +286,17 @@ export class LeaseService {
   }
 
   /** Clusters of the pool by state, for the metrics: from the table this replica knows, never a store read. */
-  async countStates(): Promise<Record<string, number> | undefined> {
+  /** Clusters by pool and state, every state of every pool counted (0 included). */
+  async countStates(): Promise<Record<string, Record<string, number>> | undefined> {
     const known = await this.writePath.cachedView();
     if (!known) return undefined;
-    const counts: Record<string, number> = { free: 0, leased: 0, dirty: 0, cleaning: 0, quarantined: 0, unavailable: 0, unknown: 0 };
-    for (const view of describeClusters(known.table, known.context)) counts[view.state] = (counts[view.state] ?? 0) + 1;
+    const counts: Record<string, Record<string, number>> = {};
+    for (const pool of this.provider.pools) counts[pool.name] = { free: 0, leased: 0, dirty: 0, cleaning: 0, quarantined: 0, unavailable: 0, unknown: 0 };
+    for (const view of describeClusters(known.table, known.context)) {
+      const pool = view.cluster.pool ?? '';
+      counts[pool] ??= { free: 0, leased: 0, dirty: 0, cleaning: 0, quarantined: 0, unavailable: 0, unknown: 0 };
+      counts[pool][view.state] = (counts[pool][view.state] ?? 0) + 1;
+    }
     return counts;
   }
 

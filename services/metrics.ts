@@ -11,18 +11,20 @@ export class Metrics {
   readonly registry = new Registry();
   private readonly clusters = new Gauge({
     name: 'k8s_claimer_clusters',
-    help: 'Clusters of the pool by state (free, leased, dirty, cleaning, quarantined, unavailable, unknown), as of the last scrape',
-    labelNames: ['state'] as const,
+    help: 'Clusters by state (free, leased, dirty, cleaning, quarantined, unavailable, unknown) and pool, as of the last scrape',
+    labelNames: ['state', 'pool'] as const,
     registers: [this.registry],
     collect: async () => {
       // A store that does not answer must not fail the whole scrape: the other metrics matter most then.
       const counts = await this.countStates?.().catch(() => undefined);
       if (!counts) return;
       this.clusters.reset();
-      for (const [state, count] of Object.entries(counts)) this.clusters.set({ state }, count);
+      for (const [pool, byState] of Object.entries(counts)) {
+        for (const [state, count] of Object.entries(byState)) this.clusters.set({ state, pool }, count);
+      }
     },
   });
-  readonly granted = new Counter({ name: 'k8s_claimer_leases_granted_total', help: 'Leases granted', registers: [this.registry] });
+  readonly granted = new Counter({ name: 'k8s_claimer_leases_granted_total', help: 'Leases granted, by pool', labelNames: ['pool'] as const, registers: [this.registry] });
   readonly released = new Counter({ name: 'k8s_claimer_leases_released_total', help: 'Leases released by their holders', registers: [this.registry] });
   readonly expired = new Counter({ name: 'k8s_claimer_leases_expired_total', help: 'Leases that ran out (written down by this replica\'s reaper)', registers: [this.registry] });
   readonly extended = new Counter({ name: 'k8s_claimer_leases_extended_total', help: 'Leases extended or shortened', registers: [this.registry] });
@@ -83,7 +85,7 @@ export class Metrics {
   readonly cleanupFailures = new Counter({ name: 'k8s_claimer_cleanup_failures_total', help: 'Cleanups that failed (they are retried)', registers: [this.registry] });
 
   /** Set by the wiring: how to count clusters by state, and how many wait on this replica. */
-  countStates?: () => Promise<Record<string, number> | undefined>;
+  countStates?: () => Promise<Record<string, Record<string, number>> | undefined>;
   storeUsage?: () => StoreUsage[];
   waitingDepth?: () => number;
 

@@ -1,13 +1,14 @@
 // Builds the app's dependencies from the configuration, once. Cloud libraries are imported only
 // in the mode that needs them, so local mode starts fast and small.
 
+import { readFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 import type { Logger } from 'pino';
 import type { AppDeps } from '../app.ts';
 import { createAuthenticator } from './auth.ts';
 import type { Config } from './config.ts';
 import { ClusterAccess } from './cluster-access.ts';
-import { LeaseCredentialRevoker, ProviderCredentials, ServiceAccountCredentials } from './credentials.ts';
+import { LeaseCredentialRevoker, PoolCredentials, ProviderCredentials, ServiceAccountCredentials } from './credentials.ts';
 import { Facts } from './facts.ts';
 import { Janitor, type JanitorOptions } from './janitor.ts';
 import { LeaseService } from './leases.ts';
@@ -15,8 +16,9 @@ import { Metrics } from './metrics.ts';
 import { startReaper } from './reaper.ts';
 import { UnclearGrants } from './unclear-grants.ts';
 import { Waiting, type WaitingOptions } from './waiting.ts';
+import { DEFAULT_ALIASES, PoolSet, PoolsFileError, readPoolsFile, type Pool, type PoolSpec } from './providers/pools.ts';
 import { StaticProvider } from './providers/static.ts';
-import type { ClusterProvider } from './providers/types.ts';
+import type { Cluster, ClusterProvider } from './providers/types.ts';
 import { MemoryLeaseStore } from './store/memory.ts';
 import { FileLeaseStore, unwritableFolder, type FileStoreOptions } from './store/file.ts';
 import type { LeaseStore } from './store/types.ts';
@@ -49,26 +51,100 @@ export interface BuildOptions {
   keeperIntervalMs?: number;
 }
 
-interface Closable {
-  close?(): Promise<void>;
-}
-
-async function buildProvider(config: Config, logger: Logger, clock: Clock): Promise<ClusterProvider & Closable> {
+/** The one pool the environment describes (no pools file): its cluster ids as they always were. */
+async function environmentPool(config: Config, logger: Logger, clock: Clock): Promise<Pool> {
+  let provider: ClusterProvider;
   if (config.poolKubeconfig) {
     const { loadKubeconfigPool } = await import('./providers/kubeconfig.ts');
-    return loadKubeconfigPool(config.poolKubeconfig.file, { contexts: config.poolKubeconfig.contexts, probeTimeoutMs: config.backendTimeoutSeconds * 1000 });
+    provider = await loadKubeconfigPool(config.poolKubeconfig.file, { contexts: config.poolKubeconfig.contexts, probeTimeoutMs: config.backendTimeoutSeconds * 1000 });
+  } else if (!config.gke) {
+    provider = await StaticProvider.load(config.staticPoolFile);
+  } else {
+    provider = await gkeProvider(config, logger, clock, {
+      projectId: config.gke.projectId,
+      zone: config.gke.zone,
+      ...(config.gke.accountJson && { accountJson: config.gke.accountJson }),
+      ...(config.gke.emulatorHost && { emulatorHost: config.gke.emulatorHost }),
+    }, config.registryLocation);
   }
-  if (!config.gke) return StaticProvider.load(config.staticPoolFile);
+  const settings = provider instanceof StaticProvider ? provider.settings : {};
+  return { name: provider.kind, kind: provider.kind, provider, aliases: provider.aliases, labels: {}, ...settings, prefixIds: false };
+}
+
+async function gkeProvider(config: Config, logger: Logger, clock: Clock, gke: NonNullable<Config['gke']>, registryLocation?: string): Promise<ClusterProvider> {
   const { GkeProvider, gkeClientFor, gkeTokens } = await import('./providers/gke.ts');
-  return new GkeProvider(gkeClientFor(config.gke), gkeTokens(config.gke), {
-    projectId: config.gke.projectId,
-    zone: config.gke.zone,
-    ...(config.registryLocation && { registryLocation: config.registryLocation }),
+  return new GkeProvider(gkeClientFor(gke), gkeTokens(gke), {
+    projectId: gke.projectId,
+    zone: gke.zone,
+    ...(registryLocation && { registryLocation }),
     cacheSeconds: config.clusterCacheSeconds,
     timeoutMs: config.backendTimeoutSeconds * 1000,
     clock,
     logger,
   });
+}
+
+/** One pool of the pools file, its provider built with the SDK's own credential sources. */
+async function filePool(config: Config, logger: Logger, clock: Clock, spec: PoolSpec, labels: Record<string, string>): Promise<Pool> {
+  const where = `pool ${spec.name}`;
+  let provider: ClusterProvider;
+  switch (spec.provider) {
+    case 'gke': {
+      let accountJson: string | undefined;
+      if (spec.key_file) {
+        try {
+          accountJson = await readFile(spec.key_file, 'utf8');
+        } catch (error) {
+          throw new PoolsFileError(`${where}: key_file ${spec.key_file} cannot be read (${(error as { code?: string }).code ?? 'unreadable'})`);
+        }
+      }
+      if (!accountJson && !spec.endpoint) throw new PoolsFileError(`${where}: a gke pool needs key_file (the service account's JSON key) or endpoint (an emulator)`);
+      provider = await gkeProvider(config, logger, clock, { projectId: spec.project, zone: spec.location, ...(accountJson && { accountJson }), ...(spec.endpoint && { emulatorHost: spec.endpoint }) }, spec.registry_location ?? config.registryLocation);
+      break;
+    }
+    case 'eks':
+    case 'aks':
+      provider = await cloudProvider(config, logger, clock, spec);
+      break;
+    case 'static':
+      provider = await StaticProvider.load(spec.file);
+      break;
+    case 'kubeconfig': {
+      const { loadKubeconfigPool } = await import('./providers/kubeconfig.ts');
+      provider = await loadKubeconfigPool(spec.file, { contexts: spec.contexts ?? ['*'], probeTimeoutMs: config.backendTimeoutSeconds * 1000 });
+      break;
+    }
+  }
+  const settings = provider instanceof StaticProvider ? provider.settings : {};
+  const aliases = [...new Set([spec.name, ...(spec.aliases ?? (provider instanceof StaticProvider ? provider.aliases : DEFAULT_ALIASES[spec.provider]))].map((alias) => alias.toLowerCase()))];
+  return {
+    name: spec.name,
+    kind: spec.provider,
+    provider,
+    aliases,
+    labels: { ...labels, ...spec.labels },
+    ...settings,
+    ...(spec.credentials && { credentials: spec.credentials }),
+    ...(spec.cleanup && { cleanup: spec.cleanup }),
+    prefixIds: true,
+  };
+}
+
+/** EKS and AKS pools: their SDKs load only when a pools file names one. */
+async function cloudProvider(_config: Config, _logger: Logger, _clock: Clock, spec: Extract<PoolSpec, { provider: 'eks' | 'aks' }>): Promise<ClusterProvider> {
+  throw new PoolsFileError(`pool ${spec.name}: ${spec.provider} pools are not available in this build`);
+}
+
+async function buildPools(config: Config, logger: Logger, clock: Clock): Promise<PoolSet> {
+  if (!config.poolsFile) return new PoolSet([await environmentPool(config, logger, clock)], logger, clock);
+  const file = await readPoolsFile(config.poolsFile);
+  const pools: Pool[] = [];
+  for (const spec of file.pools) pools.push(await filePool(config, logger, clock, spec, file.labels));
+  if (config.leaseCredentials === 'pool') {
+    const cloud = pools.find((pool) => pool.kind === 'eks' || pool.kind === 'aks');
+    if (cloud) throw new PoolsFileError(`LEASE_CREDENTIALS=pool would hand lessees the claimer's own cloud identity in pool ${cloud.name} (${cloud.kind}); set credentials per pool instead`);
+  }
+  return new PoolSet(pools, logger, clock);
 }
 
 async function buildStore(config: Config, logger: Logger, provider: ClusterProvider, options: BuildOptions): Promise<LeaseStore> {
@@ -109,27 +185,35 @@ export async function unwritableFiles(config: Config, options: { tokenFile: bool
 }
 
 /**
- * Per-lease credentials and cleanup, from the environment, else from the pool file (the
+ * Per-lease credentials and cleanup of one pool, from the environment, else from the pool (the
  * example pool's clusters do not exist, so it asks for neither), else the defaults.
  */
-export function lifecyclePolicy(config: Config, provider: ClusterProvider) {
-  const pool = provider instanceof StaticProvider ? provider.settings : {};
+export function poolPolicy(config: Config, pool: Pick<Pool, 'credentials' | 'cleanup'>) {
   const credentials = config.leaseCredentials ?? pool.credentials ?? 'serviceaccount';
   const cleanup = config.cleanup ?? pool.cleanup ?? 'namespaces';
-  const perLease = credentials === 'serviceaccount';
-  return { perLease, cleanup, endState: perLease || cleanup === 'namespaces' ? ('dirty' as const) : ('free' as const) };
+  return { perLease: credentials === 'serviceaccount', cleanup };
+}
+
+/** The policy of every pool; a lease ends dirty when any pool has work to do between leases. */
+export function lifecyclePolicy(config: Config, pools: PoolSet) {
+  const byPool = new Map(pools.pools.map((pool) => [pool.name, poolPolicy(config, pool)]));
+  const of = (cluster: Cluster) => byPool.get(pools.poolOf(cluster).name) as ReturnType<typeof poolPolicy>;
+  const policies = [...byPool.values()];
+  const anyPerLease = policies.some((policy) => policy.perLease);
+  const anyCleanup = policies.some((policy) => policy.cleanup === 'namespaces');
+  return { of, anyPerLease, endState: anyPerLease || anyCleanup ? ('dirty' as const) : ('free' as const) };
 }
 
 export async function buildServices(config: Config, logger: Logger, options: BuildOptions): Promise<Services> {
   const clock = options.clock ?? systemClock;
-  const provider = await buildProvider(config, logger, clock);
+  const provider = await buildPools(config, logger, clock);
   const store = await buildStore(config, logger, provider, options);
   const policy = lifecyclePolicy(config, provider);
   const writePath = new WritePath(store, () => provider.list(), clock, { endState: policy.endState, ...options.writePath });
   const stopWatching = writePath.watchStore();
   const stopUpkeep = store.maintain?.() ?? (() => undefined);
   const access = new ClusterAccess(provider, config.backendTimeoutSeconds * 1000);
-  const issuer = policy.perLease ? new ServiceAccountCredentials(access, config.groupRoles) : new ProviderCredentials(provider);
+  const issuer = new PoolCredentials(new ServiceAccountCredentials(access, config.groupRoles), new ProviderCredentials(provider), (cluster) => policy.of(cluster).perLease, policy.anyPerLease);
   const waiting = new Waiting(writePath, logger, { replicaName: config.replicaName, caps: config.waitCaps, ...options.waiting });
   const metrics = new Metrics({ processMetrics: options.processMetrics ?? true });
   const unclear = new UnclearGrants(writePath, clock, logger);
@@ -172,8 +256,10 @@ export async function buildServices(config: Config, logger: Logger, options: Bui
     new LeaseCredentialRevoker(access),
     {
       owner: config.replicaName,
-      cleanup: policy.cleanup,
-      revokeEveryCleanup: policy.perLease,
+      policyFor: (cluster) => {
+        const { cleanup, perLease } = policy.of(cluster);
+        return { cleanup, revokeEveryCleanup: perLease };
+      },
       protectedNamespaces,
       pollMs,
       // A claim outlasts a few calls to the cluster, so that renewing it between them is enough.

@@ -53,7 +53,7 @@ describe('Kubernetes lease store', () => {
     for (let round = 0; round < 200; round++) {
       assert.equal((await app.request('GET', '/readyz', { auth: null })).status, 200);
       const metrics = await (await app.request('GET', '/metrics', { auth: null })).text();
-      if (round === 0) assert.match(metrics, /k8s_claimer_clusters\{state="leased"\} 1/);
+      if (round === 0) assert.match(metrics, /k8s_claimer_clusters\{state="leased",pool="static"\} 1/);
     }
     assert.equal(fake.countRequests((request) => !request.isWatch), 0);
     // Another replica's lease reaches the metrics through the watch, still without a read.
@@ -61,11 +61,11 @@ describe('Kubernetes lease store', () => {
     assert.equal((await lease(other)).status, 200);
     const seen = Date.now() + 5_000;
     let text = '';
-    while (!/k8s_claimer_clusters\{state="leased"\} 2/.test(text) && Date.now() < seen) {
+    while (!/k8s_claimer_clusters\{state="leased",pool="static"\} 2/.test(text) && Date.now() < seen) {
       await new Promise((resolve) => setTimeout(resolve, 20));
       text = await (await app.request('GET', '/metrics', { auth: null })).text();
     }
-    assert.match(text, /k8s_claimer_clusters\{state="leased"\} 2/);
+    assert.match(text, /k8s_claimer_clusters\{state="leased",pool="static"\} 2/);
   });
 
   test('/readyz without a live watch reads the Service, once for all probes of a moment', async () => {

@@ -597,7 +597,7 @@ describe('cleanup before reuse', () => {
     assert.equal(quarantined.cleanup.attempts, 2);
     assert.equal(quarantined.cleanup.retry_at, new Date(app.clock.now() + 3_600_000).toISOString());
     const metrics = await (await app.request('GET', '/metrics', { auth: null })).text();
-    assert.match(metrics, /^k8s_claimer_clusters\{state="quarantined"\} 1$/m);
+    assert.match(metrics, /^k8s_claimer_clusters\{state="quarantined",pool="static"\} 1$/m);
     assert.equal((await call(app, 'POST', '/lease', { max_time: 60 })).status, 409, 'never leased while quarantined');
     // Retried rarely: not after the usual backoff.
     app.clock.advance(60);

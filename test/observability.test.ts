@@ -37,9 +37,9 @@ describe('metrics', () => {
     await call(app, 'POST', '/lease', { max_time: 30, cluster_regex: '^nothing$' });
     await call(app, 'PATCH', `/lease/${second.body.token}`, { max_time: 600 });
     let text = (await call(app, 'GET', '/metrics', undefined, null)).text;
-    assert.equal(metric(text, 'k8s_claimer_clusters', 'state="leased"'), 2);
-    assert.equal(metric(text, 'k8s_claimer_clusters', 'state="free"'), 0);
-    assert.equal(metric(text, 'k8s_claimer_leases_granted_total'), 2);
+    assert.equal(metric(text, 'k8s_claimer_clusters', 'state="leased",pool="static"'), 2);
+    assert.equal(metric(text, 'k8s_claimer_clusters', 'state="free",pool="static"'), 0);
+    assert.equal(metric(text, 'k8s_claimer_leases_granted_total', 'pool="static"'), 2);
     assert.equal(metric(text, 'k8s_claimer_leases_extended_total'), 1);
     assert.equal(metric(text, 'k8s_claimer_leases_refused_total', 'reason="AllLeased"'), 1);
     assert.equal(metric(text, 'k8s_claimer_leases_refused_total', 'reason="NoMatchingCluster"'), 1);
@@ -53,7 +53,7 @@ describe('metrics', () => {
     text = (await call(app, 'GET', '/metrics', undefined, null)).text;
     assert.equal(metric(text, 'k8s_claimer_leases_released_total'), 1);
     assert.equal(metric(text, 'k8s_claimer_leases_expired_total'), 1);
-    assert.equal(metric(text, 'k8s_claimer_clusters', 'state="free"'), 2);
+    assert.equal(metric(text, 'k8s_claimer_clusters', 'state="free",pool="static"'), 2);
     assert.equal(text.includes(first.body.token), false);
   });
 });

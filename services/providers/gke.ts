@@ -139,6 +139,12 @@ export class GkeProvider implements ClusterProvider {
   readonly aliases = ['gke', 'google'] as const;
   private cache?: { clusters: Cluster[]; fetchedAt: number; refreshAt: number };
   private inflight?: Promise<Cluster[]>;
+  /** Why the last list came from the cache or missed zones, for the pool's health. */
+  private lastProblem?: string;
+
+  problem(): string | undefined {
+    return this.lastProblem;
+  }
 
   constructor(
     private readonly client: ClusterManagerClient,
@@ -164,9 +170,12 @@ export class GkeProvider implements ClusterProvider {
       const clusters = [...listed, ...this.stillInMissingZones(listed, response.missingZones ?? [])];
       const fetchedAt = this.options.clock.now();
       this.cache = { clusters, fetchedAt, refreshAt: fetchedAt + this.options.cacheSeconds * 1000 };
+      this.lastProblem = (response.missingZones ?? []).length > 0 ? `GKE could not reach ${(response.missingZones ?? []).join(', ')}` : undefined;
       return clusters;
     } catch (error) {
       if (!this.cache) throw error;
+      const code = (error as { code?: unknown }).code;
+      this.lastProblem = `GKE did not answer (${typeof code === 'number' || typeof code === 'string' ? code : 'error'}); leasing from the list of ${new Date(this.cache.fetchedAt).toISOString()}`;
       // Ask GKE again soon, but not on every request while it is down.
       this.cache.refreshAt = this.options.clock.now() + Math.min(5_000, this.options.cacheSeconds * 1000);
       this.options.logger.warn(

@@ -131,7 +131,8 @@ export async function startTestApp(
   const config = loadConfig(
     {
       AUTH_TOKEN,
-      STATIC_POOL_FILE: poolFile,
+      // A pools file names every pool itself.
+      ...(!options.env?.POOLS_FILE && { STATIC_POOL_FILE: poolFile }),
       LEASE_STORE_FILE: join(folder, 'leases.json'),
       // Replicas of one test run in one process: each gets a name of its own, as pods do.
       REPLICA_NAME: `test-replica-${++replicas}`,
