@@ -194,7 +194,7 @@ export class EksProvider implements ClusterProvider {
     const failed = results.filter((result) => 'error' in result);
     const problem = failed.length > 0 ? failed.map((result) => `region ${result.region}: ${errorName(result.error)}`).join('; ') : undefined;
     for (const result of failed) {
-      this.options.logger.warn({ backend: 'eks', region: result.region, err: errorSummary(result.error) }, 'EKS did not list the clusters of a region');
+      this.options.logger.warn({ backend: 'eks', region: result.region, error: errorSummary(result.error) }, 'EKS did not list the clusters of a region');
     }
     if (failed.length === results.length) {
       this.lastProblem = problem;
@@ -243,8 +243,8 @@ export class EksProvider implements ClusterProvider {
     return kept.map((cluster) => ({ ...cluster, status: 'UNREACHABLE' }));
   }
 
-  async kubeconfigFor(): Promise<string> {
-    throw new Error('EKS pools hand out per-lease credentials only: the claimer\'s AWS identity is never given to a lessee');
+  async kubeconfigFor(cluster: Cluster): Promise<string> {
+    throw new Error(`${cluster.id}: EKS pools hand out per-lease credentials only: the claimer's AWS identity is never given to a lessee`);
   }
 
   async adminKubeconfigFor(cluster: Cluster): Promise<string> {
