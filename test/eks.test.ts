@@ -125,6 +125,36 @@ describe('EKS listing', () => {
     assert.equal(fake.calls('DescribeCluster').length, 205);
   });
 
+  test('GPU clusters are told by the AMI types of their managed node groups, asked about every 10 minutes at most', async () => {
+    fake.setClusters([
+      makeEksCluster({ region: 'us-east-1', name: 'gpu-al2', nodegroups: { cpu: 'AL2023_x86_64_STANDARD', gpu: 'AL2_x86_64_GPU' } }),
+      makeEksCluster({ region: 'us-east-1', name: 'gpu-bottlerocket', nodegroups: { accel: 'BOTTLEROCKET_x86_64_NVIDIA' } }),
+      makeEksCluster({ region: 'us-east-1', name: 'plain', nodegroups: { a: 'AL2023_x86_64_STANDARD', b: 'AL2023_ARM_64_STANDARD' } }),
+      makeEksCluster({ region: 'us-east-1', name: 'karpenter', nodegroups: {} }),
+      makeEksCluster({ region: 'us-east-1', name: 'booting', status: 'CREATING', nodegroups: { gpu: 'AL2023_x86_64_NVIDIA' } }),
+    ]);
+    const { provider, clock, logs } = eks();
+    const gpus = async () => Object.fromEntries((await provider.list()).map((cluster) => [cluster.name, cluster.gpu]));
+    assert.deepEqual(await gpus(), { 'gpu-al2': true, 'gpu-bottlerocket': true, plain: false, karpenter: false, booting: false });
+    assert.equal(fake.requests.filter((request) => request.path.startsWith('/clusters/booting/')).length, 0, 'a cluster not leasable is not asked about');
+    const asked = fake.calls('ListNodegroups').length;
+    assert.equal(asked, 4);
+
+    clock.advance(31);
+    await gpus();
+    assert.equal(fake.calls('ListNodegroups').length, asked, 'node groups are not asked about on every refresh');
+
+    // Without eks:ListNodegroups the region is still listed, and what was known stands.
+    fake.failOperation('ListNodegroups', ACCESS_DENIED);
+    clock.advance(11 * 60);
+    assert.deepEqual(await gpus(), { 'gpu-al2': true, 'gpu-bottlerocket': true, plain: false, karpenter: false, booting: false });
+    assert.equal(fake.calls('ListNodegroups').length, asked * 2);
+    assert.equal(provider.problem(), undefined);
+    assert.ok(logs.lines.some((line) => line.backend === 'eks' && line.cluster === 'gpu-al2' && String(line.msg).includes('node groups')));
+    const cold = eks().provider;
+    assert.deepEqual(Object.fromEntries((await cold.list()).map((cluster) => [cluster.name, cluster.gpu])), { 'gpu-al2': false, 'gpu-bottlerocket': false, plain: false, karpenter: false, booting: false });
+  });
+
   test('the list is cached for cacheSeconds, and concurrent callers share one listing', async () => {
     fake.setClusters([makeEksCluster({ region: 'us-east-1', name: 'a' })]);
     const { provider, clock } = eks();

@@ -11,7 +11,7 @@
 // minutes, so it is never handed to a lessee: an EKS pool gives out per-lease credentials only.
 
 import { Sha256 } from '@aws-crypto/sha256-js';
-import { DescribeClusterCommand, EKSClient, paginateListClusters, type Cluster as AwsCluster } from '@aws-sdk/client-eks';
+import { DescribeClusterCommand, DescribeNodegroupCommand, EKSClient, paginateListClusters, paginateListNodegroups, type Cluster as AwsCluster } from '@aws-sdk/client-eks';
 import { fromNodeProviderChain } from '@aws-sdk/credential-providers';
 import { HttpRequest } from '@smithy/protocol-http';
 import { SignatureV4 } from '@smithy/signature-v4';
@@ -48,6 +48,13 @@ const TOKEN_EXPIRES_SECONDS = 60;
 const DESCRIBE_CONCURRENCY = 8;
 /** The most EKS returns in one page. */
 const PAGE_SIZE = 100;
+/** Managed node groups' AMI types with GPU drivers: AL2_x86_64_GPU, AL2023_x86_64_NVIDIA, BOTTLEROCKET_*_NVIDIA. */
+const GPU_AMI = /GPU|NVIDIA/;
+/**
+ * How long a cluster's node groups are taken as known: they change far less often than the list
+ * is refreshed, and asking for them costs a call per node group.
+ */
+const GPU_MEMO_MS = 10 * 60_000;
 
 const STATUSES: Record<string, ClusterStatus> = {
   ACTIVE: 'RUNNING',
@@ -98,7 +105,7 @@ export async function eksToken(clusterName: string, region: string, credentials:
   return TOKEN_PREFIX + Buffer.from(urlOf(presigned)).toString('base64url');
 }
 
-export function toCluster(region: string, eks: AwsCluster): Cluster {
+export function toCluster(region: string, eks: AwsCluster, gpu = false): Cluster {
   const name = eks.name ?? '';
   const server = eks.endpoint ?? '';
   const caData = eks.certificateAuthority?.data || undefined;
@@ -113,7 +120,7 @@ export function toCluster(region: string, eks: AwsCluster): Cluster {
     version: eks.version ?? '',
     status: STATUSES[eks.status ?? ''] ?? 'STATUS_UNSPECIFIED',
     tag: eks.arn || `${region}/${name}`,
-    gpu: false,
+    gpu,
     registryLocation: null,
   };
 }
@@ -155,6 +162,8 @@ export class EksProvider implements ClusterProvider {
   private cache?: { clusters: Cluster[]; fetchedAt: number; refreshAt: number };
   private inflight?: Promise<Cluster[]>;
   private lastProblem?: string;
+  /** Whether a cluster (by ARN) has GPU node groups, and until when that is taken as known. */
+  private readonly gpus = new Map<string, { gpu: boolean; until: number }>();
 
   constructor(private readonly options: EksProviderOptions) {
     if (options.regions.length === 0) throw new Error('an EKS pool needs at least one region');
@@ -208,6 +217,8 @@ export class EksProvider implements ClusterProvider {
       return this.cache.clusters;
     }
     const clusters = results.flatMap((result) => ('error' in result ? this.keptFrom(result.region) : result.clusters));
+    const live = new Set(clusters.map((cluster) => cluster.tag));
+    for (const key of this.gpus.keys()) if (!live.has(key)) this.gpus.delete(key);
     this.lastProblem = problem;
     const fetchedAt = this.options.clock.now();
     this.cache = { clusters, fetchedAt, refreshAt: fetchedAt + this.options.cacheSeconds * 1000 };
@@ -221,7 +232,7 @@ export class EksProvider implements ClusterProvider {
       const described = await mapBounded(names, DESCRIBE_CONCURRENCY, async (name) => {
         try {
           const { cluster } = await client.send(new DescribeClusterCommand({ name }));
-          return cluster ? toCluster(region, cluster) : undefined;
+          return cluster ? toCluster(region, cluster, await this.hasGpu(region, client, cluster)) : undefined;
         } catch (error) {
           // Deleted between the list and its description: gone, not a failure of the region.
           if (error instanceof Error && error.name === 'ResourceNotFoundException') return undefined;
@@ -231,6 +242,38 @@ export class EksProvider implements ClusterProvider {
       return { region, clusters: described.filter((cluster) => cluster !== undefined) };
     } catch (error) {
       return { region, error };
+    }
+  }
+
+  /**
+   * From the AMI types of the managed node groups (self-managed nodes and Karpenter's are not
+   * seen: such a cluster counts as without GPUs). Only leasable clusters are asked about. A
+   * failure here (no eks:ListNodegroups in the policy, say) does not fail the region: the last
+   * answer stands, or no GPUs.
+   */
+  private async hasGpu(region: string, client: EKSClient, cluster: AwsCluster): Promise<boolean> {
+    const clusterName = cluster.name;
+    if (cluster.status !== 'ACTIVE' || !clusterName) return false;
+    const key = cluster.arn || `${region}/${clusterName}`;
+    const known = this.gpus.get(key);
+    const now = this.options.clock.now();
+    if (known && now < known.until) return known.gpu;
+    try {
+      let gpu = false;
+      pages: for await (const page of paginateListNodegroups({ client, pageSize: PAGE_SIZE }, { clusterName })) {
+        for (const nodegroupName of page.nodegroups ?? []) {
+          const { nodegroup } = await client.send(new DescribeNodegroupCommand({ clusterName, nodegroupName }));
+          if (GPU_AMI.test(nodegroup?.amiType ?? '')) {
+            gpu = true;
+            break pages;
+          }
+        }
+      }
+      this.gpus.set(key, { gpu, until: now + GPU_MEMO_MS });
+      return gpu;
+    } catch (error) {
+      this.options.logger.warn({ backend: 'eks', region, cluster: clusterName, error: errorSummary(error) }, 'EKS did not list the node groups of a cluster; its GPUs are taken as last known');
+      return known?.gpu ?? false;
     }
   }
 

@@ -4,6 +4,8 @@
  *
  *   GET /clusters?maxResults=&nextToken=  -> { clusters: [names], nextToken }
  *   GET /clusters/{name}                  -> { cluster: { name, arn, endpoint, status, ... } }
+ *   GET /clusters/{name}/node-groups      -> { nodegroups: [names], nextToken }
+ *   GET /clusters/{name}/node-groups/{ng} -> { nodegroup: { nodegroupName, amiType, ... } }
  *
  * Like the real service it refuses requests without a SigV4 `Authorization` header for service
  * `eks`, and it tells the region from the credential scope, so one fake serves the clients of
@@ -30,6 +32,8 @@ export interface FakeEksCluster {
   caData: string;
   tags: Record<string, string>;
   createdAt: Date;
+  /** Managed node groups, by name: their AMI types (AL2023_x86_64_STANDARD, AL2_x86_64_GPU, ...). */
+  nodegroups: Record<string, string>;
 }
 
 export const FAKE_ACCOUNT = '111122223333';
@@ -45,6 +49,7 @@ export function makeEksCluster(fields: Partial<FakeEksCluster> & { region: strin
     caData: Buffer.from('-----BEGIN CERTIFICATE-----\nfake\n-----END CERTIFICATE-----\n').toString('base64'),
     tags: {},
     createdAt: new Date('2026-01-02T03:04:05Z'),
+    nodegroups: { standard: 'AL2023_x86_64_STANDARD' },
     ...fields,
   };
 }
@@ -67,11 +72,22 @@ export interface EksRequest {
   method: string;
   path: string;
   query: Record<string, string>;
-  operation: 'ListClusters' | 'DescribeCluster' | 'Unknown';
+  operation: Operation;
   /** From the credential scope of the request's signature. */
   region?: string;
   accessKeyId?: string;
   status: number;
+}
+
+export type Operation = 'ListClusters' | 'DescribeCluster' | 'ListNodegroups' | 'DescribeNodegroup' | 'Unknown';
+
+function operationOf(method: string | undefined, segments: readonly string[]): Operation {
+  if (method !== 'GET' || segments[0] !== 'clusters') return 'Unknown';
+  if (segments.length === 1) return 'ListClusters';
+  if (segments.length === 2) return 'DescribeCluster';
+  if (segments[2] !== 'node-groups') return 'Unknown';
+  if (segments.length === 3) return 'ListNodegroups';
+  return segments.length === 4 ? 'DescribeNodegroup' : 'Unknown';
 }
 
 export interface FakeEksOptions {
@@ -94,6 +110,7 @@ export class FakeEks {
   readonly requests: EksRequest[] = [];
   private clusters: FakeEksCluster[];
   private readonly failures = new Map<string, EksError>();
+  private readonly operationFailures = new Map<Operation, EksError>();
   private readonly server: Server;
   url = '';
 
@@ -122,13 +139,20 @@ export class FakeEks {
     else this.failures.delete(region);
   }
 
-  calls(operation: EksRequest['operation'], region?: string): EksRequest[] {
+  /** Every request of the operation answers this error, until `failOperation(operation)`. */
+  failOperation(operation: Operation, error?: EksError): void {
+    if (error) this.operationFailures.set(operation, error);
+    else this.operationFailures.delete(operation);
+  }
+
+  calls(operation: Operation, region?: string): EksRequest[] {
     return this.requests.filter((request) => request.operation === operation && (region === undefined || request.region === region));
   }
 
   reset(): void {
     this.requests.length = 0;
     this.failures.clear();
+    this.operationFailures.clear();
     this.clusters = [];
   }
 
@@ -142,20 +166,28 @@ export class FakeEks {
     const url = new URL(req.url ?? '/', 'http://fake');
     const query = Object.fromEntries(url.searchParams);
     const segments = url.pathname.split('/').filter(Boolean).map(decodeURIComponent);
-    const operation: EksRequest['operation'] =
-      req.method === 'GET' && segments[0] === 'clusters' ? (segments.length === 1 ? 'ListClusters' : segments.length === 2 ? 'DescribeCluster' : 'Unknown') : 'Unknown';
+    const operation = operationOf(req.method, segments);
     const record: EksRequest = { method: req.method ?? '', path: url.pathname, query, operation, status: 0 };
     this.requests.push(record);
     try {
       const { region, accessKeyId } = await this.authenticate(req, url);
       record.region = region;
       record.accessKeyId = accessKeyId;
-      const failure = this.failures.get(region);
+      const failure = this.failures.get(region) ?? this.operationFailures.get(operation);
       if (failure) throw new ReplyError(failure);
       const inRegion = this.clusters.filter((cluster) => cluster.region === region);
-      if (operation === 'ListClusters') record.status = this.reply(res, 200, this.page(inRegion, query));
-      else if (operation === 'DescribeCluster') record.status = this.reply(res, 200, { cluster: this.describe(inRegion, segments[1] ?? '') });
-      else throw new ReplyError({ status: 404, type: 'UnknownOperationException', message: 'Unknown operation' });
+      const [, clusterName = '', , nodegroupName = ''] = segments;
+      if (operation === 'ListClusters') {
+        record.status = this.reply(res, 200, this.page(inRegion.map((cluster) => cluster.name), query, 'clusters'));
+      } else if (operation === 'DescribeCluster') {
+        record.status = this.reply(res, 200, { cluster: this.describe(this.find(inRegion, clusterName)) });
+      } else if (operation === 'ListNodegroups') {
+        record.status = this.reply(res, 200, this.page(Object.keys(this.find(inRegion, clusterName).nodegroups), query, 'nodegroups'));
+      } else if (operation === 'DescribeNodegroup') {
+        record.status = this.reply(res, 200, { nodegroup: this.describeNodegroup(this.find(inRegion, clusterName), nodegroupName) });
+      } else {
+        throw new ReplyError({ status: 404, type: 'UnknownOperationException', message: 'Unknown operation' });
+      }
     } catch (error) {
       if (!(error instanceof ReplyError)) throw error;
       record.status = this.reply(res, error.error.status, { message: error.error.message }, error.error.type);
@@ -193,12 +225,12 @@ export class FakeEks {
     return { region, accessKeyId };
   }
 
-  private page(clusters: FakeEksCluster[], query: Record<string, string>): { clusters: string[]; nextToken?: string } {
+  private page<K extends string>(all: string[], query: Record<string, string>, key: K): Record<K, string[]> & { nextToken?: string } {
     const maxResults = query.maxResults === undefined ? MAX_RESULTS : Number(query.maxResults);
     if (!Number.isInteger(maxResults) || maxResults < 1 || maxResults > MAX_RESULTS) {
       throw new ReplyError({ status: 400, type: 'InvalidParameterException', message: 'maxResults must be between 1 and 100' });
     }
-    const names = clusters.map((cluster) => cluster.name).sort();
+    const names = [...all].sort();
     let start = 0;
     if (query.nextToken !== undefined) {
       start = names.indexOf(Buffer.from(query.nextToken, 'base64url').toString());
@@ -206,12 +238,32 @@ export class FakeEks {
     }
     const page = names.slice(start, start + maxResults);
     const next = names[start + maxResults];
-    return { clusters: page, ...(next !== undefined && { nextToken: Buffer.from(next).toString('base64url') }) };
+    const body = { [key]: page } as Record<K, string[]>;
+    return next === undefined ? body : { ...body, nextToken: Buffer.from(next).toString('base64url') };
   }
 
-  private describe(clusters: FakeEksCluster[], name: string): Record<string, unknown> {
+  private find(clusters: FakeEksCluster[], name: string): FakeEksCluster {
     const cluster = clusters.find((one) => one.name === name);
     if (!cluster) throw new ReplyError({ status: 404, type: 'ResourceNotFoundException', message: `No cluster found for name: ${name}.` });
+    return cluster;
+  }
+
+  private describeNodegroup(cluster: FakeEksCluster, name: string): Record<string, unknown> {
+    const amiType = cluster.nodegroups[name];
+    if (amiType === undefined) throw new ReplyError({ status: 404, type: 'ResourceNotFoundException', message: `No node group found for name: ${name}.` });
+    return {
+      nodegroupName: name,
+      nodegroupArn: `arn:aws:eks:${cluster.region}:${FAKE_ACCOUNT}:nodegroup/${cluster.name}/${name}/0a1b2c3d`,
+      clusterName: cluster.name,
+      version: cluster.version,
+      status: 'ACTIVE',
+      amiType,
+      capacityType: 'ON_DEMAND',
+      scalingConfig: { minSize: 1, maxSize: 3, desiredSize: 2 },
+    };
+  }
+
+  private describe(cluster: FakeEksCluster): Record<string, unknown> {
     return {
       name: cluster.name,
       arn: cluster.arn,
