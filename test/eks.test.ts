@@ -218,6 +218,15 @@ describe('EKS listing', () => {
     assert.equal(fake.calls('ListClusters', 'eu-west-1').length, 2);
   });
 
+  test('a cluster deleted between the list and its description is left out, and the region counts as listed', async () => {
+    fake.setClusters([makeEksCluster({ region: 'us-east-1', name: 'east' })]);
+    fake.failOperation('DescribeCluster', { status: 404, type: 'ResourceNotFoundException', message: 'No cluster found for name: east.' });
+    const { provider } = eks();
+    assert.deepEqual(await provider.list(), []);
+    assert.equal(provider.problem(), undefined);
+    assert.equal(fake.calls('DescribeCluster').length, 1);
+  });
+
   test('every region failing: rejects without a cache, serves the cache with one', async () => {
     fake.setClusters([makeEksCluster({ region: 'us-east-1', name: 'east' }), makeEksCluster({ region: 'eu-west-1', name: 'west' })]);
     fake.failRegion('us-east-1', ACCESS_DENIED);
