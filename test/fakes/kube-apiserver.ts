@@ -725,9 +725,10 @@ export interface FakeKubeApiserverOptions {
   tls?: { cert: string; key: string };
   /**
    * Authenticates requests. Returning false answers 401. /healthz, /readyz, /livez and
-   * /version are exempt, as they are for anonymous users on a real cluster.
+   * /version are exempt, as they are for anonymous users on a real cluster. May be async, as a
+   * webhook authenticator is (an EKS token is checked by re-signing it).
    */
-  requireToken?: (token: string | undefined, fake: FakeKubeApiserver) => boolean;
+  requireToken?: (token: string | undefined, fake: FakeKubeApiserver) => boolean | Promise<boolean>;
   /**
    * How long a deleted namespace stays Terminating before it and its contents are
    * removed. Default 0: removed right after the DELETE is answered.
@@ -1229,7 +1230,7 @@ export class FakeKubeApiserver {
     if (this.closed || (res.destroyed && !evenIfAbandoned)) return;
     try {
       const publicPath = ['/healthz', '/readyz', '/livez', '/version'].includes(record.path);
-      if (!publicPath && this.requireToken && !this.requireToken(record.token, this)) throw new KubeApiError(UNAUTHORIZED);
+      if (!publicPath && this.requireToken && !(await this.requireToken(record.token, this))) throw new KubeApiError(UNAUTHORIZED);
       this.applyConflictRule(record, route);
       await this.dispatch(record, route, res);
     } catch (err) {
