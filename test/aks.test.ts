@@ -189,6 +189,21 @@ describe('AKS provider: listing', () => {
     assert.equal(aks.problem(), undefined);
   });
 
+  test('a Resource Manager slower than timeoutMs: the listing gives up (no cache) or serves the cache', async () => {
+    azure.setClusters([makeManagedCluster({ subscriptionId: SUB, resourceGroup: 'ci-rg', name: 'c1' })]);
+    const { aks, clock } = provider({ timeoutMs: 300 });
+    azure.setArmLatency(2_000);
+    const started = Date.now();
+    await assert.rejects(aks.list(), /took longer than 300 ms|aborted/i);
+    assert.ok(Date.now() - started < 1_500);
+    azure.setArmLatency(0);
+    await aks.list();
+    clock.advance(31);
+    azure.setArmLatency(2_000);
+    assert.equal((await aks.list()).length, 1);
+    assert.match(aks.problem() ?? '', /did not list/);
+  });
+
   test('a failing resource group is the provider\'s problem when it is scoped to it', async () => {
     azure.setClusters([makeManagedCluster({ subscriptionId: SUB, resourceGroup: 'ci-rg', name: 'c1' })]);
     const { aks, clock } = provider({ resourceGroup: 'ci-rg' });

@@ -122,6 +122,7 @@ export class FakeAzure {
   private clusters: FakeManagedCluster[] = [];
   private readonly failures = new Map<string, ArmFailure>();
   private failNextRules: { remaining: number; failure: ArmFailure }[] = [];
+  private armLatencyMs = 0;
   private readonly server: Server;
   private readonly subscriptions: Set<string>;
   /** `<subscription>/<group>`, lower-cased: groups outlive the clusters seeded in them. */
@@ -175,6 +176,11 @@ export class FakeAzure {
     this.failNextRules.push({ remaining: count, failure });
   }
 
+  /** Delays every ARM answer (a slow or hanging Resource Manager). */
+  setArmLatency(ms: number): void {
+    this.armLatencyMs = ms;
+  }
+
   /** What this authority issued the token for, while it is valid. */
   tokenInfo(token: string | undefined): IssuedEntraToken | undefined {
     const issued = this.tokens.find((entry) => entry.token === token);
@@ -189,6 +195,7 @@ export class FakeAzure {
     this.requests.length = 0;
     this.failures.clear();
     this.failNextRules = [];
+    this.armLatencyMs = 0;
   }
 
   // ---- HTTP ---------------------------------------------------------------
@@ -208,6 +215,8 @@ export class FakeAzure {
       record.status = status;
       this.reply(response, status, payload, headers);
     };
+    if (record.kind === 'arm' && this.armLatencyMs > 0) await new Promise((resolve) => setTimeout(resolve, this.armLatencyMs).unref());
+    if (response.destroyed) return;
     if (record.kind === 'arm') this.handleArm(request, url, answer);
     else this.handleAuthority(request, url, new URLSearchParams(body), answer);
   }
