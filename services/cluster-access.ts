@@ -8,6 +8,9 @@ import type { Cluster, ClusterProvider } from './providers/types.ts';
 export interface ClusterClients {
   core: CoreV1Api;
   rbac: RbacAuthorizationV1Api;
+  /** The API server and its CA as the admin kubeconfig names them: what lessees are handed too. */
+  server: string;
+  caData?: string;
 }
 
 export class ClusterAccess {
@@ -25,9 +28,12 @@ export class ClusterAccess {
     ]);
     const kubeConfig = new KubeConfig();
     kubeConfig.loadFromString(await this.provider.adminKubeconfigFor(cluster));
+    const current = kubeConfig.getCurrentCluster();
     return {
       core: makeClient(kubeConfig, CoreV1Api, this.timeoutMs),
       rbac: makeClient(kubeConfig, RbacAuthorizationV1Api, this.timeoutMs),
+      server: current?.server ?? cluster.server,
+      ...((current?.caData ?? cluster.caData) && { caData: current?.caData ?? cluster.caData }),
     };
   }
 }

@@ -69,7 +69,7 @@ export class ServiceAccountCredentials implements CredentialIssuer {
     const { user, group } = lease.credentials ?? { user: 'lessee', group: 'system:masters' };
     const role = this.roleForGroup[group];
     if (!role) throw new Error(`no ClusterRole is configured for group ${group}`);
-    const { core, rbac } = await this.access.clientsFor(cluster);
+    const { core, rbac, server, caData } = await this.access.clientsFor(cluster);
     const name = serviceAccountName(lease.id);
     const labels = { ...MANAGED_BY, 'k8s-claimer.io/lease': lease.id };
     await ignoreConflict(core.createNamespace({ body: { metadata: { name: LEASES_NAMESPACE, labels: { ...MANAGED_BY } } } }));
@@ -97,7 +97,7 @@ export class ServiceAccountCredentials implements CredentialIssuer {
     if (!token) throw new Error('the TokenRequest API returned no token');
     const expiry = request.status?.expirationTimestamp;
     return {
-      kubeconfig: buildKubeconfig({ contextName: cluster.name, server: cluster.server, caData: cluster.caData, user: { token } }),
+      kubeconfig: buildKubeconfig({ contextName: cluster.name, server, caData, user: { token } }),
       tokenExpiresAt: expiry ? new Date(expiry).getTime() : Date.now() + tokenSeconds * 1000,
     };
   }

@@ -130,9 +130,24 @@ async function filePool(config: Config, logger: Logger, clock: Clock, spec: Pool
   };
 }
 
-/** EKS and AKS pools: their SDKs load only when a pools file names one. */
-async function cloudProvider(_config: Config, _logger: Logger, _clock: Clock, spec: Extract<PoolSpec, { provider: 'eks' | 'aks' }>): Promise<ClusterProvider> {
-  throw new PoolsFileError(`pool ${spec.name}: ${spec.provider} pools are not available in this build`);
+/**
+ * EKS and AKS pools, their SDKs loaded only when a pools file names one. Credentials come from
+ * each SDK's own default chain (environment, web identity, pod identity, managed identity).
+ */
+async function cloudProvider(config: Config, logger: Logger, clock: Clock, spec: Extract<PoolSpec, { provider: 'eks' | 'aks' }>): Promise<ClusterProvider> {
+  const common = { cacheSeconds: config.clusterCacheSeconds, clock, logger: logger.child({ pool: spec.name }), timeoutMs: config.backendTimeoutSeconds * 1000 };
+  if (spec.provider === 'eks') {
+    const { EksProvider } = await import('./providers/eks.ts');
+    return new EksProvider({ ...common, regions: spec.regions, ...(spec.endpoint && { endpoint: spec.endpoint }) });
+  }
+  const { AksProvider } = await import('./providers/aks.ts');
+  return new AksProvider({
+    ...common,
+    subscriptionId: spec.subscription,
+    ...(spec.resource_group && { resourceGroup: spec.resource_group }),
+    ...(spec.endpoint && { endpoint: spec.endpoint }),
+    ...(spec.authority_host && { authorityHost: spec.authority_host }),
+  });
 }
 
 async function buildPools(config: Config, logger: Logger, clock: Clock): Promise<PoolSet> {

@@ -104,10 +104,10 @@ describe('AKS provider: listing', () => {
       tags: { team: 'ml', 'cost-center': '42' },
       kubernetesVersion: '1.30',
       currentKubernetesVersion: '1.30.7',
-      fqdn: 'gpu-1-dns-abc.hcp.eastus2.azmk8s.io',
+      fqdn: 'gpu-1-dns-abc.aks.localhost',
       agentPools: [{ name: 'system', vmSize: 'Standard_D4s_v5', count: 1 }, { name: 'gpu', vmSize: 'Standard_NC6s_v3', count: 2 }],
     });
-    const privateOne = makeManagedCluster({ subscriptionId: SUB, resourceGroup: 'ci-rg', name: 'private', fqdn: undefined, privateFqdn: 'private-x.privatelink.eastus2.azmk8s.io', currentKubernetesVersion: undefined, kubernetesVersion: '1.29.4' });
+    const privateOne = makeManagedCluster({ subscriptionId: SUB, resourceGroup: 'ci-rg', name: 'private', fqdn: undefined, privateFqdn: 'private-x.privatelink.aks.localhost', currentKubernetesVersion: undefined, kubernetesVersion: '1.29.4' });
     azure.setClusters([seeded, privateOne]);
     const { aks } = provider();
     const [gpu, inside] = await aks.list();
@@ -115,8 +115,8 @@ describe('AKS provider: listing', () => {
       id: 'ci-rg/gpu-1',
       name: 'gpu-1',
       location: 'eastus2',
-      endpoint: 'gpu-1-dns-abc.hcp.eastus2.azmk8s.io',
-      server: 'https://gpu-1-dns-abc.hcp.eastus2.azmk8s.io:443',
+      endpoint: 'gpu-1-dns-abc.aks.localhost',
+      server: 'https://gpu-1-dns-abc.aks.localhost:443',
       labels: { team: 'ml', 'cost-center': '42' },
       version: '1.30.7',
       status: 'RUNNING',
@@ -124,7 +124,7 @@ describe('AKS provider: listing', () => {
       gpu: true,
       registryLocation: null,
     });
-    assert.equal(inside.endpoint, 'private-x.privatelink.eastus2.azmk8s.io');
+    assert.equal(inside.endpoint, 'private-x.privatelink.aks.localhost');
     assert.equal(inside.version, '1.29.4');
     assert.equal(inside.gpu, false);
     assert.deepEqual(inside.labels, {});
@@ -321,10 +321,12 @@ describe('AKS provider: credentials', () => {
     assert.equal(user?.keyData, Buffer.from(TEST_TLS_KEY).toString('base64'));
     const namespaces = await config.makeApiClient(CoreV1Api).listNamespace();
     assert.ok(Array.isArray(namespaces.items));
-    // The cluster now knows its API server and CA, for lessees' kubeconfigs.
-    assert.equal(local.server, kube.url);
-    assert.equal(local.caData, Buffer.from(TEST_TLS_CERT).toString('base64'));
-    assert.deepEqual(azure.armRequests().map((request) => request.path.split('/').at(-1)).filter((action) => action?.startsWith('listCluster')), ['listClusterAdminCredential']);
+    // What lessees' kubeconfigs carry: the API server and CA the credentials name.
+    const reached = await new ClusterAccess(aks).clientsFor(local);
+    assert.equal(reached.server, kube.url);
+    assert.equal(reached.caData, Buffer.from(TEST_TLS_CERT).toString('base64'));
+    // Once for the kubeconfig above, once for the ClusterAccess: nothing is cached past a call.
+    assert.deepEqual(azure.armRequests().map((request) => request.path.split('/').at(-1)).filter((action) => action?.startsWith('listCluster')), ['listClusterAdminCredential', 'listClusterAdminCredential']);
     // The fake cluster does check the token: another one is refused.
     const forged = kubeconfig.replace(ADMIN_TOKEN, 'not-the-admin-token');
     await assert.rejects(api(forged).listNamespace(), (error: { code?: number }) => error.code === 401);

@@ -154,9 +154,6 @@ export class AksProvider implements ClusterProvider {
           name: cluster.name,
           entraOnly: aks.aadProfile !== undefined && aks.disableLocalAccounts === true,
         });
-        // What a cluster's credentials said of its API server outlives a listing.
-        const known = this.cache?.clusters.find((cached) => cached.tag === cluster.tag && cached.endpoint === cluster.endpoint);
-        if (known?.caData) Object.assign(cluster, { caData: known.caData, server: known.server });
         return cluster;
       });
       const fetchedAt = this.options.clock.now();
@@ -223,12 +220,8 @@ export class AksProvider implements ClusterProvider {
         ...(user.token && { token: user.token }),
       };
     }
-    // The API server as its credentials name it, with its CA: what lessees' kubeconfigs carry.
-    for (const known of [cluster, ...(this.cache?.clusters.filter((cached) => cached.tag === cluster.tag) ?? [])]) {
-      known.server = server;
-      if (caData) known.caData = caData;
-      else delete known.caData;
-    }
+    // The API server as its credentials name it, with its CA: lessees' kubeconfigs carry the
+    // same (ClusterAccess reads them from this kubeconfig).
     return buildKubeconfig({ contextName: `aks_${resourceGroup}_${name}`, server, caData, user: kubeUser });
   }
 

@@ -63,9 +63,9 @@ export function makeManagedCluster(fields: Partial<FakeManagedCluster> & Pick<Fa
     powerState: 'Running',
     kubernetesVersion: '1.31',
     currentKubernetesVersion: '1.31.5',
-    fqdn: `${fields.name}-dns-${randomBytes(4).toString('hex')}.hcp.westeurope.azmk8s.io`,
+    fqdn: `${fields.name}-dns-${randomBytes(4).toString('hex')}.aks.localhost`,
     agentPools: [{ name: 'nodepool1', vmSize: 'Standard_D4s_v5', count: 3 }],
-    kubeServer: `https://${fields.name}.hcp.westeurope.azmk8s.io:443`,
+    kubeServer: `https://${fields.name}.aks.localhost:443`,
     kubeCaPem: TEST_TLS_CERT,
     adminToken: randomBytes(32).toString('hex'),
     ...fields,
@@ -472,7 +472,7 @@ function entraError(error: string, code: number, description: string): Record<st
     timestamp,
     trace_id: traceId,
     correlation_id: correlationId,
-    error_uri: 'https://login.microsoftonline.com/error?code=' + code,
+    error_uri: 'https://127.0.0.1/error?code=' + code,
   };
 }
 

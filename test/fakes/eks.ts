@@ -42,7 +42,7 @@ export function makeEksCluster(fields: Partial<FakeEksCluster> & { region: strin
   const { region, name } = fields;
   return {
     arn: `arn:aws:eks:${region}:${FAKE_ACCOUNT}:cluster/${name}`,
-    endpoint: `https://${name.toUpperCase().replace(/[^A-Z0-9]/g, '')}0123456789ABCDEF.gr7.${region}.eks.amazonaws.com`,
+    endpoint: `https://${name}.${region}.eks.localhost`,
     status: 'ACTIVE',
     version: '1.31',
     platformVersion: 'eks.12',
