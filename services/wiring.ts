@@ -116,7 +116,8 @@ async function filePool(config: Config, logger: Logger, clock: Clock, spec: Pool
     }
   }
   const settings = provider instanceof StaticProvider ? provider.settings : {};
-  const aliases = [...new Set([spec.name, ...(spec.aliases ?? (provider instanceof StaticProvider ? provider.aliases : DEFAULT_ALIASES[spec.provider]))].map((alias) => alias.toLowerCase()))];
+  // A pool answers to its name and its provider's kind; `aliases` replace the other defaults (google, aws, azure).
+  const aliases = [...new Set([spec.name, spec.provider, ...(spec.aliases ?? (provider instanceof StaticProvider ? provider.aliases : DEFAULT_ALIASES[spec.provider]))].map((alias) => alias.toLowerCase()))];
   return {
     name: spec.name,
     kind: spec.provider,
