@@ -82,6 +82,7 @@ export const openApiDocument = {
         type: 'object',
         properties: {
           id: { type: 'string' },
+          pool: { type: 'string' },
           name: { type: 'string' },
           location: { type: 'string' },
           version: { type: 'string' },
@@ -146,6 +147,7 @@ export const openApiDocument = {
               uuid: { type: 'string', format: 'uuid', description: 'Same as token (the original CLI reads it)' },
               cluster_name: { type: 'string' },
               cluster_id: { type: 'string' },
+              pool: { type: 'string', description: 'The pool the cluster is in' },
               location: { type: 'string' },
               expires_at: { type: 'string', format: 'date-time' },
               note: { type: ['string', 'null'] },
@@ -182,7 +184,8 @@ export const openApiDocument = {
               cluster_regex: { type: 'string', description: 'RE2 pattern searched in the name; empty: any' },
               cluster_version: { type: 'string', description: 'Version prefix; empty: any' },
               labels: { type: 'object', additionalProperties: { type: 'string' } },
-              cloud_provider: { type: 'string', description: 'gke/google, or the static pool\'s provider; empty: any' },
+              cloud_provider: { type: 'string', description: 'Only pools that answer to it: gke/google, eks/aws, aks/azure, a static pool\'s provider, a pool\'s name or aliases; empty: any' },
+              pool: { type: 'string', description: 'Only this pool (POOLS_FILE); empty: any' },
               note: { type: 'string', maxLength: 256 },
               wait: { type: 'integer', minimum: 0, maximum: 3600, description: 'Seconds to wait for a free matching cluster' },
               gpu: { type: 'boolean' },
@@ -212,7 +215,29 @@ export const openApiDocument = {
         responses: {
           200: {
             description: 'The pool',
-            content: json({ type: 'object', properties: { clusters: { type: 'array', items: { $ref: '#/components/schemas/Cluster' } }, waiting: { type: 'integer' } } }),
+            content: json({
+              type: 'object',
+              properties: {
+                clusters: { type: 'array', items: { $ref: '#/components/schemas/Cluster' } },
+                waiting: { type: 'integer' },
+                pools: {
+                  type: 'array',
+                  description: 'How each pool\'s last listing went',
+                  items: {
+                    type: 'object',
+                    properties: {
+                      name: { type: 'string' },
+                      provider: { type: 'string' },
+                      aliases: { type: 'array', items: { type: 'string' } },
+                      healthy: { type: 'boolean' },
+                      last_error: { type: ['string', 'null'] },
+                      listed_at: { type: ['string', 'null'], format: 'date-time' },
+                      clusters: { type: 'integer' },
+                    },
+                  },
+                },
+              },
+            }),
           },
           401: unauthorized,
           500: backend,

@@ -199,7 +199,14 @@ async function kustomize(dir: string): Promise<Manifest[]> {
       else resolve(stdout);
     });
   });
-  return parseAllDocuments(output, { version: '1.1' }).map((document) => document.toJS() as Manifest);
+  const objects = parseAllDocuments(output, { version: '1.1' }).map((document) => document.toJS() as Manifest);
+  // kustomize folds a generated Secret's base64 over lines; the apiserver's decoder skips the
+  // line breaks, the schema's "byte" format does not.
+  for (const object of objects) {
+    const data = (object as { data?: Record<string, string> }).data;
+    if (object.kind === 'Secret' && data) for (const key of Object.keys(data)) data[key] = data[key].replace(/\n/g, '');
+  }
+  return objects;
 }
 
 /** The ConfigMap the pods read their settings from (the others are shards of the lease table). */
@@ -766,13 +773,30 @@ describe('k8s/ built by the real kustomize', { skip: HAS_KUBECTL ? false : WITHO
         await writeFile(join(folder, overlay, file), text);
         if (file === KUSTOMIZATION) overlays.add(overlay);
       }
-      assert.deepEqual([...overlays].sort(), ['file-store', 'overlay'], 'the overlays k8s/README.md shows');
+      assert.deepEqual([...overlays].sort(), ['file-store', 'overlay', 'pools'], 'the overlays k8s/README.md shows');
 
       const workdir = /^WORKDIR\s+(\S+)/m.exec(await readFile(join(ROOT, 'Dockerfile'), 'utf8'))?.[1];
       assert.ok(workdir, 'the Dockerfile sets WORKDIR');
       for (const overlay of overlays) {
         const { objects, config, container } = await checkDeployable(overlay, await kustomize(join(folder, overlay)));
         assert.equal(imageName(container.image ?? ''), 'registry.example.com/team/k8s-claimer', `${overlay}: the image is set`);
+        if (config.poolsFile) {
+          // The pools file is in a Secret mounted where POOLS_FILE points, with the files it names.
+          const mount = container.volumeMounts?.find((candidate) => config.poolsFile?.startsWith(`${candidate.mountPath}/`));
+          assert.ok(mount?.readOnly, `${overlay}: the pools file is mounted read-only`);
+          const secretName = builtKind<IDeployment & Manifest>(objects, 'Deployment').spec?.template.spec?.volumes?.find((volume) => volume.name === mount.name)?.secret?.secretName;
+          const secret = objects.find((object) => object.kind === 'Secret' && object.metadata.name === secretName) as (Manifest & { data?: Record<string, string> }) | undefined;
+          assert.ok(secret, `${overlay}: the Secret the volume names is in the build`);
+          const files = Object.fromEntries(Object.entries(secret.data ?? {}).map(([key, value]) => [key, Buffer.from(value, 'base64').toString('utf8')]));
+          const pools = join(folder, `${overlay}-mounted`);
+          await mkdir(pools, { recursive: true });
+          for (const [key, text] of Object.entries(files)) await writeFile(join(pools, key), text);
+          const { readPoolsFile } = await import('../services/providers/pools.ts');
+          const read = await readPoolsFile(join(pools, config.poolsFile.slice(mount.mountPath.length + 1)));
+          for (const pool of read.pools) {
+            if (pool.provider === 'static' || pool.provider === 'kubeconfig') assert.ok(relative(pools, pool.file) in files, `${overlay}: ${pool.name}'s file is in the Secret`);
+          }
+        }
         if (config.leaseStore !== 'file') continue;
         const deployment = builtKind<IDeployment & Manifest>(objects, 'Deployment');
         const pod = deployment.spec?.template.spec;

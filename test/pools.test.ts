@@ -143,7 +143,7 @@ describe('a server with several pools', () => {
     assert.match(unknownPool.body.error, /pool: not a pool of this claimer; it has gke-ci, lab, spare/);
     const unknownProvider = await lease({ cloud_provider: 'azure' });
     assert.equal(unknownProvider.status, 400);
-    assert.match(unknownProvider.body.error, /it accepts gke-ci, gke, google, lab, onprem, static, spare/);
+    assert.match(unknownProvider.body.error, /it accepts gke-ci, gke, google, lab, static, onprem, spare/);
     const mismatch = await lease({ pool: 'lab', cloud_provider: 'google' });
     assert.equal(mismatch.status, 400);
     assert.deepEqual(mismatch.body.fields, ['pool', 'cloud_provider']);

@@ -4,6 +4,7 @@
 // state and label, stacks its rows at 400 px without sideways scrolling, and has its icon.
 
 import assert from 'node:assert/strict';
+import { stringify } from 'yaml';
 import { existsSync } from 'node:fs';
 import { rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -248,6 +249,32 @@ describe('the status page', () => {
         await page.context().close();
       } finally {
         await quarantineServer.stop();
+        await rm(own, { recursive: true, force: true });
+      }
+    });
+
+    test('several pools: each pool\'s clusters under a heading with its name and provider, in the pools file\'s order', async () => {
+      const own = await tempDir();
+      const settings = { credentials: 'pool', cleanup: 'none' };
+      await writeFile(join(own, 'spare.yaml'), stringify({ ...settings, clusters: poolOf(2, 'spare').map((cluster) => ({ ...cluster, server: 'https://127.9.9.9:6443' })) }));
+      await writeFile(join(own, 'lab.yaml'), stringify({ ...settings, clusters: poolOf(1, 'lab').map((cluster) => ({ ...cluster, server: 'https://127.9.9.9:6443' })) }));
+      await writeFile(join(own, 'pools.yaml'), stringify({ pools: [{ name: 'spare', provider: 'static', file: 'spare.yaml' }, { name: 'lab', provider: 'static', file: 'lab.yaml' }] }));
+      const poolsServer = await startServerProcess(process.execPath, ['--import', 'tsx', 'main.ts'], {
+        AUTH_TOKEN: TOKEN,
+        POOLS_FILE: join(own, 'pools.yaml'),
+        LEASE_STORE_FILE: join(own, 'leases.json'),
+      });
+      try {
+        const { page, problems } = await openPage({ url: poolsServer.url });
+        await signIn(page, TOKEN);
+        await page.locator('tbody tr').nth(4).waitFor({ timeout: 5000 });
+        const rows = await page.locator('tbody tr').evaluateAll((elements) =>
+          elements.map((element) => (element.classList.contains('pool-row') ? `# ${element.textContent}` : (element.querySelector('th')?.textContent ?? ''))),
+        );
+        assert.deepEqual(rows, ['# spare static', 'spare-1', 'spare-2', '# lab static', 'lab-1']);
+        assert.deepEqual(problems, []);
+      } finally {
+        await poolsServer.stop();
         await rm(own, { recursive: true, force: true });
       }
     });
