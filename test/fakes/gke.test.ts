@@ -181,7 +181,7 @@ describe('fake GKE ClusterManager', () => {
   });
 
   it('other methods are UNIMPLEMENTED', async () => {
-    await assert.rejects(client.listOperations({ parent: `projects/${P}/locations/-` }), (err: { code?: number }) => {
+    await assert.rejects(client.getServerConfig({ name: `projects/${P}/locations/us-central1-a` }), (err: { code?: number }) => {
       assert.equal(err.code, grpc.status.UNIMPLEMENTED);
       return true;
     });

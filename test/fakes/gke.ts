@@ -39,6 +39,20 @@
  *   out, gax reports its own DEADLINE_EXCEEDED error ("Exceeded maximum number of retries") instead of
  *   the server's code. A call option `{timeout: ms}` also caps the total retry time, and then gax
  *   reports DEADLINE_EXCEEDED ("Total timeout of API ... exceeded").
+ *   Of the operation methods, DeleteCluster, GetOperation and ListOperations are "idempotent" (retried
+ *   as above); CreateCluster and SetNodePoolSize are "non_idempotent" (never retried, 45 s timeout).
+ * - Operations (CreateCluster, DeleteCluster, SetNodePoolSize; followed with GetOperation and
+ *   ListOperations) behave as GKE's long-running operations: the RPC answers at once with an
+ *   `Operation` in PENDING, which is RUNNING on later reads and DONE once its duration
+ *   (`operationDurations`) has passed on the fake's clock. The clock is `now()` (default `Date.now`)
+ *   plus whatever `advance(ms)` added: pass `now: () => 0` for a clock that only moves by `advance`.
+ *   Operations progress lazily, on every RPC and on `advance()`/`tick()`. A cluster being created is
+ *   PROVISIONING (no endpoint, no CA) and then RUNNING; being deleted, STOPPING and then gone; being
+ *   resized, RECONCILING and then RUNNING with the pool's new size (the fake keeps a pool's size in
+ *   `initialNodeCount`; real GKE reports it through the pool's instance groups). One operation per
+ *   cluster at a time: a second is FAILED_PRECONDITION, as GKE. `failNextOperation()` makes an
+ *   operation end DONE with an `error` (a failed create leaves the cluster in ERROR, as GKE does, until
+ *   it is deleted); `setClusterQuota()` makes CreateCluster fail with RESOURCE_EXHAUSTED.
  * - There is one copy of @grpc/grpc-js in this tree (`npm ls @grpc/grpc-js`: google-gax's is
  *   "deduped"). To stay correct if that ever changes, this module loads the copy google-gax resolves
  *   and re-exports it as `grpc`. Use it for `credentials`/`status` next to the client: grpc-js checks
@@ -288,6 +302,47 @@ export interface FakeGkeCall {
   outcome?: 'ok' | number;
 }
 
+export type FakeOperationKind = 'create' | 'delete' | 'resize';
+
+const OPERATION_TYPES = { create: 'CREATE_CLUSTER', delete: 'DELETE_CLUSTER', resize: 'SET_NODE_POOL_SIZE' } as const;
+
+/** An operation as the fake records it (`fake.operations`); GetOperation sends its wire form. */
+export interface FakeOperation {
+  /** GKE's short operation id, e.g. 'operation-1735689600000-1'. */
+  readonly name: string;
+  readonly kind: FakeOperationKind;
+  readonly operationType: (typeof OPERATION_TYPES)[FakeOperationKind];
+  readonly project: string;
+  readonly location: string;
+  readonly cluster: string;
+  readonly nodePool?: string;
+  /** The size asked for, for a resize. */
+  readonly nodeCount?: number;
+  /** On the fake's clock (ms). */
+  readonly startedAt: number;
+  /** When it ends (successfully or not) on the fake's clock. */
+  readonly endsAt: number;
+  status: 'PENDING' | 'RUNNING' | 'DONE';
+  /** Set when the operation ends with an error (set from the start; only sent once DONE). */
+  readonly error?: { code: number; message: string };
+}
+
+export interface FakeOperationDurations {
+  create: number;
+  delete: number;
+  resize: number;
+}
+
+export interface FakeOperationFailure {
+  /** Which kind of operation fails; any when unset. */
+  kind?: FakeOperationKind;
+  /** A google.rpc.Code; default RESOURCE_EXHAUSTED (a stockout). */
+  code?: number;
+  message?: string;
+  /** How long into the operation it fails; default its whole duration. */
+  afterMs?: number;
+}
+
 export interface FakeGke {
   readonly host: '127.0.0.1';
   readonly port: number;
@@ -310,7 +365,28 @@ export interface FakeGke {
   /** Hold every response (current and future) until unhang()/close() or until the client gives up. */
   hang(): void;
   unhang(): void;
-  /** Clear calls, pending failNext failures, latency and hang (clusters are kept). */
+  /** Every operation started, in order (live: statuses move as the clock does). */
+  readonly operations: readonly FakeOperation[];
+  /** How many operations are not DONE now. */
+  runningOperations(): number;
+  /** The most operations that were not DONE at once since the start or reset(). */
+  readonly maxConcurrentOperations: number;
+  /** The next operation (of `kind`, if given) ends DONE with an error instead of succeeding. */
+  failNextOperation(failure?: FakeOperationFailure): void;
+  /** CreateCluster fails with RESOURCE_EXHAUSTED once a project has this many clusters; undefined lifts it. */
+  setClusterQuota(clusters: number | undefined): void;
+  setOperationDurations(durations: Partial<FakeOperationDurations>): void;
+  /** The fake's clock (ms): `now()` of the options plus everything advanced. */
+  now(): number;
+  /** Moves the fake's clock forward and lets operations progress. */
+  advance(ms: number): void;
+  /** Lets operations progress to the present of the clock (every RPC does this too). */
+  tick(): void;
+  /**
+   * Clear calls, pending failNext failures, latency and hang, operation failures, the quota, the
+   * operations record and its concurrency count (clusters are kept; operations in flight are
+   * abandoned and their clusters stay as they are).
+   */
   reset(): void;
   close(): Promise<void>;
 }
@@ -319,6 +395,12 @@ export interface StartFakeGkeOptions {
   clusters?: FakeCluster[];
   /** Port to bind on 127.0.0.1; default 0 (ephemeral). */
   port?: number;
+  /** How long operations take, in ms of the fake's clock; default create 200, delete 100, resize 100. */
+  operationDurations?: Partial<FakeOperationDurations>;
+  /** The fake's clock; default Date.now. `() => 0` makes it move only by advance(). */
+  now?: () => number;
+  /** See setClusterQuota. */
+  clusterQuota?: number;
 }
 
 class GrpcError extends Error {
@@ -332,6 +414,27 @@ class GrpcError extends Error {
 
 const CLUSTERS_PARENT_RE = /^projects\/([^/]+)\/locations\/([^/]+)$/;
 const CLUSTER_NAME_RE = /^projects\/([^/]+)\/locations\/([^/]+)\/clusters\/([^/]+)$/;
+const NODE_POOL_NAME_RE = /^projects\/([^/]+)\/locations\/([^/]+)\/clusters\/([^/]+)\/nodePools\/([^/]+)$/;
+const OPERATION_NAME_RE = /^projects\/([^/]+)\/locations\/([^/]+)\/operations\/([^/]+)$/;
+/** GKE's rule for cluster names: lowercase letters, digits and hyphens, a letter first, at most 40. */
+const GKE_CLUSTER_NAME_RE = /^[a-z](?:[-a-z0-9]{0,38}[a-z0-9])?$/;
+
+/** `field` of `req` matched against `re`, or INVALID_ARGUMENT naming the form wanted. */
+function parseName(req: Record<string, unknown>, field: 'name' | 'parent', re: RegExp, form: string): string[] {
+  const value = String(req[field] ?? '');
+  const m = re.exec(value);
+  if (!m) throw new GrpcError(grpc.status.INVALID_ARGUMENT, `Invalid ${field} "${value}": want ${form}`);
+  return m.slice(1);
+}
+
+function linkBase(project: string, location: string): string {
+  return `https://container.googleapis.com/v1/projects/${project}/${isZone(location) ? 'zones' : 'locations'}/${location}`;
+}
+
+function poolSize(c: FakeCluster): number {
+  const perPool = (c.nodePools ?? []).reduce((n, p) => n + Number(p.initialNodeCount ?? 0), 0);
+  return perPool * (isZone(c.location) ? 1 : 3);
+}
 
 export async function startFakeGke(options: StartFakeGkeOptions = {}): Promise<FakeGke> {
   const service = clusterManagerService();
@@ -343,6 +446,17 @@ export async function startFakeGke(options: StartFakeGkeOptions = {}): Promise<F
   let hung = false;
   let hangWaiters: Array<() => void> = [];
   const closeController = new AbortController();
+  const baseNow = options.now ?? Date.now;
+  let skewMs = 0;
+  const now = () => baseNow() + skewMs;
+  let durations: FakeOperationDurations = { create: 200, delete: 100, resize: 100, ...options.operationDurations };
+  const operations: FakeOperation[] = [];
+  let operationCount = 0;
+  let maxConcurrentOperations = 0;
+  let operationFailures: FakeOperationFailure[] = [];
+  let clusterQuota = options.clusterQuota;
+  /** What a cluster being created gets once it is up. */
+  const whenUp = new Map<FakeOperation, { endpoint: string; caCertificate: string }>();
 
   const releaseHung = () => {
     const waiters = hangWaiters;
@@ -397,9 +511,201 @@ export async function startFakeGke(options: StartFakeGkeOptions = {}): Promise<F
     return toWire(c);
   }
 
+  // -- operations --------------------------------------------------------------------------
+
+  const findCluster = (project: string, location: string, name: string) =>
+    clusters.find((c) => projectOf(c) === project && c.location === location && c.name === name);
+  const running = () => operations.filter((op) => op.status !== 'DONE');
+
+  /** Brings every operation to the present of the clock, in the order they end. */
+  function settle(): void {
+    const t = now();
+    for (const op of [...running()].sort((a, b) => a.endsAt - b.endsAt)) {
+      if (t >= op.endsAt) finish(op);
+      else if (t > op.startedAt) op.status = 'RUNNING';
+    }
+  }
+
+  function finish(op: FakeOperation): void {
+    op.status = 'DONE';
+    const c = findCluster(op.project, op.location, op.cluster);
+    const up = whenUp.get(op);
+    whenUp.delete(op);
+    if (!c) return; // removed by the test meanwhile
+    if (op.error) {
+      // A failed create or delete leaves the cluster in ERROR, as GKE does; a failed resize leaves it running.
+      c.status = op.kind === 'resize' ? 'RUNNING' : 'ERROR';
+      c.statusMessage = op.error.message;
+      for (const pool of c.nodePools ?? []) pool.status = op.kind === 'resize' ? 'RUNNING' : 'ERROR';
+      return;
+    }
+    if (op.kind === 'delete') {
+      clusters.splice(clusters.indexOf(c), 1);
+      return;
+    }
+    if (op.kind === 'resize') {
+      const pool = (c.nodePools ?? []).find((p) => p.name === op.nodePool);
+      if (pool) pool.initialNodeCount = op.nodeCount;
+    }
+    if (up) {
+      c.endpoint = up.endpoint;
+      c.masterAuth = { clusterCaCertificate: up.caCertificate };
+    }
+    c.status = 'RUNNING';
+    for (const pool of c.nodePools ?? []) pool.status = 'RUNNING';
+    c.currentNodeCount = poolSize(c);
+  }
+
+  /** FAILED_PRECONDITION while another operation runs on the cluster, with GKE's messages. */
+  function assertIdle(project: string, location: string, name: string): void {
+    const busy = running().find((op) => op.project === project && op.location === location && op.cluster === name);
+    if (!busy) return;
+    throw new GrpcError(
+      grpc.status.FAILED_PRECONDITION,
+      busy.kind === 'create'
+        ? `Operation ${busy.name} is currently creating cluster ${name}. Please wait and try again once it is done.`
+        : `Cluster is running incompatible operation ${busy.name}.`,
+    );
+  }
+
+  function startOperation(kind: FakeOperationKind, project: string, location: string, cluster: string, extra: { nodePool?: string; nodeCount?: number } = {}): FakeOperation {
+    const failureAt = operationFailures.findIndex((f) => !f.kind || f.kind === kind);
+    const failure = failureAt >= 0 ? operationFailures.splice(failureAt, 1)[0] : undefined;
+    const startedAt = now();
+    const op: FakeOperation = {
+      name: `operation-${startedAt}-${++operationCount}`,
+      kind,
+      operationType: OPERATION_TYPES[kind],
+      project,
+      location,
+      cluster,
+      ...extra,
+      startedAt,
+      endsAt: startedAt + (failure?.afterMs ?? durations[kind]),
+      status: 'PENDING',
+      ...(failure && {
+        error: {
+          code: failure.code ?? grpc.status.RESOURCE_EXHAUSTED,
+          message: failure.message ?? `fake GKE: the ${OPERATION_TYPES[kind]} operation failed`,
+        },
+      }),
+    };
+    operations.push(op);
+    maxConcurrentOperations = Math.max(maxConcurrentOperations, running().length);
+    return op;
+  }
+
+  function operationToWire(op: FakeOperation): protos.google.container.v1.IOperation {
+    const done = op.status === 'DONE';
+    const clusterLink = `${linkBase(op.project, op.location)}/clusters/${op.cluster}`;
+    return {
+      name: op.name,
+      zone: op.location,
+      location: op.location,
+      operationType: op.operationType,
+      status: op.status,
+      selfLink: `${linkBase(op.project, op.location)}/operations/${op.name}`,
+      // GKE names the node pool of a node pool operation, the cluster otherwise.
+      targetLink: op.nodePool ? `${clusterLink}/nodePools/${op.nodePool}` : clusterLink,
+      startTime: new Date(op.startedAt).toISOString(),
+      endTime: done ? new Date(op.endsAt).toISOString() : '',
+      statusMessage: done && op.error ? op.error.message : '',
+      detail: '',
+      error: done && op.error ? { code: op.error.code, message: op.error.message, details: [] } : null,
+    };
+  }
+
+  function createCluster(req: Record<string, unknown>): protos.google.container.v1.IOperation {
+    const [project, location] = parseName(req, 'parent', CLUSTERS_PARENT_RE, 'projects/*/locations/*') as [string, string];
+    if (location === '-') throw new GrpcError(grpc.status.INVALID_ARGUMENT, 'Location "-" is not valid for creating a cluster.');
+    const wanted = (req.cluster ?? null) as protos.google.container.v1.ICluster | null;
+    if (!wanted) throw new GrpcError(grpc.status.INVALID_ARGUMENT, 'Cluster must be set.');
+    const name = String(wanted.name ?? '');
+    if (!GKE_CLUSTER_NAME_RE.test(name)) {
+      throw new GrpcError(grpc.status.INVALID_ARGUMENT, `Invalid value for field "cluster.name": "${name}". Must be a match of regex '(?:[a-z](?:[-a-z0-9]{0,38}[a-z0-9])?)'`);
+    }
+    const pools = wanted.nodePools ?? [];
+    const initialNodeCount = Number(wanted.initialNodeCount ?? 0);
+    if (pools.length === 0 && initialNodeCount <= 0) {
+      throw new GrpcError(grpc.status.INVALID_ARGUMENT, 'Cluster.initial_node_count must be greater than zero, or node pools must be specified.');
+    }
+    if (pools.length > 0 && initialNodeCount > 0) {
+      throw new GrpcError(grpc.status.INVALID_ARGUMENT, 'Cluster.initial_node_count must be unset when node pools are specified.');
+    }
+    if (findCluster(project, location, name)) throw new GrpcError(grpc.status.ALREADY_EXISTS, `Already exists: projects/${project}/locations/${location}/clusters/${name}.`);
+    const owned = clusters.filter((c) => projectOf(c) === project).length;
+    if (clusterQuota !== undefined && owned >= clusterQuota) {
+      throw new GrpcError(grpc.status.RESOURCE_EXHAUSTED, `Insufficient quota to satisfy request: project "${project}" may have at most ${clusterQuota} clusters.`);
+    }
+    const made = makeCluster({
+      project,
+      location,
+      name,
+      status: 'PROVISIONING',
+      description: wanted.description ?? '',
+      resourceLabels: { ...(wanted.resourceLabels ?? {}) },
+      ...(wanted.initialClusterVersion && { currentMasterVersion: wanted.initialClusterVersion }),
+      createTime: new Date(now()).toISOString(),
+      nodePools: (pools.length > 0 ? pools : [{ name: 'default-pool', initialNodeCount, config: wanted.nodeConfig }]).map((p) => ({
+        name: p.name ?? undefined,
+        nodeCount: Number(p.initialNodeCount ?? 0),
+        ...(p.config?.machineType && { machineType: p.config.machineType }),
+        accelerators: (p.config?.accelerators ?? []).map((a) => ({ acceleratorType: String(a.acceleratorType ?? ''), acceleratorCount: String(a.acceleratorCount ?? 0) })),
+      })),
+    });
+    const op = startOperation('create', project, location, name);
+    whenUp.set(op, { endpoint: made.endpoint!, caCertificate: made.masterAuth!.clusterCaCertificate! });
+    clusters.push({ ...made, endpoint: '', masterAuth: { clusterCaCertificate: '' } });
+    return operationToWire(op);
+  }
+
+  function deleteCluster(req: Record<string, unknown>): protos.google.container.v1.IOperation {
+    const [project, location, name] = parseName(req, 'name', CLUSTER_NAME_RE, 'projects/*/locations/*/clusters/*') as [string, string, string];
+    const c = findCluster(project, location, name);
+    if (!c) throw new GrpcError(grpc.status.NOT_FOUND, `Not found: projects/${project}/locations/${location}/clusters/${name}.`);
+    assertIdle(project, location, name);
+    const op = startOperation('delete', project, location, name);
+    c.status = 'STOPPING';
+    return operationToWire(op);
+  }
+
+  function setNodePoolSize(req: Record<string, unknown>): protos.google.container.v1.IOperation {
+    const [project, location, name, poolName] = parseName(req, 'name', NODE_POOL_NAME_RE, 'projects/*/locations/*/clusters/*/nodePools/*') as [string, string, string, string];
+    const nodeCount = Number(req.nodeCount ?? 0);
+    if (!Number.isInteger(nodeCount) || nodeCount < 0) throw new GrpcError(grpc.status.INVALID_ARGUMENT, `Invalid node count ${nodeCount}.`);
+    const c = findCluster(project, location, name);
+    if (!c) throw new GrpcError(grpc.status.NOT_FOUND, `Not found: projects/${project}/locations/${location}/clusters/${name}.`);
+    const pool = (c.nodePools ?? []).find((p) => p.name === poolName);
+    if (!pool) throw new GrpcError(grpc.status.NOT_FOUND, `Not found: projects/${project}/locations/${location}/clusters/${name}/nodePools/${poolName}.`);
+    assertIdle(project, location, name);
+    if (c.status !== 'RUNNING') throw new GrpcError(grpc.status.FAILED_PRECONDITION, `Cluster ${name} is in status ${String(c.status)}; it must be RUNNING.`);
+    const op = startOperation('resize', project, location, name, { nodePool: poolName, nodeCount });
+    c.status = 'RECONCILING';
+    pool.status = 'RECONCILING';
+    return operationToWire(op);
+  }
+
+  function getOperation(req: Record<string, unknown>): protos.google.container.v1.IOperation {
+    const [project, location, id] = parseName(req, 'name', OPERATION_NAME_RE, 'projects/*/locations/*/operations/*') as [string, string, string];
+    const op = operations.find((o) => o.project === project && o.location === location && o.name === id);
+    if (!op) throw new GrpcError(grpc.status.NOT_FOUND, `Not found: projects/${project}/locations/${location}/operations/${id}.`);
+    return operationToWire(op);
+  }
+
+  function listOperations(req: Record<string, unknown>): protos.google.container.v1.IListOperationsResponse {
+    const [project, location] = parseName(req, 'parent', CLUSTERS_PARENT_RE, 'projects/*/locations/*') as [string, string];
+    const inScope = (op: FakeOperation) => op.project === project && (location === '-' || op.location === location || op.location.startsWith(`${location}-`));
+    return { operations: operations.filter(inScope).map(operationToWire), missingZones: [] };
+  }
+
   const handlers: Record<string, (req: Record<string, unknown>) => unknown> = {
     ListClusters: listClusters,
     GetCluster: getCluster,
+    CreateCluster: createCluster,
+    DeleteCluster: deleteCluster,
+    SetNodePoolSize: setNodePoolSize,
+    GetOperation: getOperation,
+    ListOperations: listOperations,
   };
 
   /** Resolves after ms, or early when the call is cancelled or the server closes. */
@@ -458,6 +764,7 @@ export async function startFakeGke(options: StartFakeGkeOptions = {}): Promise<F
         }
         const handler = handlers[rpcName];
         if (!handler) throw new GrpcError(grpc.status.UNIMPLEMENTED, `fake GKE: ${rpcName} is not implemented`);
+        settle();
         const res = handler(req);
         record.outcome = 'ok';
         callback(null, res);
@@ -506,9 +813,39 @@ export async function startFakeGke(options: StartFakeGkeOptions = {}): Promise<F
       hung = false;
       releaseHung();
     },
+    operations,
+    runningOperations() {
+      settle();
+      return running().length;
+    },
+    get maxConcurrentOperations() {
+      return maxConcurrentOperations;
+    },
+    failNextOperation(failure = {}) {
+      operationFailures.push({ ...failure });
+    },
+    setClusterQuota(n) {
+      clusterQuota = n;
+    },
+    setOperationDurations(next) {
+      durations = { ...durations, ...next };
+    },
+    now,
+    advance(ms) {
+      skewMs += ms;
+      settle();
+    },
+    tick() {
+      settle();
+    },
     reset() {
       calls.length = 0;
       failures = [];
+      operationFailures = [];
+      clusterQuota = options.clusterQuota;
+      operations.length = 0;
+      whenUp.clear();
+      maxConcurrentOperations = 0;
       latencyMs = 0;
       hung = false;
       releaseHung();
