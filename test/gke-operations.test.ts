@@ -245,6 +245,21 @@ describe('GKE operations', () => {
     assert.ok(fake.clusters.every((cluster) => cluster.status === 'RUNNING'));
   });
 
+  test('gax retries UNAVAILABLE for DeleteCluster (idempotent) but not for CreateCluster', async () => {
+    fake.setClusters([ours('gone-soon')]);
+    const cluster = await listed('gone-soon');
+    fake.failNext(1, grpc.status.UNAVAILABLE);
+    await deleteCluster(client, { ...scope, pool: POOL, cluster });
+    assert.deepEqual(fake.calls.filter((c) => c.method === 'DeleteCluster').map((c) => c.outcome), [grpc.status.UNAVAILABLE, 'ok']);
+    assert.equal(fake.operations.length, 1);
+
+    fake.clearCalls();
+    fake.failNext(1, grpc.status.UNAVAILABLE);
+    const error = await rejectsWith(createCluster(client, { ...scope, pool: POOL, cluster: spec('new') }), 'unavailable', grpc.status.UNAVAILABLE);
+    assert.equal(error.retryable, true);
+    assert.equal(fake.calls.length, 1);
+  });
+
   test('the fake counts operations running at once', async () => {
     await Promise.all(['a', 'b', 'c'].map((name) => createCluster(client, { ...scope, pool: POOL, cluster: spec(name) })));
     assert.equal(fake.runningOperations(), 3);

@@ -180,6 +180,45 @@ describe('fake GKE ClusterManager', () => {
     assert.equal(res.clusters!.length, 3);
   });
 
+  it('operations: PENDING until the clock moves, DONE after their duration; regional links and sizes', async () => {
+    const ops = await startFakeGke({ now: () => 0, operationDurations: { create: 100 } });
+    const opsClient = new ClusterManagerClient(fakeGkeClientOptions(ops));
+    try {
+      const [started] = await opsClient.createCluster({ parent: `projects/${P}/locations/europe-west4`, cluster: { name: 'reg', initialNodeCount: 2 } });
+      assert.deepEqual([started.status, started.operationType, started.location], ['PENDING', 'CREATE_CLUSTER', 'europe-west4']);
+      assert.equal(started.targetLink, `https://container.googleapis.com/v1/projects/${P}/locations/europe-west4/clusters/reg`);
+      const name = `projects/${P}/locations/europe-west4/operations/${started.name}`;
+      assert.equal((await opsClient.getOperation({ name }))[0].status, 'PENDING');
+      ops.advance(99);
+      assert.equal((await opsClient.getOperation({ name }))[0].status, 'RUNNING');
+      ops.advance(1);
+      const [done] = await opsClient.getOperation({ name });
+      assert.deepEqual([done.status, done.startTime, done.endTime, done.error], ['DONE', '1970-01-01T00:00:00.000Z', '1970-01-01T00:00:00.100Z', null]);
+      const [cluster] = await opsClient.getCluster({ name: `projects/${P}/locations/europe-west4/clusters/reg` });
+      assert.deepEqual([cluster.status, cluster.currentNodeCount, cluster.nodePools!.map((p) => p.name)], ['RUNNING', 6, ['default-pool']]);
+
+      // ListOperations: by location, '-' for all, a region's zones included; other projects never.
+      await opsClient.createCluster({ parent: 'projects/proj-b/locations/europe-west4-a', cluster: { name: 'zonal', initialNodeCount: 1 } });
+      const [all] = await opsClient.listOperations({ parent: `projects/${P}/locations/-` });
+      assert.deepEqual(all.operations!.map((o) => o.name), [started.name]);
+      const [region] = await opsClient.listOperations({ parent: 'projects/proj-b/locations/europe-west4' });
+      assert.deepEqual(region.operations!.map((o) => [o.status, o.zone]), [['PENDING', 'europe-west4-a']]);
+      await assert.rejects(opsClient.listOperations({ projectId: P, zone: '-' }), (err: { code?: number }) => err.code === grpc.status.INVALID_ARGUMENT);
+
+      // A failed delete leaves the cluster in ERROR.
+      ops.failNextOperation({ kind: 'delete', code: grpc.status.INTERNAL, message: 'disk detach failed' });
+      const [deleting] = await opsClient.deleteCluster({ name: `projects/${P}/locations/europe-west4/clusters/reg` });
+      ops.advance(100);
+      const [failed] = await opsClient.getOperation({ name: `projects/${P}/locations/europe-west4/operations/${deleting.name}` });
+      assert.deepEqual([failed.status, failed.error?.code, failed.error?.message, failed.statusMessage], ['DONE', grpc.status.INTERNAL, 'disk detach failed', 'disk detach failed']);
+      assert.equal(ops.clusters.find((c) => c.name === 'reg')!.status, 'ERROR');
+      assert.equal(ops.maxConcurrentOperations, 2);
+    } finally {
+      await opsClient.close();
+      await ops.close();
+    }
+  });
+
   it('other methods are UNIMPLEMENTED', async () => {
     await assert.rejects(client.getServerConfig({ name: `projects/${P}/locations/us-central1-a` }), (err: { code?: number }) => {
       assert.equal(err.code, grpc.status.UNIMPLEMENTED);

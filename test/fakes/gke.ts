@@ -52,7 +52,8 @@
  *   `initialNodeCount`; real GKE reports it through the pool's instance groups). One operation per
  *   cluster at a time: a second is FAILED_PRECONDITION, as GKE. `failNextOperation()` makes an
  *   operation end DONE with an `error` (a failed create leaves the cluster in ERROR, as GKE does, until
- *   it is deleted); `setClusterQuota()` makes CreateCluster fail with RESOURCE_EXHAUSTED.
+ *   it is deleted); `setClusterQuota()` makes CreateCluster fail with RESOURCE_EXHAUSTED. These methods
+ *   take only the `parent`/`name` forms (not the deprecated project_id/zone fields).
  * - There is one copy of @grpc/grpc-js in this tree (`npm ls @grpc/grpc-js`: google-gax's is
  *   "deduped"). To stay correct if that ever changes, this module loads the copy google-gax resolves
  *   and re-exports it as `grpc`. Use it for `credentials`/`status` next to the client: grpc-js checks
