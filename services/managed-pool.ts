@@ -305,7 +305,7 @@ export function inOperation(cluster: ManagedCluster): boolean {
 const byName = (a: ManagedCluster, b: ManagedCluster) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
 /** Most recently idle first; an unknown idleSince counts as most recent. */
 const recentFirst = (a: ManagedCluster, b: ManagedCluster) => (b.idleSince ?? Infinity) - (a.idleSince ?? Infinity) || byName(a, b);
-const longestIdleFirst = (a: ManagedCluster, b: ManagedCluster) => recentFirst(b, a);
+const longestIdleFirst = (a: ManagedCluster, b: ManagedCluster) => (a.idleSince ?? Infinity) - (b.idleSince ?? Infinity) || byName(a, b);
 
 interface Counted {
   /** Free and idle now, not due for recycling: what a lease could take, and what may hibernate. */
