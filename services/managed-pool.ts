@@ -35,8 +35,9 @@
 //  1. Demand. Waiters beyond the warm clusters wake cold ones first (a wake is faster than a
 //     create), then create.
 //  2. Clean-up. An error cluster (a create that failed) is deleted (reason `error`); a free or
-//     hibernated cluster with leases >= recycle_after is deleted (`recycle`). The next plans
-//     replace them by the rules below once they are gone.
+//     hibernated cluster with leases >= recycle_after is deleted (`recycle`). Rule 4 replaces
+//     them: in the same plan where max_size leaves room, else once they are gone. A cluster
+//     due for recycling is no longer supply: the lease side should not lease it (`recycleDue`).
 //  3. running_min. Too few warm: wake cold ones.
 //  4. min_ready. Too little stock: create.
 //  5. Idle clusters. The stock is ranked for keeping: becoming warm, then free (most recently
@@ -318,6 +319,11 @@ interface Counted {
   errored: ManagedCluster[];
 }
 
+/** Free or hibernated with recycle_after leases behind it: to be deleted, not leased again. */
+export function recycleDue(settings: Pick<ManagedOutput, 'recycle_after'>, cluster: ManagedCluster): boolean {
+  return (cluster.state === 'free' || cluster.state === 'hibernated') && settings.recycle_after !== undefined && cluster.leases >= settings.recycle_after;
+}
+
 function classify(settings: ManagedSettings, clusters: readonly ManagedCluster[]): Counted {
   const counted: Counted = { free: [], coming: [], cold: [], recycleDue: [], errored: [] };
   for (const cluster of clusters) {
@@ -325,7 +331,7 @@ function classify(settings: ManagedSettings, clusters: readonly ManagedCluster[]
     if (operation?.kind === 'delete') continue;
     if (state === 'error') counted.errored.push(cluster);
     else if (state === 'free' || state === 'hibernated') {
-      if (settings.recycle_after !== undefined && cluster.leases >= settings.recycle_after) counted.recycleDue.push(cluster);
+      if (recycleDue(settings, cluster)) counted.recycleDue.push(cluster);
       // A resize on a free cluster is a hibernation under way; on a hibernated one, a wake.
       else if (state === 'free') (operation ? counted.cold : counted.free).push(cluster);
       else (operation ? counted.coming : counted.cold).push(cluster);

@@ -11,6 +11,7 @@ import {
   parseManaged,
   plan,
   randomSuffix,
+  recycleDue,
   retryAfterSeconds,
   retryBackoffMs,
   SUFFIX_LENGTH,
@@ -454,6 +455,7 @@ describe('a simulated pool', () => {
     const suffix = counter();
     let creates = 0;
     let tenAmStock: number | undefined;
+    const kindsSeen = new Map<string, number>();
 
     for (let now = start; now <= end; now += MINUTE) {
       // Operations and leases that end now.
@@ -469,7 +471,7 @@ describe('a simulated pool', () => {
       for (const job of jobs) if (job.at > now - MINUTE && job.at <= now) queue.push(job);
       for (const cluster of clusters) {
         if (queue.length === 0) break;
-        if (cluster.state !== 'free' || cluster.operation || cluster.leases >= pool.recycle_after!) continue;
+        if (cluster.state !== 'free' || cluster.operation || recycleDue(pool, cluster)) continue;
         const job = queue.shift()!;
         job.startedAt = now;
         Object.assign(cluster, { state: 'leased', leases: cluster.leases + 1, until: now + job.minutes * MINUTE, job });
@@ -478,6 +480,8 @@ describe('a simulated pool', () => {
       const actions = plan(given);
       assertInvariants(given, actions);
       for (const action of actions) {
+        const seen = action.kind === 'delete' ? `delete (${action.reason})` : action.kind;
+        kindsSeen.set(seen, (kindsSeen.get(seen) ?? 0) + 1);
         if (action.kind === 'create') {
           // Every fifth create fails: the cluster is left in error, to be deleted after a backoff.
           creates += 1;
@@ -493,6 +497,8 @@ describe('a simulated pool', () => {
       if (now === Date.parse('2026-03-05T10:00:00Z')) tenAmStock = clusters.filter((cluster) => ['free', 'hibernated', 'provisioning', 'waking'].includes(cluster.state)).length;
     }
 
+    // The week exercised every rule.
+    assert.deepEqual([...kindsSeen.keys()].sort(), ['create', 'delete (error)', 'delete (recycle)', 'delete (surplus)', 'hibernate', 'wake']);
     assert.equal(tenAmStock, 3, 'min_ready 3 in the working day');
     for (const job of jobs) {
       assert.ok(job.startedAt !== undefined, `the job of ${new Date(job.at).toISOString()} was never served`);
