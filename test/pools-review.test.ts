@@ -90,6 +90,24 @@ describe('pools review: credentials and cleanup per pool', () => {
   });
 });
 
+describe('pools review: secrets in errors', () => {
+  test('a GKE key pasted into key_file (instead of its path) is not quoted in the start-up error', async () => {
+    const folder = await tempDir();
+    try {
+      const secret = '-----BEGIN PRIVATE KEY-----MIIEvQIBADANBgkqhkiG9w0BAQEFAASCBKcwggSjAgEAAoIBAQC7SECRET-----END PRIVATE KEY-----';
+      const key = JSON.stringify({ type: 'service_account', project_id: 'ci', private_key: secret, client_email: 'claimer@ci.iam.gserviceaccount.com' });
+      const poolsFile = join(folder, 'pools.yaml');
+      await writeFile(poolsFile, stringify({ pools: [{ name: 'gke-ci', provider: 'gke', project: 'ci', key_file: key }] }));
+      await assert.rejects(startTestApp({ folder, env: { POOLS_FILE: poolsFile } }), (error: Error) => {
+        assert.doesNotMatch(error.message, /SECRET/, `the start-up error quotes the key: ${error.message.slice(0, 160)}…`);
+        return true;
+      });
+    } finally {
+      await rm(folder, { recursive: true, force: true });
+    }
+  });
+});
+
 describe('pools review: the pool set', () => {
   test('the originals map forgets clusters that left their pool (GKE managed pools create and delete clusters all day)', async () => {
     const provider = listedProvider('static', [fakeCluster('lab/c-0')]);
@@ -100,6 +118,17 @@ describe('pools review: the pool set', () => {
     }
     const originals = (set as unknown as { originals: Map<string, Cluster> }).originals;
     assert.equal(originals.size, 1, `PoolSet.originals holds ${originals.size} clusters for a pool of one`);
+  });
+
+  test('a pool whose listing hangs does not hold up the other pools (acquire, /leases and /readyz all wait on PoolSet.list)', async () => {
+    const lab = listedProvider('static', [fakeCluster('static/lab-1')]);
+    // An EKS account under throttling: ListClusters, then DescribeCluster per cluster, with no deadline on the whole.
+    const stuck: ClusterProvider = { ...listedProvider('eks', []), list: () => new Promise<Cluster[]>(() => undefined) };
+    const set = new PoolSet([pool('lab', lab, ['static']), pool('eks-ci', stuck, ['eks', 'aws'])], silent, new ManualClock());
+    let timer: NodeJS.Timeout | undefined;
+    const listed = await Promise.race([set.list(), new Promise<'hung'>((resolve) => { timer = setTimeout(() => resolve('hung'), 2_000); })]);
+    clearTimeout(timer);
+    assert.notEqual(listed, 'hung', 'PoolSet.list() waits for the slowest pool, without a deadline: every pool stops leasing');
   });
 
   test('a ticket asking for cloud_provider google keeps asking for it when a pool is added (the stored filter says which pools)', () => {
@@ -162,6 +191,20 @@ describe('pools review: a GKE pool next to static pools', () => {
     assert.equal((await app.request('GET', `/lease/${token}`)).status, 200, 'the lease was live all along');
     assert.notEqual(gotBody.reason, 'LeaseNotFound', `GET /lease of a live lease of a pool that did not list: ${got.status} ${JSON.stringify(gotBody)}`);
     assert.notEqual(extendedBody.reason, 'LeaseNotFound', `PATCH /lease: ${extended.status} ${JSON.stringify(extendedBody)}: the CI job takes its cluster as lost`);
+  });
+
+  test('two pools that list the same GKE cluster do not lease it twice (one pool for a zone, one for the whole project)', async () => {
+    const file = await poolsFile([
+      { name: 'gke-zone', provider: 'gke', project: 'ci', location: 'us-central1-a', endpoint: gke.address, credentials: 'pool', cleanup: 'none' },
+      { name: 'gke-all', provider: 'gke', project: 'ci', endpoint: gke.address, credentials: 'pool', cleanup: 'none' },
+    ]);
+    app = await startTestApp({ folder, env: { POOLS_FILE: file } });
+    const names: string[] = [];
+    for (let i = 0; i < 4; i++) {
+      const answer = await app.request('POST', '/lease', { body: { max_time: 600 } });
+      if (answer.status === 200) names.push((await answer.json()).cluster_name);
+    }
+    assert.equal(names.length, new Set(names).size, `two GKE clusters, ${names.length} leases: ${names.sort().join(', ')}`);
   });
 
   test('a static pool named `google` does not answer the original CLI\'s cloud_provider google, meant for GKE', async () => {
