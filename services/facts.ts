@@ -29,7 +29,7 @@ export class Facts {
     private readonly domain: string,
     private readonly logger: Logger,
     /** Off for pools the claimer must not reach into (the example pool's clusters do not exist). */
-    private readonly lookUpDns = true,
+    private readonly lookUpDns: (cluster: Cluster) => boolean = () => true,
   ) {}
 
   async for(cluster: Cluster): Promise<HandOffFacts> {
@@ -38,7 +38,7 @@ export class Facts {
 
   /** The cluster DNS Service's IP from kube-system; null (and a warning) when it cannot be read. */
   private async dns(cluster: Cluster): Promise<Dns | null> {
-    if (!this.lookUpDns) return null;
+    if (!this.lookUpDns(cluster)) return null;
     const cached = this.dnsCache.get(cluster.id);
     if (cached && cached.until > Date.now()) return cached.dns;
     let dns: Dns | null = null;

@@ -473,6 +473,8 @@ export interface AcquireRequest {
   durationSeconds: number;
   /** Per-lease credentials to record: their token lives at least the TokenRequest minimum. */
   credentials?: { user: string; group: string };
+  /** Whether the chosen cluster's pool gives per-lease credentials (unset: every pool does). */
+  perLease?: (cluster: Cluster) => boolean;
   note?: string;
   holder?: string;
   /** The request's Idempotency-Key and body digest: a retry gets the same lease back. */
@@ -551,7 +553,7 @@ export function acquire(request: AcquireRequest): Decision<AcquireResult> {
         expiresAt: now + request.durationSeconds * 1000,
         ...(request.note !== undefined && { note: request.note }),
         ...(request.holder !== undefined && { holder: request.holder }),
-        ...(request.credentials && {
+        ...(request.credentials && (request.perLease?.(cluster) ?? true) && {
           credentials: { ...request.credentials, tokenExpiresAt: now + tokenLifetimeSeconds(request.durationSeconds) * 1000 },
         }),
         ...(idempotency && { idempotency }),
@@ -1204,6 +1206,11 @@ export function describeClusters(table: LeaseTable, { now, clusters, endState }:
 
 
 /** The live lease with this token, for GET /lease/{token}. */
+/** Whether the table holds a live lease of this token, whether or not its cluster is in the pool list. */
+export function holdsLiveLease(table: LeaseTable, tokenHash: string, now: number): boolean {
+  return findLive(table, tokenHash, now) !== undefined || findLiveLegacy(table, tokenHash, now) !== undefined;
+}
+
 export function describeLease(table: LeaseTable, tokenHash: string, context: DecisionContext): ClusterView {
   const live = findLive(table, tokenHash, context.now);
   if (live) {

@@ -12,7 +12,8 @@ import {
   acquire,
   clusterOfLease,
   describeClusters,
-  describeLease,
+  describeLease as describeInTable,
+  holdsLiveLease,
   extend,
   liveWaiters,
   needsFreshToken,
@@ -22,6 +23,8 @@ import {
   tokenDiesEarlier,
   tokenLifetimeSeconds,
   type ClusterView,
+  type DecisionContext,
+  type LeaseTable,
   type Idempotency,
   type Lease,
 } from './lease-table.ts';
@@ -85,7 +88,9 @@ export class LeaseService {
 
   /**
    * The pools a request may lease from, by `pool` and `cloud_provider` together; undefined when
-   * that is every pool (so that a one-pool server's tickets read as they always did).
+   * neither is given, or when the server's one pool is the environment's (so that its tickets
+   * read as they always did). With a pools file the choice is kept even when it is every pool
+   * now: a waiter's ticket still means it after a pool is added.
    */
   poolsFor(pool: string | undefined, cloudProvider: string | undefined): string[] | undefined {
     const every = this.provider.pools.map((known) => known.name);
@@ -102,7 +107,8 @@ export class LeaseService {
       names = names.filter((name) => answering.includes(name));
       if (names.length === 0) throw new BadRequestError(`pool: pool ${pool} does not answer to cloud_provider ${cloudProvider}`, ['pool', 'cloud_provider']);
     }
-    return names.length === every.length ? undefined : names;
+    const environmentPool = this.provider.pools.length === 1 && !this.provider.pools[0].prefixIds;
+    return !pool && !cloudProvider ? undefined : environmentPool ? undefined : names;
   }
 
   /** Each pool's health: how its last listing went. */
@@ -148,6 +154,7 @@ export class LeaseService {
       durationSeconds: options.durationSeconds,
       ...(this.issuer.anyPerLease && {
         credentials: { user: options.auth?.user ?? options.holder ?? DEFAULT_USER, group: options.auth?.group ?? this.options.defaultGroup },
+        perLease: (cluster: Cluster) => this.issuer.perLease(cluster),
       }),
       ...(options.filter && { filter: options.filter }),
       ...(options.note !== undefined && { note: options.note }),
@@ -209,11 +216,27 @@ export class LeaseService {
     return { token, cluster, lease: granted.lease, kubeconfig, facts };
   }
 
+  /**
+   * The lease of a token. A live lease whose cluster is in no list yet, while a pool has never
+   * listed (down since this replica started), is not "not found": the pool is not ready (503).
+   */
+  private describeLease(table: LeaseTable, tokenHash: string, context: DecisionContext): ClusterView {
+    try {
+      return describeInTable(table, tokenHash, context);
+    } catch (error) {
+      const waiting = this.provider.neverListed();
+      if (error instanceof LeaseNotFoundError && waiting.length > 0 && holdsLiveLease(table, tokenHash, context.now)) {
+        throw new NotReadyError(`pool ${waiting.join(', ')} has not listed its clusters yet`);
+      }
+      throw error;
+    }
+  }
+
   /** Throws (after revoking them) when the lease whose credentials were just made has ended. */
   private async stillLive(tokenHash: string, cluster: Cluster, leaseId: string): Promise<void> {
     const { snapshot, context } = await this.viewOfLease(tokenHash, cluster.id);
     try {
-      describeLease(snapshot.table, tokenHash, context);
+      this.describeLease(snapshot.table, tokenHash, context);
     } catch (error) {
       await this.issuer.revokeLease(cluster, leaseId);
       throw error;
@@ -235,7 +258,7 @@ export class LeaseService {
     const tokenHash = hashToken(token);
     const { maxLeaseSeconds } = this.options;
     const { snapshot, context } = await this.viewOfLease(tokenHash);
-    const current = describeLease(snapshot.table, tokenHash, context);
+    const current = this.describeLease(snapshot.table, tokenHash, context);
     // Decided on the view first: an extension that is refused (beyond the maximum) mints nothing.
     extend(tokenHash, durationSeconds, maxLeaseSeconds)(snapshot.table, context);
     let refreshed: { kubeconfig: string; tokenExpiresAt?: number } | undefined;
@@ -276,7 +299,7 @@ export class LeaseService {
   async get(token: string): Promise<LeaseDetails> {
     const tokenHash = hashToken(token);
     const { snapshot, context } = await this.viewOfLease(tokenHash);
-    const view = describeLease(snapshot.table, tokenHash, context);
+    const view = this.describeLease(snapshot.table, tokenHash, context);
     return { ...view, now: context.now, facts: await this.facts.for(view.cluster) };
   }
 

@@ -152,7 +152,7 @@ async function cloudProvider(config: Config, logger: Logger, clock: Clock, spec:
 }
 
 async function buildPools(config: Config, logger: Logger, clock: Clock): Promise<PoolSet> {
-  if (!config.poolsFile) return new PoolSet([await environmentPool(config, logger, clock)], logger, clock);
+  if (!config.poolsFile) return new PoolSet([await environmentPool(config, logger, clock)], logger, clock, 2 * config.backendTimeoutSeconds * 1000);
   const file = await readPoolsFile(config.poolsFile);
   const pools: Pool[] = [];
   for (const spec of file.pools) pools.push(await filePool(config, logger, clock, spec, file.labels));
@@ -160,7 +160,7 @@ async function buildPools(config: Config, logger: Logger, clock: Clock): Promise
     const cloud = pools.find((pool) => pool.kind === 'eks' || pool.kind === 'aks');
     if (cloud) throw new PoolsFileError(`LEASE_CREDENTIALS=pool would hand lessees the claimer's own cloud identity in pool ${cloud.name} (${cloud.kind}); set credentials per pool instead`);
   }
-  return new PoolSet(pools, logger, clock);
+  return new PoolSet(pools, logger, clock, 2 * config.backendTimeoutSeconds * 1000);
 }
 
 async function buildStore(config: Config, logger: Logger, provider: ClusterProvider, options: BuildOptions): Promise<LeaseStore> {
@@ -238,7 +238,10 @@ export async function buildServices(config: Config, logger: Logger, options: Bui
     provider,
     issuer,
     // DNS facts are read only where the claimer reaches into the clusters anyway.
-    new Facts(access, config.clusterDomain, logger, policy.endState === 'dirty'),
+    new Facts(access, config.clusterDomain, logger, (cluster) => {
+      const { perLease, cleanup } = policy.of(cluster);
+      return perLease || cleanup === 'namespaces';
+    }),
     waiting,
     { maxLeaseSeconds: config.maxLeaseSeconds, groupRoles: config.groupRoles, defaultGroup: config.defaultGroup },
     logger,

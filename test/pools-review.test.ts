@@ -1,5 +1,7 @@
-// Review of named pools (POOLS_FILE): failing tests that show bugs. Each test says what it shows;
-// the report beside it has the cause and a suggested fix.
+// Named pools (POOLS_FILE) where they broke under review: credentials and cleanup of one pool
+// applied to another's clusters, a key quoted in an error, a slow pool holding up the others, a
+// waiter's choice of pools lost, a lease of a pool down at restart answered "not found", two
+// pools leasing one cloud cluster twice, a pool named like another provider's alias.
 
 import assert from 'node:assert/strict';
 import { rm, writeFile } from 'node:fs/promises';
@@ -124,16 +126,22 @@ describe('pools review: the pool set', () => {
     const lab = listedProvider('static', [fakeCluster('static/lab-1')]);
     // An EKS account under throttling: ListClusters, then DescribeCluster per cluster, with no deadline on the whole.
     const stuck: ClusterProvider = { ...listedProvider('eks', []), list: () => new Promise<Cluster[]>(() => undefined) };
-    const set = new PoolSet([pool('lab', lab, ['static']), pool('eks-ci', stuck, ['eks', 'aws'])], silent, new ManualClock());
+    // The deadline is the server's (twice BACKEND_TIMEOUT_SECONDS); shortened here.
+    const set = new PoolSet([pool('lab', lab, ['static']), pool('eks-ci', stuck, ['eks', 'aws'])], silent, new ManualClock(), 300);
     let timer: NodeJS.Timeout | undefined;
     const listed = await Promise.race([set.list(), new Promise<'hung'>((resolve) => { timer = setTimeout(() => resolve('hung'), 2_000); })]);
     clearTimeout(timer);
     assert.notEqual(listed, 'hung', 'PoolSet.list() waits for the slowest pool, without a deadline: every pool stops leasing');
+    assert.deepEqual((listed as Cluster[]).map((cluster) => cluster.id), ['lab/static/lab-1']);
+    const stuckHealth = set.poolHealth().find((health) => health.name === 'eks-ci');
+    assert.equal(stuckHealth?.healthy, false);
+    assert.match(stuckHealth?.lastError ?? '', /listing failed \(timeout\)/);
   });
 
   test('a ticket asking for cloud_provider google keeps asking for it when a pool is added (the stored filter says which pools)', () => {
     // One pool: poolsFor answers undefined ("any pool"), and that is what a waiter's ticket stores.
-    const one = new PoolSet([pool('gke', listedProvider('gke', []), ['gke', 'google'], false)], silent, new ManualClock());
+    // A pools file's one pool (the environment's one pool keeps its tickets as they always were).
+    const one = new PoolSet([pool('gke', listedProvider('gke', []), ['gke', 'google'])], silent, new ManualClock());
     const service = new LeaseService(undefined as never, one, undefined as never, undefined as never, undefined as never, { maxLeaseSeconds: 3600, groupRoles: {}, defaultGroup: 'g' }, silent, undefined as never);
     assert.deepEqual(service.poolsFor(undefined, 'google'), ['gke'], 'cloud_provider google was dropped from the filter: a replica with one more pool reads the ticket as "any pool"');
   });
@@ -212,12 +220,19 @@ describe('pools review: a GKE pool next to static pools', () => {
       { name: 'gke-ci', provider: 'gke', project: 'ci', endpoint: gke.address, credentials: 'pool', cleanup: 'none' },
       { name: 'google', provider: 'static', file: 'lab.yaml' },
     ]);
-    app = await startTestApp({ folder, env: { POOLS_FILE: file } });
+    // Refused at start, saying why and what to do.
+    await assert.rejects(startTestApp({ folder, env: { POOLS_FILE: file } }), /pool google: its name is what clients send as cloud_provider for gke pools; name it otherwise, or list "google" in its aliases/);
+    // Meant: listed in its aliases, it answers google beside the GKE pool.
+    const meant = await poolsFile([
+      { name: 'gke-ci', provider: 'gke', project: 'ci', endpoint: gke.address, credentials: 'pool', cleanup: 'none' },
+      { name: 'google', provider: 'static', file: 'lab.yaml', aliases: ['google'] },
+    ]);
+    app = await startTestApp({ folder, env: { POOLS_FILE: meant } });
     const pools: string[] = [];
     for (let i = 0; i < 3; i++) {
       const answer = await app.request('POST', '/lease', { body: { max_time: 600, cloud_provider: 'google' } });
       if (answer.status === 200) pools.push((await answer.json()).pool);
     }
-    assert.deepEqual(pools.sort(), ['gke-ci', 'gke-ci'], `cloud_provider google was given clusters of ${pools.join(', ')}`);
+    assert.deepEqual(pools.sort(), ['gke-ci', 'gke-ci', 'google']);
   });
 });

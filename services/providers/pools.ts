@@ -75,6 +75,8 @@ export interface PoolHealth {
 const POOL_NAME = /^[a-z0-9]([-a-z0-9]{0,38}[a-z0-9])?$/;
 const Name = v.pipe(v.string(), v.regex(POOL_NAME, 'must be 1 to 40 lower-case letters, digits or dashes, starting and ending with a letter or digit'));
 const Text = v.pipe(v.string(), v.nonEmpty('must not be empty'));
+/** A file's path: never a file's contents pasted in its place (a key would be quoted in errors). */
+const FilePath = v.pipe(v.string(), v.nonEmpty('must not be empty'), v.maxLength(1024, 'must be a file path'), v.regex(/^[^\n\r{}"]+$/, 'must be a file path (not the file\'s contents)'));
 const Labels = v.optional(v.record(v.string(), v.string()), {});
 const Alias = v.pipe(v.string(), v.regex(/^[\w.-]{1,64}$/, 'must be a provider name (letters, digits, . _ -)'));
 /** What every pool may say, whatever its provider. */
@@ -96,7 +98,7 @@ const GkePool = v.strictObject({
   provider: v.literal('gke'),
   project: Text,
   location: v.optional(Text, '-'),
-  key_file: v.optional(Text),
+  key_file: v.optional(FilePath),
   endpoint: v.optional(v.pipe(v.string(), v.regex(/^[^\s:/]+:\d{1,5}$/, 'must be host:port of a plaintext gRPC emulator'))),
   registry_location: v.optional(Text),
 });
@@ -114,11 +116,11 @@ const AksPool = v.strictObject({
   endpoint: v.optional(HttpsEndpoint),
   authority_host: v.optional(HttpsEndpoint),
 });
-const StaticPool = v.strictObject({ ...Common, provider: v.literal('static'), file: Text });
+const StaticPool = v.strictObject({ ...Common, provider: v.literal('static'), file: FilePath });
 const KubeconfigPool = v.strictObject({
   ...Common,
   provider: v.literal('kubeconfig'),
-  file: Text,
+  file: FilePath,
   contexts: v.optional(v.array(Text)),
 });
 
@@ -179,6 +181,12 @@ export async function readPoolsFile(path: string): Promise<{ pools: PoolSpec[]; 
   for (const pool of parsed.output.pools) {
     if (seen.has(pool.name)) throw new PoolsFileError(`pools file ${path} names pool ${pool.name} twice`);
     seen.add(pool.name);
+    // A pool answers to its name: one named like what clients send for another provider (the
+    // original CLI's `google`) would take those requests, unless its aliases say it means to.
+    const claimed = Object.entries(DEFAULT_ALIASES).find(([kind, aliases]) => kind !== pool.provider && aliases.includes(pool.name));
+    if (claimed && !(pool.aliases ?? []).includes(pool.name)) {
+      throw new PoolsFileError(`pools file ${path}: pool ${pool.name}: its name is what clients send as cloud_provider for ${claimed[0]} pools; name it otherwise, or list "${pool.name}" in its aliases to mean it`);
+    }
     if ((pool.provider === 'eks' || pool.provider === 'aks') && pool.credentials === 'pool') {
       throw new PoolsFileError(`pools file ${path}: pool ${pool.name}: credentials: pool would hand lessees the claimer's own ${pool.provider === 'eks' ? 'AWS' : 'Azure'} identity; ${pool.provider} pools give per-lease credentials only (serviceaccount)`);
     }
@@ -194,6 +202,9 @@ export async function readPoolsFile(path: string): Promise<{ pools: PoolSpec[]; 
 
 // ---- the pool set --------------------------------------------------------------------------
 
+/** Providers whose clusters have an identity of the cloud's own (GKE's id, an ARN, an ARM id). */
+const CLOUD_KINDS = new Set(['gke', 'eks', 'aks']);
+
 interface Listed {
   /** What the provider last handed out, to tell when nothing changed. */
   from: readonly Cluster[];
@@ -208,6 +219,8 @@ export class PoolSet implements ClusterProvider {
   private readonly listed = new Map<string, Listed>();
   private readonly originals = new Map<string, Cluster>();
   private readonly health = new Map<string, { lastError: string | null; listedAt: number | null }>();
+  /** Pools some of whose clusters another pool lists first: the problem, for their health. */
+  private overlaps = new Map<string, string>();
   /** The same array while no pool's list changed: what is derived from the pool list is remembered per list. */
   private combined?: Cluster[];
   private inflight?: Promise<Cluster[]>;
@@ -216,6 +229,8 @@ export class PoolSet implements ClusterProvider {
     readonly pools: readonly Pool[],
     private readonly logger: Logger,
     private readonly clock: Clock,
+    /** A pool that has not listed by then counts as failed this time (its last list stays): one slow cloud never holds up the others. */
+    private readonly listDeadlineMs = 15_000,
   ) {
     this.byName = new Map(pools.map((pool) => [pool.name, pool]));
     this.aliases = [...new Set(pools.flatMap((pool) => pool.aliases))];
@@ -245,8 +260,22 @@ export class PoolSet implements ClusterProvider {
     return this.inflight;
   }
 
+  /** Whether a pool has never listed: its leases' clusters are not known yet (503, not 404). */
+  neverListed(): string[] {
+    return this.pools.filter((pool) => !this.listed.has(pool.name)).map((pool) => pool.name);
+  }
+
+  private listWithin(pool: Pool): Promise<Cluster[]> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<never>((_resolve, reject) => {
+      timer = setTimeout(() => reject(Object.assign(new Error(`pool ${pool.name} did not list within ${this.listDeadlineMs} ms`), { code: 'timeout' })), this.listDeadlineMs);
+      timer.unref?.();
+    });
+    return Promise.race([pool.provider.list(), late]).finally(() => clearTimeout(timer));
+  }
+
   private async listAll(): Promise<Cluster[]> {
-    const results = await Promise.allSettled(this.pools.map((pool) => pool.provider.list()));
+    const results = await Promise.allSettled(this.pools.map((pool) => this.listWithin(pool)));
     let changed = this.combined === undefined;
     let answered = 0;
     results.forEach((result, index) => {
@@ -257,6 +286,7 @@ export class PoolSet implements ClusterProvider {
         const problem = pool.provider.problem?.() ?? null;
         this.health.set(pool.name, { lastError: problem, listedAt: problem ? (this.health.get(pool.name)?.listedAt ?? null) : this.clock.now() });
         if (known?.from === result.value) return;
+        for (const cluster of known?.clusters ?? []) this.originals.delete(cluster.id);
         this.listed.set(pool.name, { from: result.value, clusters: result.value.map((cluster) => this.stamp(pool, cluster)) });
         changed = true;
         return;
@@ -272,8 +302,38 @@ export class PoolSet implements ClusterProvider {
       // Nothing to lease from at all: the first pool's error is the answer.
       throw (results[0] as PromiseRejectedResult).reason;
     }
-    if (changed || !this.combined) this.combined = this.pools.flatMap((pool) => this.listed.get(pool.name)?.clusters ?? []);
+    if (changed || !this.combined) this.combined = this.withoutOverlaps();
     return this.combined;
+  }
+
+  /**
+   * Every pool's clusters, a cloud cluster listed by two pools (a zone's pool and the whole
+   * project's) only in the first: one cluster is one lease, however many pools can see it.
+   */
+  private withoutOverlaps(): Cluster[] {
+    const owner = new Map<string, string>();
+    const combined: Cluster[] = [];
+    const overlaps = new Map<string, { other: string; clusters: number }>();
+    for (const pool of this.pools) {
+      for (const cluster of this.listed.get(pool.name)?.clusters ?? []) {
+        const identity = CLOUD_KINDS.has(pool.kind) ? `${pool.kind}:${cluster.tag}` : undefined;
+        const first = identity && owner.get(identity);
+        if (first && first !== pool.name) {
+          const overlap = overlaps.get(pool.name) ?? { other: first, clusters: 0 };
+          overlap.clusters += 1;
+          overlaps.set(pool.name, overlap);
+          continue;
+        }
+        if (identity) owner.set(identity, pool.name);
+        combined.push(cluster);
+      }
+    }
+    const before = this.overlaps;
+    this.overlaps = new Map([...overlaps].map(([name, { other, clusters }]) => [name, `${clusters} of its clusters are in pool ${other} too; they are leased as that pool's`]));
+    for (const [name, problem] of this.overlaps) {
+      if (before.get(name) !== problem) this.logger.warn({ pool: name, other_pool: overlaps.get(name)?.other, clusters: overlaps.get(name)?.clusters }, 'two pools list the same clusters: each is leased from the first pool only');
+    }
+    return combined;
   }
 
   /** A provider's cluster as the server shows it: its pool, the pool's labels, the pool's id. */
@@ -308,8 +368,8 @@ export class PoolSet implements ClusterProvider {
         name: pool.name,
         provider: pool.kind,
         aliases: pool.aliases,
-        healthy: health !== undefined && health.lastError === null,
-        lastError: health?.lastError ?? (health ? null : 'not listed yet'),
+        healthy: health !== undefined && health.lastError === null && !this.overlaps.has(pool.name),
+        lastError: health?.lastError ?? this.overlaps.get(pool.name) ?? (health ? null : 'not listed yet'),
         listedAt: health?.listedAt ?? null,
         clusters: this.listed.get(pool.name)?.clusters.length ?? 0,
       };

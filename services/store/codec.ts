@@ -178,6 +178,7 @@ const FilterRecord = v.object({
     version: v.optional(v.string()),
     labels: v.optional(v.record(v.string(), v.string())),
     gpu: v.optional(v.boolean()),
+    pools: v.optional(v.array(v.string())),
   }),
 });
 
