@@ -30,7 +30,30 @@ import { hashToken } from './tokens.ts';
  * version cannot read (a newer version's state, a hand edit); such a cluster is never leased
  * and its record never rewritten.
  */
-export type ClusterState = 'free' | 'leased' | 'dirty' | 'cleaning' | 'quarantined' | 'unknown';
+export type ClusterState = 'free' | 'leased' | 'dirty' | 'cleaning' | 'quarantined' | 'unknown' | ManagedState;
+
+/**
+ * Clusters of a managed pool (made by the claimer) also pass through `provisioning` (being
+ * created, or a create that failed and waits to be deleted), `hibernated` (node pools at zero),
+ * `waking` (node pools scaling back) and `deleting`; none of them is leased. `manager` is not a
+ * cluster: the record that says which replica manages a pool, until when.
+ */
+export type ManagedState = 'provisioning' | 'hibernated' | 'waking' | 'deleting' | 'manager';
+
+/** What a managed pool keeps in the record of a cluster it made. */
+export interface ManagedRecord {
+  pool: string;
+  /** Leases so far: after the pool's `recycle_after`, the cluster is replaced. */
+  leases: number;
+  /** The pool's `recycle_after` when the cluster was made: a lease's end past it leaves the cluster to delete. */
+  recycleAfter?: number;
+  /** The create, delete, hibernate or wake under way, by the replica that started it. */
+  operation?: { kind: 'create' | 'delete' | 'hibernate' | 'wake'; owner: string; startedAt: number; deadline: number; name?: string };
+  /** Failed operations in a row, why the last failed, and when to try again. */
+  failures?: number;
+  lastError?: string;
+  retryAt?: number;
+}
 
 /** What the lessee's per-lease credentials are (the token itself is never stored). */
 export interface LeaseCredentials {
@@ -85,6 +108,8 @@ export interface ClusterEntry {
   missingSince?: number;
   lease?: Lease;
   cleanup?: Cleanup;
+  /** Of a cluster a managed pool made (it is carried through every state change). */
+  managed?: ManagedRecord;
 }
 
 /** A lease written by the original Go k8s-claimer: found by cluster name, keyed by its plain token. */
@@ -208,6 +233,15 @@ function busyUntil(table: LeaseTable, cluster: Cluster, now: number): number {
 }
 
 function withEntry(table: LeaseTable, clusterId: string, entry: ClusterEntry): LeaseTable {
+  const before = table.clusters[clusterId];
+  // A managed cluster's record goes with it through leases and cleanups, counting its leases.
+  if (before?.managed && !entry.managed) {
+    const leases = before.managed.leases + (entry.state === 'leased' && before.state !== 'leased' ? 1 : 0);
+    const { recycleAfter } = before.managed;
+    // Used up: a lease's end leaves it to be deleted (and replaced), never leased again or cleaned.
+    const usedUp = recycleAfter !== undefined && leases >= recycleAfter && (entry.state === 'free' || entry.state === 'dirty');
+    entry = usedUp ? { state: 'deleting', ...(entry.idleSince !== undefined && { idleSince: entry.idleSince }), managed: { ...before.managed, leases } } : { ...entry, managed: { ...before.managed, leases } };
+  }
   return { ...table, clusters: withRecords(table.clusters, { [clusterId]: entry }) };
 }
 

@@ -3,7 +3,7 @@
 
 import * as v from 'valibot';
 import { canonicalFilter, filterDigest, type ClusterFilter } from '../cluster-filter.ts';
-import type { ClusterEntry, LegacyLease, ReplicaHeartbeat, Waiter } from '../lease-table.ts';
+import type { ClusterEntry, LegacyLease, ManagedRecord, ReplicaHeartbeat, Waiter } from '../lease-table.ts';
 
 const Time = v.pipe(
   v.string(),
@@ -34,14 +34,63 @@ const CleanupRecord = v.object({
   revoke: v.optional(v.pipe(v.array(LeaseId), v.maxLength(64, 'at most 64 lease ids'))),
 });
 
+const ManagedRecordJson = v.object({
+  pool: v.pipe(v.string(), v.nonEmpty()),
+  leases: v.pipe(v.number(), v.integer(), v.minValue(0)),
+  recycle_after: v.optional(v.pipe(v.number(), v.integer(), v.minValue(1))),
+  operation: v.optional(
+    v.object({
+      kind: v.picklist(['create', 'delete', 'hibernate', 'wake']),
+      owner: v.string(),
+      started_at: Time,
+      deadline: Time,
+      name: v.optional(v.string()),
+    }),
+  ),
+  failures: v.optional(v.pipe(v.number(), v.integer(), v.minValue(0))),
+  last_error: v.optional(v.string()),
+  retry_at: v.optional(Time),
+});
+
 const ClusterRecord = v.object({
   cluster: v.pipe(v.string(), v.nonEmpty()),
-  state: v.picklist(['free', 'leased', 'dirty', 'cleaning', 'quarantined']),
+  state: v.picklist(['free', 'leased', 'dirty', 'cleaning', 'quarantined', 'provisioning', 'hibernated', 'waking', 'deleting', 'manager']),
   idle_since: v.optional(Time),
   missing_since: v.optional(Time),
   lease: v.optional(LeaseRecord),
   cleanup: v.optional(CleanupRecord),
+  managed: v.optional(ManagedRecordJson),
 });
+
+function encodeManaged(managed: ManagedRecord): v.InferInput<typeof ManagedRecordJson> {
+  const { operation } = managed;
+  return {
+    pool: managed.pool,
+    leases: managed.leases,
+    ...(managed.recycleAfter !== undefined && { recycle_after: managed.recycleAfter }),
+    ...(operation && {
+      operation: { kind: operation.kind, owner: operation.owner, started_at: iso(operation.startedAt), deadline: iso(operation.deadline), ...(operation.name !== undefined && { name: operation.name }) },
+    }),
+    ...(managed.failures !== undefined && { failures: managed.failures }),
+    ...(managed.lastError !== undefined && { last_error: managed.lastError }),
+    ...(managed.retryAt !== undefined && { retry_at: iso(managed.retryAt) }),
+  };
+}
+
+function decodeManaged(managed: v.InferOutput<typeof ManagedRecordJson>): ManagedRecord {
+  const { operation } = managed;
+  return {
+    pool: managed.pool,
+    leases: managed.leases,
+    ...(managed.recycle_after !== undefined && { recycleAfter: managed.recycle_after }),
+    ...(operation && {
+      operation: { kind: operation.kind, owner: operation.owner, startedAt: operation.started_at, deadline: operation.deadline, ...(operation.name !== undefined && { name: operation.name }) },
+    }),
+    ...(managed.failures !== undefined && { failures: managed.failures }),
+    ...(managed.last_error !== undefined && { lastError: managed.last_error }),
+    ...(managed.retry_at !== undefined && { retryAt: managed.retry_at }),
+  };
+}
 
 export type ClusterRecordJson = v.InferInput<typeof ClusterRecord>;
 
@@ -79,6 +128,7 @@ export function encodeEntry(clusterId: string, entry: ClusterEntry): ClusterReco
         ...(cleanup.revoke?.length && { revoke: [...cleanup.revoke] }),
       },
     }),
+    ...(entry.managed && { managed: encodeManaged(entry.managed) }),
   };
 }
 
@@ -97,7 +147,7 @@ export function clusterNamedIn(record: unknown): string | undefined {
 export function decodeEntry(record: unknown): Decoded<{ clusterId: string; entry: ClusterEntry }> {
   const parsed = v.safeParse(ClusterRecord, record);
   if (!parsed.success) return { ok: false, problem: problemOf(parsed.issues) };
-  const { cluster, state, idle_since, missing_since, lease, cleanup } = parsed.output;
+  const { cluster, state, idle_since, missing_since, lease, cleanup, managed } = parsed.output;
   if (state === 'leased' && !lease) return { ok: false, problem: 'lease: required when state is leased' };
   const entry: ClusterEntry = {
     state,
@@ -128,6 +178,7 @@ export function decodeEntry(record: unknown): Decoded<{ clusterId: string; entry
         ...(cleanup.revoke?.length && { revoke: cleanup.revoke }),
       },
     }),
+    ...(managed && { managed: decodeManaged(managed) }),
   };
   return { ok: true, value: { clusterId: cluster, entry } };
 }
