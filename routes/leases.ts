@@ -19,6 +19,7 @@ export async function GET(_request: Request, context: RouteContext): Promise<Res
       last_error: health.lastError,
       listed_at: health.listedAt === null ? null : new Date(health.listedAt).toISOString(),
       clusters: health.clusters,
+      ...context.leases.managedFacts(health.name),
     })),
   });
 }

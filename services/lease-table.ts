@@ -206,7 +206,8 @@ export function effectiveState(table: LeaseTable, cluster: Cluster, now: number,
   const entry = table.clusters[cluster.id];
   if (liveLease(entry, now) || liveLegacyLease(table, cluster.name, now)) return 'leased';
   if (entry?.state === 'leased') return entry.lease?.credentials ? 'dirty' : endState;
-  return entry?.state ?? 'free';
+  // A managed pool's cluster the table does not know yet (or any more: deleted, listed late) is not leased.
+  return entry?.state ?? (cluster.managed ? 'provisioning' : 'free');
 }
 
 /**

@@ -35,6 +35,7 @@ import { hashToken, newLeaseToken } from './tokens.ts';
 import type { UnclearGrants } from './unclear-grants.ts';
 import type { Granted, Waiting } from './waiting.ts';
 import type { WritePath } from './write-path.ts';
+import type { ManagedRunner } from './managed-runner.ts';
 
 export interface AcquireOptions {
   durationSeconds: number;
@@ -111,6 +112,31 @@ export class LeaseService {
     return !pool && !cloudProvider ? undefined : environmentPool ? undefined : names;
   }
 
+  /** The managed pools' runners, by pool name (set by the wiring). */
+  managedPools: ReadonlyMap<string, ManagedRunner> = new Map();
+
+  /** What /leases says of a managed pool: its targets now, its size and ceiling. */
+  managedFacts(pool: string): ReturnType<ManagedRunner['describe']> | undefined {
+    return this.managedPools.get(pool)?.describe(this.writePath.latestTable(), this.writePath.now());
+  }
+
+  /**
+   * The Retry-After of a 409 AllLeased: sooner when a managed pool the request may use is
+   * making or waking a cluster (or can).
+   */
+  private async managedRetryAfter(seconds: number | undefined, filter: ClusterFilter | undefined): Promise<number | undefined> {
+    if (this.managedPools.size === 0) return seconds;
+    const view = await this.writePath.cachedView();
+    if (!view) return seconds;
+    let best = seconds;
+    for (const [name, runner] of this.managedPools) {
+      if (filter?.pools && !filter.pools.includes(name)) continue;
+      const soon = runner.retryAfter(view.table, view.context.clusters, view.context.now);
+      if (soon !== undefined && (best === undefined || soon < best)) best = soon;
+    }
+    return best;
+  }
+
   /** Each pool's health: how its last listing went. */
   poolHealth(): PoolHealth[] {
     return this.provider.poolHealth();
@@ -166,7 +192,15 @@ export class LeaseService {
       if (options.waitSeconds) {
         granted = await this.waiting.acquire(request, options.waitSeconds, options.signal, options.holder);
       } else {
-        const outcome = await this.writePath.submit(acquire(request));
+        let outcome;
+        try {
+          outcome = await this.writePath.submit(acquire(request));
+        } catch (error) {
+          if (error instanceof NoClusterAvailableError && error.reason === 'AllLeased' && this.managedPools.size > 0) {
+            throw new NoClusterAvailableError('AllLeased', error.message, await this.managedRetryAfter(error.retryAfterSeconds, options.filter));
+          }
+          throw error;
+        }
         // Without a ticket a decision never queues; this only narrows the type.
         if (!outcome.granted) throw new NoClusterAvailableError('AllLeased', 'every matching cluster is leased', outcome.retryAfterSeconds);
         granted = outcome;

@@ -82,6 +82,19 @@ export class Metrics {
       for (const usage of this.storeUsage?.() ?? []) this.storeLimit.set({ object: usage.object }, usage.limitBytes);
     },
   });
+  readonly managedOperationSeconds = new Histogram({
+    name: 'k8s_claimer_managed_operation_seconds',
+    help: 'Time a managed pool\'s GKE operation (create, delete, hibernate, wake) took, by pool, kind and outcome',
+    labelNames: ['pool', 'kind', 'outcome'] as const,
+    buckets: [1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800],
+    registers: [this.registry],
+  });
+  readonly nodeHours = new Counter({
+    name: 'k8s_claimer_node_hours_total',
+    help: 'Node hours of a managed pool\'s running (not hibernated) clusters, by pool',
+    labelNames: ['pool'] as const,
+    registers: [this.registry],
+  });
   readonly cleanupFailures = new Counter({ name: 'k8s_claimer_cleanup_failures_total', help: 'Cleanups that failed (they are retried)', registers: [this.registry] });
 
   /** Set by the wiring: how to count clusters by state, and how many wait on this replica. */

@@ -11,6 +11,7 @@ import { ClusterAccess } from './cluster-access.ts';
 import { LeaseCredentialRevoker, PoolCredentials, ProviderCredentials, ServiceAccountCredentials } from './credentials.ts';
 import { Facts } from './facts.ts';
 import { Janitor, type JanitorOptions } from './janitor.ts';
+import type { ManagedRunner, ManagedRunnerOptions } from './managed-runner.ts';
 import { LeaseService } from './leases.ts';
 import { Metrics } from './metrics.ts';
 import { startReaper } from './reaper.ts';
@@ -49,6 +50,8 @@ export interface BuildOptions {
   fileStore?: FileStoreOptions;
   /** Tests make the Kubernetes store's shard keeper look more often. */
   keeperIntervalMs?: number;
+  /** Tests shorten the managed pools' ticks, claims and polls. */
+  managed?: Pick<ManagedRunnerOptions, 'intervalMs' | 'claimMs' | 'pollMs' | 'suffix'>;
 }
 
 /** The one pool the environment describes (no pools file): its cluster ids as they always were. */
@@ -71,12 +74,13 @@ async function environmentPool(config: Config, logger: Logger, clock: Clock): Pr
   return { name: provider.kind, kind: provider.kind, provider, aliases: provider.aliases, labels: {}, ...settings, prefixIds: false };
 }
 
-async function gkeProvider(config: Config, logger: Logger, clock: Clock, gke: NonNullable<Config['gke']>, registryLocation?: string): Promise<ClusterProvider> {
+async function gkeProvider(config: Config, logger: Logger, clock: Clock, gke: NonNullable<Config['gke']>, registryLocation?: string, managedPool?: string): Promise<ClusterProvider> {
   const { GkeProvider, gkeClientFor, gkeTokens } = await import('./providers/gke.ts');
   return new GkeProvider(gkeClientFor(gke), gkeTokens(gke), {
     projectId: gke.projectId,
     zone: gke.zone,
     ...(registryLocation && { registryLocation }),
+    ...(managedPool && { managedPool }),
     cacheSeconds: config.clusterCacheSeconds,
     timeoutMs: config.backendTimeoutSeconds * 1000,
     clock,
@@ -88,6 +92,7 @@ async function gkeProvider(config: Config, logger: Logger, clock: Clock, gke: No
 async function filePool(config: Config, logger: Logger, clock: Clock, spec: PoolSpec, labels: Record<string, string>): Promise<Pool> {
   const where = `pool ${spec.name}`;
   let provider: ClusterProvider;
+  let managed: Pool['managed'];
   switch (spec.provider) {
     case 'gke': {
       let accountJson: string | undefined;
@@ -99,7 +104,15 @@ async function filePool(config: Config, logger: Logger, clock: Clock, spec: Pool
         }
       }
       if (!accountJson && !spec.endpoint) throw new PoolsFileError(`${where}: a gke pool needs key_file (the service account's JSON key) or endpoint (an emulator)`);
-      provider = await gkeProvider(config, logger, clock, { projectId: spec.project, zone: spec.location, ...(accountJson && { accountJson }), ...(spec.endpoint && { emulatorHost: spec.endpoint }) }, spec.registry_location ?? config.registryLocation);
+      if (spec.managed) {
+        const { resolveManaged, ManagedSettingsError } = await import('./managed-pool.ts');
+        try {
+          managed = { settings: resolveManaged(spec.name, spec.managed), projectId: spec.project, location: spec.location };
+        } catch (error) {
+          throw error instanceof ManagedSettingsError ? new PoolsFileError(error.message) : error;
+        }
+      }
+      provider = await gkeProvider(config, logger, clock, { projectId: spec.project, zone: spec.location, ...(accountJson && { accountJson }), ...(spec.endpoint && { emulatorHost: spec.endpoint }) }, spec.registry_location ?? config.registryLocation, spec.managed && spec.name);
       break;
     }
     case 'eks':
@@ -127,6 +140,7 @@ async function filePool(config: Config, logger: Logger, clock: Clock, spec: Pool
     ...settings,
     ...(spec.credentials && { credentials: spec.credentials }),
     ...(spec.cleanup && { cleanup: spec.cleanup }),
+    ...(managed && { managed }),
     prefixIds: true,
   };
 }
@@ -298,6 +312,21 @@ export async function buildServices(config: Config, logger: Logger, options: Bui
   });
   // Always: dirty clusters left by an earlier configuration still need freeing.
   janitor.start();
+  const runners: ManagedRunner[] = [];
+  for (const pool of provider.pools) {
+    if (!pool.managed) continue;
+    const { ManagedRunner } = await import('./managed-runner.ts');
+    const runner = new ManagedRunner(
+      writePath,
+      pool.provider as unknown as import('./managed-runner.ts').ManagedProvider,
+      { pool: pool.name, settings: pool.managed.settings, projectId: pool.managed.projectId, location: pool.managed.location, owner: config.replicaName, ...options.managed },
+      logger.child({ pool: pool.name }),
+      metrics,
+    );
+    runners.push(runner);
+    runner.start();
+  }
+  leases.managedPools = new Map(runners.map((runner) => [runner.pool, runner]));
   return {
     deps: {
       leases,
@@ -314,6 +343,7 @@ export async function buildServices(config: Config, logger: Logger, options: Bui
     waiting,
     janitor,
     async close() {
+      await Promise.all(runners.map((runner) => runner.stop()));
       janitor.stop();
       stopReaper();
       waiting.close();

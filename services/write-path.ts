@@ -175,6 +175,11 @@ export class WritePath {
     return this.latest ? clusterOfLease(this.latest.table, tokenHash, this.clock.now()) : undefined;
   }
 
+  /** The newest table this replica knows, without asking the store; undefined before the first. */
+  latestTable(): LeaseTable | undefined {
+    return this.latest?.table;
+  }
+
   /** Whether the store's watch is live (readiness without a read). */
   watchLive(): boolean {
     return this.store.watchLive?.() ?? false;

@@ -11,6 +11,7 @@ import type { GkeConfig } from '../config.ts';
 import { buildKubeconfig } from '../kubeconfig.ts';
 import type { Clock } from '../write-path.ts';
 import type { Cluster, ClusterProvider, ClusterStatus } from './types.ts';
+import { MANAGED_LABEL } from './gke-operations.ts';
 
 type GkeCluster = protos.google.container.v1.ICluster;
 
@@ -109,6 +110,8 @@ export interface GkeProviderOptions {
   logger: Logger;
   /** Deadline of one GKE call, in ms. */
   timeoutMs?: number;
+  /** A managed pool: only the clusters whose MANAGED_LABEL names it are the pool's. */
+  managedPool?: string;
 }
 
 export function toCluster(gke: GkeCluster, registryLocation: string | null = null): Cluster {
@@ -142,6 +145,16 @@ export class GkeProvider implements ClusterProvider {
   /** Why the last list came from the cache or missed zones, for the pool's health. */
   private lastProblem?: string;
 
+  /** The GKE client, for a managed pool's operations. */
+  get gke(): ClusterManagerClient {
+    return this.client;
+  }
+
+  /** Forgets the cached list: the next list() asks GKE (after a managed pool's operation ended). */
+  invalidate(): void {
+    if (this.cache) this.cache.refreshAt = 0;
+  }
+
   problem(): string | undefined {
     return this.lastProblem;
   }
@@ -166,7 +179,13 @@ export class GkeProvider implements ClusterProvider {
     const parent = `projects/${this.options.projectId}/locations/${this.options.zone}`;
     try {
       const [response] = await this.client.listClusters({ parent }, { timeout: this.options.timeoutMs ?? 10_000 });
-      const listed = (response.clusters ?? []).map((cluster) => toCluster(cluster, this.options.registryLocation ?? null));
+      const own = (response.clusters ?? []).filter((cluster) => this.options.managedPool === undefined || cluster.resourceLabels?.[MANAGED_LABEL] === this.options.managedPool);
+      // A managed pool's own resizes (hibernate, wake) leave its clusters RECONCILING: the table's
+      // states (hibernated, waking) keep them from being leased meanwhile, and a waiter for the pool
+      // must not take it for a pool with nothing to lease.
+      const listed = own
+        .map((cluster) => toCluster(cluster, this.options.registryLocation ?? null))
+        .map((cluster) => (this.options.managedPool === undefined ? cluster : { ...cluster, managed: true, ...(cluster.status === 'RECONCILING' && { status: 'RUNNING' as const }) }));
       const clusters = [...listed, ...this.stillInMissingZones(listed, response.missingZones ?? [])];
       const fetchedAt = this.options.clock.now();
       this.cache = { clusters, fetchedAt, refreshAt: fetchedAt + this.options.cacheSeconds * 1000 };

@@ -36,6 +36,7 @@ import * as v from 'valibot';
 import { parse } from 'yaml';
 import type { Clock } from '../write-path.ts';
 import type { Cluster, ClusterProvider } from './types.ts';
+import { ManagedSchema, type ManagedSettings } from '../managed-pool.ts';
 
 export type CredentialsMode = 'serviceaccount' | 'pool';
 export type CleanupMode = 'namespaces' | 'none';
@@ -55,6 +56,8 @@ export interface Pool {
   cleanup?: CleanupMode;
   /** Whether cluster ids carry the pool's name (every pool of a pools file). */
   prefixIds: boolean;
+  /** A managed GKE pool: the settings, and where it makes its clusters. */
+  managed?: { settings: ManagedSettings; projectId: string; location: string };
 }
 
 /** How one pool's last listing went, for /leases and /readyz. */
@@ -101,6 +104,8 @@ const GkePool = v.strictObject({
   key_file: v.optional(FilePath),
   endpoint: v.optional(v.pipe(v.string(), v.regex(/^[^\s:/]+:\d{1,5}$/, 'must be host:port of a plaintext gRPC emulator'))),
   registry_location: v.optional(Text),
+  /** The pool makes its own clusters (see managed-pool.ts). */
+  managed: v.optional(ManagedSchema),
 });
 const EksPool = v.strictObject({
   ...Common,
@@ -186,6 +191,9 @@ export async function readPoolsFile(path: string): Promise<{ pools: PoolSpec[]; 
     const claimed = Object.entries(DEFAULT_ALIASES).find(([kind, aliases]) => kind !== pool.provider && aliases.includes(pool.name));
     if (claimed && !(pool.aliases ?? []).includes(pool.name)) {
       throw new PoolsFileError(`pools file ${path}: pool ${pool.name}: its name is what clients send as cloud_provider for ${claimed[0]} pools; name it otherwise, or list "${pool.name}" in its aliases to mean it`);
+    }
+    if (pool.provider === 'gke' && pool.managed && (pool.location === '-' || pool.location.includes(','))) {
+      throw new PoolsFileError(`pools file ${path}: pool ${pool.name}: a managed pool makes its clusters in one location: set location to a zone or a region, not "${pool.location}"`);
     }
     if ((pool.provider === 'eks' || pool.provider === 'aks') && pool.credentials === 'pool') {
       throw new PoolsFileError(`pools file ${path}: pool ${pool.name}: credentials: pool would hand lessees the claimer's own ${pool.provider === 'eks' ? 'AWS' : 'Azure'} identity; ${pool.provider} pools give per-lease credentials only (serviceaccount)`);

@@ -40,6 +40,8 @@ export interface Cluster {
   gpu: boolean;
   /** Where the lessee's images come from (kube-control's registry location), if configured. */
   registryLocation: string | null;
+  /** Of a managed pool: leased only once the pool's table knows it (made, or adopted, by its runner). */
+  managed?: boolean;
 }
 
 export interface ClusterProvider {

@@ -12,7 +12,7 @@ import { createLogger } from '../../services/logger.ts';
 import type { JanitorOptions } from '../../services/janitor.ts';
 import type { FileStoreOptions } from '../../services/store/file.ts';
 import type { WaitingOptions } from '../../services/waiting.ts';
-import { buildServices, type Services } from '../../services/wiring.ts';
+import { buildServices, type BuildOptions, type Services } from '../../services/wiring.ts';
 
 export const AUTH_TOKEN = 'test-shared-token-0123456789';
 
@@ -124,6 +124,8 @@ export async function startTestApp(
     poolSettings?: Record<string, unknown>;
     /** How often the Kubernetes store's shard keeper looks. */
     keeperIntervalMs?: number;
+    /** The managed pools' ticks, claims and polls. */
+    managed?: BuildOptions['managed'];
   } = {},
 ): Promise<TestApp> {
   const folder = options.folder ?? (await tempDir());
@@ -142,7 +144,7 @@ export async function startTestApp(
   );
   const clock = options.clock ?? new ManualClock();
   const logs = captureLogs();
-  const services = await buildServices(config, logs.logger, { authToken: AUTH_TOKEN, clock, waiting: options.waiting, janitor: options.janitor, fileStore: options.fileStore, keeperIntervalMs: options.keeperIntervalMs, processMetrics: false });
+  const services = await buildServices(config, logs.logger, { authToken: AUTH_TOKEN, clock, waiting: options.waiting, janitor: options.janitor, fileStore: options.fileStore, keeperIntervalMs: options.keeperIntervalMs, managed: options.managed, processMetrics: false });
   const app = createApp(services.deps);
   return {
     app,
