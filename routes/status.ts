@@ -44,6 +44,10 @@ td.labels { max-width: 16rem; }
 .badge-quarantined { color: #bc4c00; background: #bc4c001a; }
 .badge-unavailable { color: var(--muted); background: #59636e1a; }
 .badge-unknown { color: #d1242f; background: #d1242f1a; }
+.badge-provisioning { color: #0550ae; background: #0550ae1a; }
+.badge-hibernated { color: #57606a; background: #57606a1a; }
+.badge-waking { color: #1f6feb; background: #1f6feb1a; }
+.badge-deleting { color: #cf222e; background: #cf222e1a; }
 tr.pool-row th { background: var(--head); font-size: 1.05rem; padding-top: .9rem; }
 .pool-provider { color: var(--muted); font-weight: 400; font-size: .85em; }
 .pool-problem { color: #d1242f; font-weight: 400; font-size: .85em; }
@@ -69,6 +73,7 @@ tr.pool-row th { background: var(--head); font-size: 1.05rem; padding-top: .9rem
   :root { --fg: #e6edf3; --muted: #9198a1; --bg: #0d1117; --line: #3d444d; --head: #151b23; }
   .badge-free { color: #3fb950; } .badge-leased { color: #4493f8; } .badge-dirty { color: #d29922; }
   .badge-cleaning { color: #ab7df8; } .badge-quarantined { color: #f0883e; } .badge-unknown { color: #f85149; }
+  .badge-provisioning { color: #58a6ff; } .badge-hibernated { color: #8b949e; } .badge-waking { color: #79c0ff; } .badge-deleting { color: #ff7b72; }
 }
 `;
 
@@ -78,7 +83,7 @@ const SCRIPT = `
 'use strict';
 (function () {
   var TOKEN_KEY = 'k8s-claimer.token';
-  var STATES = ['free', 'leased', 'dirty', 'cleaning', 'quarantined', 'unavailable', 'unknown'];
+  var STATES = ['free', 'leased', 'dirty', 'cleaning', 'quarantined', 'provisioning', 'hibernated', 'waking', 'deleting', 'unavailable', 'unknown'];
   var COLUMNS = ['Name', 'Location', 'Version', 'Labels', 'State', 'Expires', 'Note', 'Holder', 'Cleanup'];
   var query = new URLSearchParams(location.search);
   var asked = Number(query.get('refresh'));
@@ -385,7 +390,7 @@ function page(nonce: string): string {
 <label for="state-filter">State
 <select id="state-filter">
 <option value="">all</option><option>free</option><option>leased</option><option>dirty</option><option>cleaning</option>
-<option>quarantined</option><option>unavailable</option><option>unknown</option>
+<option>quarantined</option><option>provisioning</option><option>hibernated</option><option>waking</option><option>deleting</option><option>unavailable</option><option>unknown</option>
 </select></label>
 <label for="label-filter">Labels
 <input id="label-filter" type="search" placeholder="size=large arch=amd64" autocomplete="off" spellcheck="false"></label>

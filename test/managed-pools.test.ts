@@ -147,6 +147,37 @@ describe('a managed pool', () => {
     assert.ok(gke.clusters.some((cluster) => cluster.name === 'hand-made'));
   });
 
+  test('after a burst the surplus is deleted only once idle hibernate_after', async () => {
+    const app = await server({ min_ready: 1, max_size: 2, running_min: 1, hibernate_after: 2 });
+    await until('a free cluster', async () => (await freeCount(app)) === 1);
+    const granted = await Promise.all(
+      [0, 1].map(async () => {
+        const response = await app.request('POST', '/lease', { body: { max_time: 600, wait: 30, pool: POOL } });
+        assert.equal(response.status, 200);
+        return response.json();
+      }),
+    );
+    assert.notEqual(granted[0].cluster_id, granted[1].cluster_id);
+    assert.equal(ours().length, 2);
+    for (const lease of granted) assert.equal((await app.request('DELETE', `/lease/${lease.token}`)).status, 200);
+    const released = Date.now();
+    await sleep(1_000);
+    assert.equal(ours().length, 2, 'not deleted before hibernate_after');
+    await until('the surplus deleted', () => ours().length === 1);
+    assert.ok(Date.now() - released >= 2_000);
+    assert.ok(most <= 2);
+  });
+
+  test('a labelled cluster without a record is adopted and counts toward min_ready', async () => {
+    gke.clusters.push(makeCluster({ project: 'ci', location: ZONE, name: 'mp-kept', resourceLabels: { [MANAGED_LABEL]: POOL } }));
+    const app = await server({ min_ready: 1, max_size: 2 });
+    await until('the adopted cluster free', async () => (await freeCount(app)) === 1);
+    await sleep(500);
+    assert.equal(gke.operations.filter((op) => op.kind === 'create').length, 0);
+    const response = await app.request('POST', '/lease', { body: { max_time: 600, pool: POOL } });
+    assert.equal((await response.json()).cluster_id, `${POOL}/${ZONE}/mp-kept`);
+  });
+
   test('recycle_after 1: each lease gets a fresh cluster, the used one is deleted', async () => {
     const app = await server({ min_ready: 1, max_size: 2, recycle_after: 1 });
     const seen: string[] = [];
