@@ -174,6 +174,11 @@ export interface DecisionContext {
    * all it changes: never whether it gets one, nor who is served first.
    */
   prefer?: (clusterId: string) => number;
+  /**
+   * Clusters that managed pools could still make (never leased, in no pool list): a request
+   * that only such a cluster would match waits for it instead of being told nothing matches.
+   */
+  prospects?: (table: LeaseTable) => readonly Cluster[];
 }
 
 /** A decision returns the same table object when it changes nothing. */
@@ -472,9 +477,12 @@ export function queueOf(table: LeaseTable, context: DecisionContext): Queue {
 }
 
 function queueWithWaiters(table: LeaseTable, context: DecisionContext): Queue {
-  return derived(queueMemo, table, context, () =>
-    computeQueue(table, context.now, context.clusters, freeClusters(table, context), leasableClusters(context.clusters)),
-  );
+  return derived(queueMemo, table, context, () => {
+    const prospects = context.prospects?.(table) ?? [];
+    // A waiter whose filter only a cluster still to be made accepts is not hopeless: it waits for it.
+    const possible = prospects.length > 0 ? [...leasableClusters(context.clusters), ...prospects] : leasableClusters(context.clusters);
+    return computeQueue(table, context.now, context.clusters, freeClusters(table, context), possible);
+  });
 }
 
 /** Live tickets at `now`. */
@@ -608,13 +616,15 @@ export function acquire(request: AcquireRequest): Decision<AcquireResult> {
       return { table: next, result: { granted: true, cluster, lease } };
     }
     const matching = clusters.filter((candidate) => isLeasable(candidate) && matches(filter, candidate));
-    if (matching.length === 0) {
+    const toBeMade = matching.length === 0 && (context.prospects?.(table) ?? []).some((prospect) => matches(filter, prospect));
+    if (matching.length === 0 && !toBeMade) {
       throw new NoClusterAvailableError('NoMatchingCluster', 'no cluster in the pool matches the request');
     }
     const busy = matching.filter((candidate) => effectiveState(table, candidate, now, context.endState) === 'leased');
     // Busy clusters end at their expiry; free ones that older waiters take, and clusters being
-    // cleaned, are a matter of seconds.
-    const soonestEnd = busy.length < matching.length ? now : Math.min(...busy.map((candidate) => busyUntil(table, candidate, now)));
+    // cleaned, are a matter of seconds; a cluster still to be made, a minute or so (the managed
+    // pool's own estimate may be sooner).
+    const soonestEnd = toBeMade ? now + 60_000 : busy.length < matching.length ? now : Math.min(...busy.map((candidate) => busyUntil(table, candidate, now)));
     const retryAfterSeconds = Math.max(1, Math.ceil((soonestEnd - now) / 1000));
     const wait = request.wait;
     if (!wait || wait.final) {

@@ -38,6 +38,8 @@ export interface ManagedRunnerOptions {
   pollMs?: number;
   suffix?: () => string;
   timeZone?: string;
+  /** The pool's labels (and the pools file's), as its clusters carry them. */
+  labels?: Readonly<Record<string, string>>;
 }
 
 type GkeCluster = protos.google.container.v1.ICluster;
@@ -169,6 +171,41 @@ export class ManagedRunner {
     return Object.entries(table.clusters)
       .filter(([, entry]) => entry.managed?.pool === this.pool)
       .map(([id, entry]) => this.plannerCluster(id, entry, table, poolList, undefined, now));
+  }
+
+  /** Per table: the cluster the pool could still make, if it has room under max_size. */
+  private readonly prospects = new WeakMap<LeaseTable, Cluster | null>();
+
+  /**
+   * The cluster this pool could make next (from its template), while it has room under
+   * `max_size`: a request that no listed cluster matches, but such a cluster would, waits for
+   * it instead of being told that nothing matches. Never leased: it is in no pool list.
+   */
+  prospect(table: LeaseTable): Cluster | undefined {
+    let known = this.prospects.get(table);
+    if (known === undefined) {
+      let size = 0;
+      for (const id in table.clusters) if (table.clusters[id].managed?.pool === this.pool) size += 1;
+      const template = this.options.settings.template as { resourceLabels?: Record<string, string>; initialClusterVersion?: string };
+      known = size >= this.options.settings.max_size
+        ? null
+        : {
+            id: `${this.pool}/${this.options.location}/~next`,
+            pool: this.pool,
+            name: this.options.settings.name_prefix,
+            location: this.options.location,
+            endpoint: '',
+            server: '',
+            labels: { ...this.options.labels, ...(template.resourceLabels ?? {}) },
+            version: template.initialClusterVersion ?? '',
+            status: 'RUNNING',
+            tag: '',
+            gpu: false,
+            registryLocation: null,
+          };
+      this.prospects.set(table, known);
+    }
+    return known ?? undefined;
   }
 
   /** For /leases: the targets now, the clusters the pool has, its ceiling. */

@@ -319,7 +319,7 @@ export async function buildServices(config: Config, logger: Logger, options: Bui
     const runner = new ManagedRunner(
       writePath,
       pool.provider as unknown as import('./managed-runner.ts').ManagedProvider,
-      { pool: pool.name, settings: pool.managed.settings, projectId: pool.managed.projectId, location: pool.managed.location, owner: config.replicaName, ...options.managed },
+      { pool: pool.name, settings: pool.managed.settings, projectId: pool.managed.projectId, location: pool.managed.location, owner: config.replicaName, labels: pool.labels, ...options.managed },
       logger.child({ pool: pool.name }),
       metrics,
     );
@@ -327,6 +327,9 @@ export async function buildServices(config: Config, logger: Logger, options: Bui
     runner.start();
   }
   leases.managedPools = new Map(runners.map((runner) => [runner.pool, runner]));
+  if (runners.length > 0) {
+    writePath.prospects = (table) => runners.flatMap((runner) => runner.prospect(table) ?? []);
+  }
   return {
     deps: {
       leases,

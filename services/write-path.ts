@@ -117,9 +117,12 @@ export class WritePath {
     return this.clock.now();
   }
 
+  /** Clusters managed pools could still make (set once their runners exist): see DecisionContext. */
+  prospects?: (table: LeaseTable) => readonly Cluster[];
+
   /** The pool and the time, without reading the table. */
   async context(): Promise<DecisionContext> {
-    return { now: this.clock.now(), clusters: await this.listClusters(), endState: this.endState };
+    return { now: this.clock.now(), clusters: await this.listClusters(), endState: this.endState, ...(this.prospects && { prospects: this.prospects }) };
   }
 
   /**
@@ -131,7 +134,7 @@ export class WritePath {
     const [snapshot, clusters] = await Promise.all([read, this.listClusters()]);
     this.cached = snapshot;
     this.remember(snapshot);
-    return { snapshot, context: { now: this.clock.now(), clusters, endState: this.endState } };
+    return { snapshot, context: { now: this.clock.now(), clusters, endState: this.endState, ...(this.prospects && { prospects: this.prospects }) } };
   }
 
   /**
@@ -261,7 +264,7 @@ export class WritePath {
       });
       if (pending.length === 0) return;
       const prefer = this.store.preference?.();
-      const round = this.decide(pending, base.table, { now: this.clock.now(), clusters, endState: this.endState, ...(prefer && { prefer }) }, fresh);
+      const round = this.decide(pending, base.table, { now: this.clock.now(), clusters, endState: this.endState, ...(prefer && { prefer }), ...(this.prospects && { prospects: this.prospects }) }, fresh);
       let result: CommitResult = { outcomes: [] };
       if (round.steps.length > 0) {
         try {

@@ -104,6 +104,26 @@ describe('a managed pool', () => {
 
   const freeCount = async (app: TestApp) => (await leases(app)).clusters.filter((cluster: { state: string; status: string }) => cluster.state === 'free' && cluster.status === 'RUNNING').length;
 
+  test('an empty pool (min_ready 0): a waiting request gets a cluster made for it; one that would not wait gets 409 AllLeased with Retry-After, never NoMatchingCluster', async () => {
+    const app = await server({ min_ready: 0, max_size: 2, max_concurrent: 2 });
+    await sleep(300);
+    assert.equal(ours().length, 0, 'min_ready 0 makes nothing by itself');
+    const now = await app.request('POST', '/lease', { body: { max_time: 600 } });
+    assert.equal(now.status, 409);
+    assert.equal((await now.json()).reason, 'AllLeased');
+    assert.ok(Number(now.headers.get('retry-after')) >= 1);
+    // A filter no cluster the pool could make accepts is still told at once.
+    const never = await app.request('POST', '/lease', { body: { max_time: 600, wait: 30, labels: { team: 'nobody' } } });
+    assert.equal((await never.json()).reason, 'NoMatchingCluster');
+    const waited = await app.request('POST', '/lease', { body: { max_time: 600, wait: 30 } });
+    assert.equal(waited.status, 200);
+    const body = await waited.json();
+    assert.equal(body.pool, POOL);
+    assert.equal(ours().length, 1, 'one cluster made for the one waiter');
+    assert.ok(ours()[0].name?.startsWith(`${POOL}-`));
+    assert.ok(most <= 2);
+  });
+
   test('keeps min_ready ready from empty, and no more; /leases shows target, size and max_size; the unlabelled cluster is never touched', async () => {
     const app = await server({ min_ready: 2, max_size: 4, max_concurrent: 2 });
     await until('two free clusters', async () => (await freeCount(app)) === 2);
