@@ -10,7 +10,8 @@
 //   BENCH_BIG_BURST    concurrent acquires in the sharded burst (h) (default 5000)
 //   BENCH_BIG_POOL     the pool of (h) (default 10000)
 //   BENCH_SHARDS       cluster shards provisioned for (h) (LEASE_SHARDS, default 64)
-//   BENCH_ONLY         run only some scenarios, e.g. `a,b` (default: a,b,c,d,e,f,h,i)
+//   BENCH_HOUR_MS      one simulated hour of scenario (j), in ms (default 1500)
+//   BENCH_ONLY         run only some scenarios, e.g. `a,b` (default: a,b,c,d,e,f,h,i,j)
 
 import { fork, spawn, type ChildProcess } from 'node:child_process';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
@@ -26,6 +27,7 @@ import { createLogger } from '../services/logger.ts';
 import { buildServices } from '../services/wiring.ts';
 import { makeCluster, startFakeGke } from '../test/fakes/gke.ts';
 import { tempDir, writePool, poolOf } from '../test/support/harness.ts';
+import { managedDay } from './managed-day.ts';
 import { waiterFigures } from './waiters.ts';
 import { writeKubeconfig } from '../test/support/kube.ts';
 
@@ -37,7 +39,7 @@ const PROFILE = process.env.BENCH_PROFILE;
 const BIG_BURST = Number(process.env.BENCH_BIG_BURST ?? 5000);
 const BIG_POOL = Number(process.env.BENCH_BIG_POOL ?? 10000);
 const SHARDS = Number(process.env.BENCH_SHARDS ?? 64);
-const ONLY = new Set((process.env.BENCH_ONLY ?? 'a,b,c,d,e,f,h,i').split(','));
+const ONLY = new Set((process.env.BENCH_ONLY ?? 'a,b,c,d,e,f,h,i,j').split(','));
 const TOKEN = 'bench-token';
 const NAMESPACE = 'k8s-claimer';
 const SERVICE = 'k8s-claimer';
@@ -533,6 +535,21 @@ try {
     record(scenario, 'enqueue time / serve time (wall)', `${ms(waited.enqueueMs)} / ${ms(waited.serveMs)}`);
     record(scenario, 'API writes per grant (grant + release)', (waited.writes / Math.max(1, waited.served)).toFixed(2));
     record(scenario, 'ticket shards used / fullest ticket shard', `${waited.ticketObjects} / ${(waited.fullestTickets * 100).toFixed(0)}% of 256 KiB`);
+  }
+  if (ONLY.has('j')) {
+    const { managed, fixed } = await managedDay(folder);
+    const scenario = '(j) two days of CI demand: a managed GKE pool (min_ready 1, max_size 10) against a fixed pool of 10';
+    // Simulated minutes, and the real milliseconds they were (the claimer's own latency reads as minutes at this scale).
+    const minuteMs = Number(process.env.BENCH_HOUR_MS ?? 1_500) / 60;
+    const wait = (result: typeof managed) => {
+      const [p50, p95] = [percentile(result.waitsMinutes, 50), percentile(result.waitsMinutes, 95)];
+      return `${p50.toFixed(1)} / ${p95.toFixed(1)} min (${(p50 * minuteMs).toFixed(0)} / ${(p95 * minuteMs).toFixed(0)} ms real)`;
+    };
+    record(scenario, 'jobs served / failed: managed / fixed', `${managed.served} / ${managed.failures} · ${fixed.served} / ${fixed.failures}`);
+    record(scenario, 'node-hours: managed / fixed (ratio)', `${managed.nodeHours.toFixed(0)} / ${fixed.nodeHours.toFixed(0)} (${(managed.nodeHours / fixed.nodeHours).toFixed(2)})`, '<= 0.50');
+    record(scenario, 'wait p50 / p95: managed', wait(managed), 'p95 <= fixed + 2 min (a wake)');
+    record(scenario, 'wait p50 / p95: fixed', wait(fixed));
+    record(scenario, 'most clusters at once / most operations at once (managed)', `${managed.maxClusters} / ${managed.maxConcurrent}`, '<= 10 / <= 4');
   }
   if (ONLY.has('d') || ONLY.has('e')) await httpAndMemory(folder, api, kubeconfig);
   if (ONLY.has('f')) {
