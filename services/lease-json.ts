@@ -28,6 +28,14 @@ export function clusterJson(view: ClusterView, now: number) {
     }),
     ...(lease && { note: lease.note ?? null, holder: lease.holder ?? null }),
     ...(legacy && { note: null, holder: 'k8s-claimer (original)' }),
+    ...(view.managed && {
+      managed: {
+        leases: view.managed.leases,
+        operation: view.managed.operation ? { kind: view.managed.operation.kind, started_at: iso(view.managed.operation.startedAt) } : null,
+        last_error: view.managed.lastError ?? null,
+        ...(view.managed.retryAt !== undefined && { retry_at: iso(view.managed.retryAt) }),
+      },
+    }),
     ...(view.cleanup && {
       cleanup: {
         attempts: view.cleanup.attempts,

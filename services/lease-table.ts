@@ -1228,6 +1228,8 @@ export interface ClusterView {
   cleanup?: Cleanup;
   /** A lease of the original k8s-claimer holds it. */
   legacy?: LegacyLease;
+  /** Of a cluster a managed pool made: its leases, the operation under way, its last failure. */
+  managed?: ManagedRecord;
 }
 
 export function describeClusters(table: LeaseTable, { now, clusters, endState }: DecisionContext): ClusterView[] {
@@ -1245,6 +1247,7 @@ export function describeClusters(table: LeaseTable, { now, clusters, endState }:
       ...((state === 'dirty' || state === 'cleaning' || state === 'quarantined') && entry?.cleanup && { cleanup: entry.cleanup }),
       ...(lease && { lease }),
       ...(legacy && !lease && { legacy }),
+      ...(entry?.managed && { managed: entry.managed }),
     };
   });
 }

@@ -188,6 +188,20 @@ describe('a managed pool', () => {
     assert.ok(most <= 2);
   });
 
+  test('a create that fails in GKE is shown on its cluster (last_error, retry_at) and backed off; another is made meanwhile, within max_size', async () => {
+    gke.failNextOperation({ kind: 'create', message: 'the zone does not have enough resources (stockout)' });
+    const app = await server({ min_ready: 1, max_size: 2, max_concurrent: 2 });
+    await until('a free cluster', async () => (await freeCount(app)) === 1);
+    const listed = await leases(app);
+    const failed = listed.clusters.find((cluster: { managed?: { last_error: string | null } }) => cluster.managed?.last_error);
+    assert.ok(failed, JSON.stringify(listed.clusters));
+    assert.match(failed.managed.last_error, /stockout/);
+    assert.ok(Date.parse(failed.managed.retry_at) > Date.now(), 'backed off');
+    assert.equal(failed.state, 'provisioning');
+    assert.ok(most <= 2);
+    assert.equal(gke.operations.filter((op) => op.kind === 'create').length, 2);
+  });
+
   test('a labelled cluster without a record is adopted and counts toward min_ready', async () => {
     gke.clusters.push(makeCluster({ project: 'ci', location: ZONE, name: 'mp-kept', resourceLabels: { [MANAGED_LABEL]: POOL } }));
     const app = await server({ min_ready: 1, max_size: 2 });
