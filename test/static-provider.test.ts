@@ -103,10 +103,10 @@ function kubeconfigWith(references: { cluster?: Record<string, string>; user?: R
 
 /**
  * `root/pool` holds the pool file; `root/outside` is a folder it has no business reading (with
- * a secret in it); `root/shared` is one it may read once it lists it in file_folders.
+ * a secret in it); `root/allowed` is one it may read once it lists it in file_folders.
  */
 async function poolLayout(root: string): Promise<{ pool: string; outside: string; shared: string }> {
-  const [pool, outside, shared] = ['pool', 'outside', 'shared'].map((name) => join(root, name));
+  const [pool, outside, shared] = ['pool', 'outside', 'allowed'].map((name) => join(root, name));
   await Promise.all([mkdir(pool), mkdir(outside), mkdir(shared)]);
   await writeFile(join(outside, 'secret'), 'OUTSIDE-SECRET');
   await writeFile(join(outside, 'escape.kubeconfig'), kubeconfigWith({ user: { tokenFile: join(outside, 'secret') } }));
@@ -161,7 +161,7 @@ describe('static pool file references stay in the pool folder', () => {
       await symlink(join(shared, 'absolute.kubeconfig'), join(pool, 'linked.kubeconfig'));
       await writeFile(
         join(pool, 'pool.yaml'),
-        `file_folders: [../shared]\nclusters:\n  - {name: direct, kubeconfig: ${join(shared, 'kind.kubeconfig')}}\n  - {name: linked, kubeconfig: linked.kubeconfig}\n`,
+        `file_folders: [../allowed]\nclusters:\n  - {name: direct, kubeconfig: ${join(shared, 'kind.kubeconfig')}}\n  - {name: linked, kubeconfig: linked.kubeconfig}\n`,
       );
       const provider = await StaticProvider.load(join(pool, 'pool.yaml'));
       for (const cluster of await provider.list()) {
