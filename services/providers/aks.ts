@@ -15,6 +15,7 @@ import { DefaultAzureCredential, type TokenCredential } from '@azure/identity';
 import type { Logger } from 'pino';
 import { buildKubeconfig } from '../kubeconfig.ts';
 import type { Clock } from '../write-path.ts';
+import { ClusterListCache } from './list-cache.ts';
 import type { Cluster, ClusterProvider, ClusterStatus } from './types.ts';
 
 /** Azure Resource Manager in Azure's public cloud. */
@@ -101,13 +102,13 @@ export class AksProvider implements ClusterProvider {
   readonly aliases = ['aks', 'azure'] as const;
   private readonly client: ContainerServiceClient;
   private readonly credential: TokenCredential;
-  private cache?: { clusters: Cluster[]; fetchedAt: number; refreshAt: number };
-  private inflight?: Promise<Cluster[]>;
+  private readonly lists: ClusterListCache;
   /** By ARM id (the cluster's tag, which a pool set leaves as it is). */
   private located = new Map<string, Located>();
   private lastProblem?: string;
 
   constructor(private readonly options: AksProviderOptions) {
+    this.lists = new ClusterListCache(options.clock, options.cacheSeconds);
     const endpoint = (options.endpoint ?? DEFAULT_ARM_ENDPOINT).replace(/\/+$/, '');
     const authorityHost = options.authorityHost ?? process.env.AZURE_AUTHORITY_HOST;
     // A configured authority is trusted as it is: MSAL would otherwise ask the public cloud's
@@ -124,14 +125,8 @@ export class AksProvider implements ClusterProvider {
     return this.options.timeoutMs ?? 10_000;
   }
 
-  async list(): Promise<Cluster[]> {
-    const now = this.options.clock.now();
-    if (this.cache && now < this.cache.refreshAt) return this.cache.clusters;
-    // One listing at a time, however many requests need it.
-    this.inflight ??= this.fetch().finally(() => {
-      this.inflight = undefined;
-    });
-    return this.inflight;
+  list(): Promise<Cluster[]> {
+    return this.lists.list(() => this.fetch());
   }
 
   problem(): string | undefined {
@@ -156,19 +151,15 @@ export class AksProvider implements ClusterProvider {
         });
         return cluster;
       });
-      const fetchedAt = this.options.clock.now();
-      this.cache = { clusters, fetchedAt, refreshAt: fetchedAt + this.options.cacheSeconds * 1000 };
       this.located = located;
       this.lastProblem = undefined;
-      return clusters;
+      return this.lists.store(clusters);
     } catch (error) {
-      if (!this.cache) throw error;
-      // Ask Azure again soon, but not on every request while it is down.
-      this.cache.refreshAt = this.options.clock.now() + Math.min(5_000, this.options.cacheSeconds * 1000);
-      const ageSeconds = Math.round((this.options.clock.now() - this.cache.fetchedAt) / 1000);
-      this.lastProblem = `Azure did not list the AKS clusters of ${this.scope()} (${describe(error)}); serving the list of ${ageSeconds} s ago`;
-      this.options.logger.warn({ err: error, backend: 'aks', cache_age_s: ageSeconds }, 'Azure did not answer; leasing from the cached cluster list');
-      return this.cache.clusters;
+      const stale = this.lists.stale();
+      if (!stale) throw error;
+      this.lastProblem = `Azure did not list the AKS clusters of ${this.scope()} (${describe(error)}); serving the list of ${stale.ageSeconds} s ago`;
+      this.options.logger.warn({ err: error, backend: 'aks', cache_age_s: stale.ageSeconds }, 'Azure did not answer; leasing from the cached cluster list');
+      return stale.clusters;
     }
   }
 
@@ -228,7 +219,7 @@ export class AksProvider implements ClusterProvider {
   async close(): Promise<void> {
     // The SDK keeps nothing open between calls; what was listed is dropped.
     this.located.clear();
-    this.cache = undefined;
+    this.lists.clear();
   }
 }
 

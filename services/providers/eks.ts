@@ -19,6 +19,7 @@ import type { AwsCredentialIdentity, AwsCredentialIdentityProvider, HttpRequest 
 import type { Logger } from 'pino';
 import { buildKubeconfig, hostOf } from '../kubeconfig.ts';
 import type { Clock } from '../write-path.ts';
+import { ClusterListCache } from './list-cache.ts';
 import type { Cluster, ClusterProvider, ClusterStatus } from './types.ts';
 
 /** An EKS pool never hands its own credentials to a lessee (`credentials: pool` is refused). */
@@ -159,8 +160,7 @@ export class EksProvider implements ClusterProvider {
   readonly aliases = ['eks', 'aws'] as const;
   private readonly clients: Map<string, EKSClient>;
   private readonly credentials: AwsCredentials;
-  private cache?: { clusters: Cluster[]; fetchedAt: number; refreshAt: number };
-  private inflight?: Promise<Cluster[]>;
+  private readonly lists: ClusterListCache;
   private lastProblem?: string;
   /** Whether a cluster (by ARN) has GPU node groups, and until when that is taken as known. */
   private readonly gpus = new Map<string, { gpu: boolean; until: number }>();
@@ -168,6 +168,7 @@ export class EksProvider implements ClusterProvider {
   constructor(private readonly options: EksProviderOptions) {
     if (options.regions.length === 0) throw new Error('an EKS pool needs at least one region');
     this.credentials = options.credentials ?? fromNodeProviderChain();
+    this.lists = new ClusterListCache(options.clock, options.cacheSeconds);
     const timeoutMs = options.timeoutMs ?? 10_000;
     this.clients = new Map(
       options.regions.map((region) => [
@@ -184,14 +185,8 @@ export class EksProvider implements ClusterProvider {
     );
   }
 
-  async list(): Promise<Cluster[]> {
-    const now = this.options.clock.now();
-    if (this.cache && now < this.cache.refreshAt) return this.cache.clusters;
-    // One listing at a time, however many requests need it.
-    this.inflight ??= this.fetch().finally(() => {
-      this.inflight = undefined;
-    });
-    return this.inflight;
+  list(): Promise<Cluster[]> {
+    return this.lists.list(() => this.fetch());
   }
 
   problem(): string | undefined {
@@ -207,22 +202,16 @@ export class EksProvider implements ClusterProvider {
     }
     if (failed.length === results.length) {
       this.lastProblem = problem;
-      if (!this.cache) throw new Error(`EKS listed no region: ${problem}`);
-      // Ask EKS again soon, but not on every request while it is down.
-      this.cache.refreshAt = this.options.clock.now() + Math.min(5_000, this.options.cacheSeconds * 1000);
-      this.options.logger.warn(
-        { backend: 'eks', cache_age_s: Math.round((this.options.clock.now() - this.cache.fetchedAt) / 1000) },
-        'EKS did not answer; leasing from the cached cluster list',
-      );
-      return this.cache.clusters;
+      const stale = this.lists.stale();
+      if (!stale) throw new Error(`EKS listed no region: ${problem}`);
+      this.options.logger.warn({ backend: 'eks', cache_age_s: stale.ageSeconds }, 'EKS did not answer; leasing from the cached cluster list');
+      return stale.clusters;
     }
     const clusters = results.flatMap((result) => ('error' in result ? this.keptFrom(result.region) : result.clusters));
     const live = new Set(clusters.map((cluster) => cluster.tag));
     for (const key of this.gpus.keys()) if (!live.has(key)) this.gpus.delete(key);
     this.lastProblem = problem;
-    const fetchedAt = this.options.clock.now();
-    this.cache = { clusters, fetchedAt, refreshAt: fetchedAt + this.options.cacheSeconds * 1000 };
-    return clusters;
+    return this.lists.store(clusters);
   }
 
   private async listRegion(region: string, client: EKSClient): Promise<RegionResult> {
@@ -279,7 +268,7 @@ export class EksProvider implements ClusterProvider {
 
   /** A failed region's clusters as the last list knew them; not leased until it answers again. */
   private keptFrom(region: string): Cluster[] {
-    const kept = (this.cache?.clusters ?? []).filter((cluster) => cluster.location === region);
+    const kept = (this.lists.last ?? []).filter((cluster) => cluster.location === region);
     if (kept.length > 0) {
       this.options.logger.warn({ backend: 'eks', region, clusters: kept.length }, 'EKS region unreachable; its clusters are kept from the last list and not leased');
     }

@@ -10,6 +10,7 @@ import type { Logger } from 'pino';
 import type { GkeConfig } from '../config.ts';
 import { buildKubeconfig } from '../kubeconfig.ts';
 import type { Clock } from '../write-path.ts';
+import { ClusterListCache } from './list-cache.ts';
 import type { Cluster, ClusterProvider, ClusterStatus } from './types.ts';
 import { MANAGED_LABEL } from './gke-operations.ts';
 
@@ -140,8 +141,7 @@ export class GkeProvider implements ClusterProvider {
   readonly kind = 'gke';
   /** The original CLI sends `google`. */
   readonly aliases = ['gke', 'google'] as const;
-  private cache?: { clusters: Cluster[]; fetchedAt: number; refreshAt: number };
-  private inflight?: Promise<Cluster[]>;
+  private readonly lists: ClusterListCache;
   /** Why the last list came from the cache or missed zones, for the pool's health. */
   private lastProblem?: string;
 
@@ -152,7 +152,7 @@ export class GkeProvider implements ClusterProvider {
 
   /** Forgets the cached list: the next list() asks GKE (after a managed pool's operation ended). */
   invalidate(): void {
-    if (this.cache) this.cache.refreshAt = 0;
+    this.lists.invalidate();
   }
 
   problem(): string | undefined {
@@ -163,16 +163,12 @@ export class GkeProvider implements ClusterProvider {
     private readonly client: ClusterManagerClient,
     private readonly tokens: GkeTokens,
     private readonly options: GkeProviderOptions,
-  ) {}
+  ) {
+    this.lists = new ClusterListCache(options.clock, options.cacheSeconds);
+  }
 
-  async list(): Promise<Cluster[]> {
-    const now = this.options.clock.now();
-    if (this.cache && now < this.cache.refreshAt) return this.cache.clusters;
-    // One GKE call at a time, however many requests need the list.
-    this.inflight ??= this.fetch().finally(() => {
-      this.inflight = undefined;
-    });
-    return this.inflight;
+  list(): Promise<Cluster[]> {
+    return this.lists.list(() => this.fetch());
   }
 
   private async fetch(): Promise<Cluster[]> {
@@ -187,21 +183,15 @@ export class GkeProvider implements ClusterProvider {
         .map((cluster) => toCluster(cluster, this.options.registryLocation ?? null))
         .map((cluster) => (this.options.managedPool === undefined ? cluster : { ...cluster, managed: true, ...(cluster.status === 'RECONCILING' && { status: 'RUNNING' as const }) }));
       const clusters = [...listed, ...this.stillInMissingZones(listed, response.missingZones ?? [])];
-      const fetchedAt = this.options.clock.now();
-      this.cache = { clusters, fetchedAt, refreshAt: fetchedAt + this.options.cacheSeconds * 1000 };
       this.lastProblem = (response.missingZones ?? []).length > 0 ? `GKE could not reach ${(response.missingZones ?? []).join(', ')}` : undefined;
-      return clusters;
+      return this.lists.store(clusters);
     } catch (error) {
-      if (!this.cache) throw error;
+      const stale = this.lists.stale();
+      if (!stale) throw error;
       const code = (error as { code?: unknown }).code;
-      this.lastProblem = `GKE did not answer (${typeof code === 'number' || typeof code === 'string' ? code : 'error'}); leasing from the list of ${new Date(this.cache.fetchedAt).toISOString()}`;
-      // Ask GKE again soon, but not on every request while it is down.
-      this.cache.refreshAt = this.options.clock.now() + Math.min(5_000, this.options.cacheSeconds * 1000);
-      this.options.logger.warn(
-        { err: error, backend: 'gke', cache_age_s: Math.round((this.options.clock.now() - this.cache.fetchedAt) / 1000) },
-        'GKE did not answer; leasing from the cached cluster list',
-      );
-      return this.cache.clusters;
+      this.lastProblem = `GKE did not answer (${typeof code === 'number' || typeof code === 'string' ? code : 'error'}); leasing from the list of ${new Date(stale.fetchedAt).toISOString()}`;
+      this.options.logger.warn({ err: error, backend: 'gke', cache_age_s: stale.ageSeconds }, 'GKE did not answer; leasing from the cached cluster list');
+      return stale.clusters;
     }
   }
 
@@ -210,10 +200,11 @@ export class GkeProvider implements ClusterProvider {
    * them: a zonal outage must not make their leases vanish. They are not leased meanwhile.
    */
   private stillInMissingZones(listed: Cluster[], missingZones: readonly string[]): Cluster[] {
-    if (missingZones.length === 0 || !this.cache) return [];
+    const last = this.lists.last;
+    if (missingZones.length === 0 || !last) return [];
     const seen = new Set(listed.map((cluster) => cluster.id));
     const inMissingZone = (location: string) => missingZones.some((zone) => zone === location || zone.startsWith(`${location}-`));
-    const kept = this.cache.clusters.filter((cluster) => !seen.has(cluster.id) && inMissingZone(cluster.location));
+    const kept = last.filter((cluster) => !seen.has(cluster.id) && inMissingZone(cluster.location));
     if (kept.length > 0) {
       this.options.logger.warn({ backend: 'gke', missing_zones: missingZones, clusters: kept.length }, 'GKE could not reach some zones; their clusters are kept from the last list and not leased');
     }
