@@ -140,7 +140,7 @@ export class ManagedRunner {
     }
     if (adopted) ({ snapshot, context } = await this.writePath.view());
     const table = snapshot.table;
-    const records = Object.entries(table.clusters).filter(([, entry]) => entry.managed?.pool === this.pool);
+    const records = this.recordsIn(table);
     // Keep our own operations' claims alive; take over those whose replica died.
     for (const [id, entry] of records) {
       const operation = entry.managed?.operation;
@@ -162,15 +162,18 @@ export class ManagedRunner {
     const actions = plan({ settings: this.options.settings, now, clusters, waiting, recentDurations: this.recentDurations, suffix: this.options.suffix ?? randomSuffix, ...(this.options.timeZone && { timeZone: this.options.timeZone }) });
     for (const action of actions) {
       if (this.stopped) return;
-      await this.startAction(action, byId.get(this.id(action.name)) ?? byId.get(`${this.pool}/${this.options.location}/${action.name}`));
+      await this.startAction(action, byId.get(this.id(action.name)));
     }
+  }
+
+  /** The records of the pool's clusters in a table. */
+  private recordsIn(table: LeaseTable): Array<[string, ClusterEntry]> {
+    return Object.entries(table.clusters).filter(([, entry]) => entry.managed?.pool === this.pool);
   }
 
   /** The pool's clusters as the planner sees them, from a table. */
   clustersIn(table: LeaseTable, poolList: readonly Cluster[], now: number): ManagedCluster[] {
-    return Object.entries(table.clusters)
-      .filter(([, entry]) => entry.managed?.pool === this.pool)
-      .map(([id, entry]) => this.plannerCluster(id, entry, table, poolList, undefined, now));
+    return this.recordsIn(table).map(([id, entry]) => this.plannerCluster(id, entry, table, poolList, undefined, now));
   }
 
   /** Per table: the cluster the pool could still make, if it has room under max_size. */
@@ -184,8 +187,7 @@ export class ManagedRunner {
   prospect(table: LeaseTable): Cluster | undefined {
     let known = this.prospects.get(table);
     if (known === undefined) {
-      let size = 0;
-      for (const id in table.clusters) if (table.clusters[id].managed?.pool === this.pool) size += 1;
+      const size = this.recordsIn(table).length;
       const template = this.options.settings.template as { resourceLabels?: Record<string, string>; initialClusterVersion?: string };
       known = size >= this.options.settings.max_size
         ? null
@@ -211,8 +213,7 @@ export class ManagedRunner {
   /** For /leases: the targets now, the clusters the pool has, its ceiling. */
   describe(table: LeaseTable | undefined, now: number): { target: { min_ready: number; running_min: number }; size: number; max_size: number } {
     const targets = effectiveTargets(this.options.settings, now, this.options.timeZone);
-    let size = 0;
-    for (const id in table?.clusters ?? {}) if (table!.clusters[id].managed?.pool === this.pool) size += 1;
+    const size = table ? this.recordsIn(table).length : 0;
     return { target: { min_ready: targets.minReady, running_min: targets.runningMin }, size, max_size: this.options.settings.max_size };
   }
 
