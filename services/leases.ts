@@ -348,10 +348,11 @@ export class LeaseService {
     const known = await this.writePath.cachedView();
     if (!known) return undefined;
     const counts: Record<string, Record<string, number>> = {};
-    for (const pool of this.provider.pools) counts[pool.name] = { free: 0, leased: 0, dirty: 0, cleaning: 0, quarantined: 0, unavailable: 0, unknown: 0 };
+    const zero = () => ({ free: 0, leased: 0, dirty: 0, cleaning: 0, quarantined: 0, unavailable: 0, unknown: 0 });
+    for (const pool of this.provider.pools) counts[pool.name] = zero();
     for (const view of describeClusters(known.table, known.context)) {
       const pool = view.cluster.pool ?? '';
-      counts[pool] ??= { free: 0, leased: 0, dirty: 0, cleaning: 0, quarantined: 0, unavailable: 0, unknown: 0 };
+      counts[pool] ??= zero();
       counts[pool][view.state] = (counts[pool][view.state] ?? 0) + 1;
     }
     return counts;
